@@ -1,0 +1,273 @@
+"""Everything attached to the engines besides the training step: evaluation, logs, checkpoints,
+progress bars, NaN and signal handling. Side effects on disk happen on rank 0 only."""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar, TerminateOnNan, Timer
+
+from harness import atomic_io
+
+METRICS_COLUMNS = ["epoch", "iteration", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_images_per_s"]
+LR_COLUMNS = ["iteration", "epoch", "lr"]
+CHECKPOINT_PREFIX = "checkpoint"  # ignite names the files checkpoint_<iteration>.pt
+BEST_PREFIX = "best"
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class RunLog:
+    """metrics.csv (a row per epoch) and lr.csv (a row per iteration), rewritten atomically.
+
+    On resume the rows past the checkpoint are dropped, so a crash never leaves a row twice or a gap.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.metrics_path = run_dir / "metrics.csv"
+        self.lr_path = run_dir / "lr.csv"
+        self.metrics_rows: list[dict[str, Any]] = []
+        self.lr_rows: list[dict[str, Any]] = []
+
+    def restore(self, iteration: int, epoch_length: int) -> None:
+        finished_epochs = iteration // epoch_length
+        self.metrics_rows = [r for r in read_csv_rows(self.metrics_path) if int(r["epoch"]) <= finished_epochs]
+        self.lr_rows = [r for r in read_csv_rows(self.lr_path) if int(r["iteration"]) <= iteration]
+
+    def add_lr(self, iteration: int, epoch: int, lr: float) -> None:
+        self.lr_rows.append({"iteration": iteration, "epoch": epoch, "lr": f"{lr:.8g}"})
+
+    def add_epoch(self, row: dict[str, Any]) -> None:
+        self.metrics_rows.append(row)
+
+    def best(self) -> tuple[float, int]:
+        if not self.metrics_rows:
+            return float("nan"), 0
+        best = max(self.metrics_rows, key=lambda r: float(r["val_acc"]))
+        return float(best["val_acc"]), int(best["epoch"])
+
+    def flush(self) -> None:
+        if idist.get_rank() != 0:
+            return
+        atomic_io.write_text(self.metrics_path, _csv_text(METRICS_COLUMNS, self.metrics_rows))
+        atomic_io.write_text(self.lr_path, _csv_text(LR_COLUMNS, self.lr_rows))
+
+
+class RNGState:
+    """Python, NumPy and torch random states as a checkpointable object."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a clean stop after the current iteration."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+
+def _every_or_epoch_end(every: int) -> Callable[[Engine, int], bool]:
+    def due(engine: Engine, iteration: int) -> bool:
+        return iteration % every == 0 or iteration % engine.state.epoch_length == 0
+
+    return due
+
+
+def attach_nan_guard(trainer: Engine, check_every: int) -> None:
+    """TerminateOnNan on the loss; checked every ``check_every`` iterations (and at each epoch end)
+    since each check reads the loss back from the device."""
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(check_every)),
+        TerminateOnNan(output_transform=lambda out: out["loss"]),
+    )
+
+
+def attach_progress_bars(trainer: Engine, evaluator: Engine, update_every: int) -> None:
+    """tqdm bars on an interactive terminal; logs and CI get the one line per epoch instead."""
+    if idist.get_rank() != 0 or not sys.stderr.isatty():
+        return
+    ProgressBar(persist=False).attach(
+        trainer,
+        output_transform=lambda out: {"loss": out["loss"]},
+        event_name=Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(update_every)),
+    )
+    ProgressBar(persist=False, desc="eval").attach(evaluator)
+
+
+def attach_epoch_timer(trainer: Engine) -> Timer:
+    """Wall time of each epoch's training, data loading included, evaluation excluded."""
+    timer = Timer(average=False)
+    timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+    return timer
+
+
+def attach_lr_logging(trainer: Engine, optimizer: torch.optim.Optimizer, log: RunLog) -> None:
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record_lr(engine: Engine) -> None:
+        log.add_lr(engine.state.iteration, engine.state.epoch, optimizer.param_groups[0]["lr"])
+
+
+def attach_evaluation(
+    trainer: Engine,
+    evaluator: Engine,
+    eval_loader: Any,
+    log: RunLog,
+    timer: Timer,
+    optimizer: torch.optim.Optimizer,
+    images_per_epoch: int,
+) -> None:
+    """Evaluate on the test set after every epoch and write the epoch's metrics row."""
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def evaluate_and_log(engine: Engine) -> None:
+        epoch_time = timer.value()
+        evaluator.run(eval_loader)
+        train, val = engine.state.metrics, evaluator.state.metrics
+        log.add_epoch(
+            {
+                "epoch": engine.state.epoch,
+                "iteration": engine.state.iteration,
+                "lr": f"{optimizer.param_groups[0]['lr']:.8g}",
+                "train_loss": f"{float(train['train_loss']):.6f}",
+                "train_acc": f"{float(train['train_acc']):.6f}",
+                "val_loss": f"{float(val['loss']):.6f}",
+                "val_acc": f"{float(val['accuracy']):.6f}",
+                "epoch_time_s": f"{epoch_time:.3f}",
+                "train_images_per_s": f"{images_per_epoch / max(epoch_time, 1e-9):.1f}",
+            }
+        )
+        log.flush()
+        if idist.get_rank() == 0:
+            print(
+                f"epoch {engine.state.epoch}/{engine.state.max_epochs}: train_loss {float(train['train_loss']):.4f} "
+                f"train_acc {float(train['train_acc']):.4f} val_loss {float(val['loss']):.4f} "
+                f"val_acc {float(val['accuracy']):.4f} ({epoch_time:.1f}s)",
+                flush=True,
+            )
+
+
+def build_best_checkpoint(model: torch.nn.Module, evaluator: Engine, trainer: Engine, checkpoint_dir: Path) -> Checkpoint:
+    return Checkpoint(
+        {"model": model},
+        DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
+        filename_prefix=BEST_PREFIX,
+        score_function=lambda _: float(evaluator.state.metrics["accuracy"]),
+        score_name="val_acc",
+        n_saved=1,
+        global_step_transform=lambda *_: trainer.state.epoch,
+    )
+
+
+def attach_checkpoints(
+    trainer: Engine,
+    to_save: dict[str, Any],
+    checkpoint_dir: Path,
+    every_epochs: int,
+    every_iters: int | None,
+    n_saved: int,
+    best: Checkpoint,
+    log: RunLog,
+) -> Callable[[Engine], None]:
+    """Save everything needed to resume: after each epoch's evaluation, and every ``every_iters``
+    iterations inside an epoch. A terminating (diverged) trainer is never saved. Returns the save
+    function, for a stop on a signal."""
+    checkpoint = Checkpoint(
+        to_save,
+        DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
+        n_saved=n_saved,
+        include_self=True,
+    )
+
+    def save(engine: Engine) -> None:
+        if engine.should_terminate:
+            return
+        log.flush()  # logs first: a kill between the two leaves rows that resume drops, never a gap
+        checkpoint(engine)
+
+    def epoch_due(engine: Engine, epoch: int) -> bool:
+        return epoch % every_epochs == 0 or epoch == engine.state.max_epochs or every_iters is not None
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, best)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=epoch_due), save)
+    if every_iters is not None:
+
+        def mid_epoch_due(engine: Engine, iteration: int) -> bool:
+            return iteration % every_iters == 0 and iteration % engine.state.epoch_length != 0
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(event_filter=mid_epoch_due), save)
+    return save
+
+
+def attach_stop_on_signal(trainer: Engine, stop: StopRequest, save: Callable[[Engine], None]) -> None:
+    """Stop after the iteration in flight, with a checkpoint. At an epoch's last iteration the stop
+    waits for the epoch's evaluation, so that no metrics row goes missing."""
+
+    def stop_if_requested(engine: Engine) -> None:
+        if stop.signum is not None and not engine.should_terminate:
+            save(engine)
+            engine.terminate()
+
+    mid_epoch = Events.ITERATION_COMPLETED(event_filter=lambda engine, i: i % engine.state.epoch_length != 0)
+    trainer.add_event_handler(mid_epoch, stop_if_requested)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, stop_if_requested)
+
+
+def checkpoint_iteration(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[-1])
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Resume checkpoints, newest first."""
+    paths = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}_*.pt") if p.stem.rsplit("_", 1)[-1].isdigit()]
+    return sorted(paths, key=checkpoint_iteration, reverse=True)
+
+
+def find_best_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob(f"{BEST_PREFIX}_*.pt"))
+    return found[-1] if found else None

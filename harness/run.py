@@ -1,0 +1,354 @@
+"""``python -m harness.run CONFIG [--set K=V ...] [--out RUN_DIR]`` or ``--resume RUN_DIR``.
+
+One code path for one CPU process and for N processes under torchrun (``idist.Parallel``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import ignite
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.utils import manual_seed
+from torch import nn
+
+from harness import atomic_io
+from harness.config import Config, dump_config, load_config
+from harness.data import (
+    AugmentedArrayDataset,
+    EpochBatchSampler,
+    build_eval_transform,
+    build_loader,
+    build_train_transform,
+    load_arrays,
+    per_rank_batch,
+    resolve_num_workers,
+)
+from harness.errors import HarnessError, exit_on_harness_error
+from harness.handlers import (
+    RNGState,
+    RunLog,
+    StopRequest,
+    attach_checkpoints,
+    attach_epoch_timer,
+    attach_evaluation,
+    attach_lr_logging,
+    attach_nan_guard,
+    attach_progress_bars,
+    attach_stop_on_signal,
+    build_best_checkpoint,
+    list_checkpoints,
+)
+from harness.models import build_model, count_parameters
+from harness.optim import attach_lr_scheduler, build_optimizer
+from harness.trainers import create_evaluator, create_trainer, resolve_amp_dtype
+
+EXIT_DIVERGED = 3
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import captum
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ignite": ignite.__version__,
+        "albumentations": albumentations.__version__,
+        "captum": captum.__version__,
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("results") / cfg.name / stamp
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder, refusing to overwrite another run's files."""
+    if (run_dir / "summary.json").exists() or (run_dir / "config.yaml").exists():
+        raise HarnessError(f"--out {run_dir}: already holds a run; continue it with --resume {run_dir} or choose another folder")
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise HarnessError(f"output folder {run_dir}: cannot be written ({error.strerror or error})") from None
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads; damaged ones are named, set aside and skipped."""
+    for path in list_checkpoints(run_dir / "checkpoints"):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # a truncated file raises several types inside torch.load
+            print(f"warning: checkpoint {path} is damaged ({type(error).__name__}); using the previous one", file=sys.stderr)
+            path.rename(path.with_suffix(".pt.damaged"))
+    return None
+
+
+def training(cfg: Config, run_dir: Path, resume: bool, outcome: dict[str, Any]) -> None:
+    rank, world_size, device = idist.get_rank(), idist.get_world_size(), idist.device()
+    started = time.time()
+    manual_seed(cfg.seed)
+
+    # ---- data
+    with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
+        train_arrays, test_arrays = load_arrays(cfg)
+    batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
+    if len(train_arrays) < cfg.data.batch_size:
+        raise HarnessError(f"data.batch_size = {cfg.data.batch_size}: expected at most the {len(train_arrays)} training images")
+    train_sampler = EpochBatchSampler(len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size)
+    eval_batch = max(1, cfg.data.eval_batch_size // world_size)
+    eval_sampler = EpochBatchSampler(len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size)
+    num_workers = resolve_num_workers(cfg.data, device, idist.get_nproc_per_node())
+    train_loader = build_loader(AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data)), train_sampler, num_workers, device)
+    eval_loader = build_loader(AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device)
+    iters_per_epoch = len(train_sampler)
+
+    # ---- model, optimizer, engines
+    num_classes = len(train_arrays.classes)
+    model = build_model(cfg.model, num_classes)
+    num_params = count_parameters(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = idist.auto_model(model)
+    optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
+    trainer, train_metrics = create_trainer(model, optimizer, loss_fn, device, cfg.train, scaler)
+    evaluator = create_evaluator(model, device, cfg.train)
+
+    # ---- handlers (order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop)
+    log = RunLog(run_dir)
+    pending_metric_state: dict[str, Any] = {}
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def start_epoch(engine: Engine) -> None:
+        done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * iters_per_epoch
+        train_sampler.set_epoch(engine.state.epoch, skip_batches=done_in_epoch)
+        for name, state in pending_metric_state.items():  # a resumed epoch keeps its running averages
+            train_metrics[name].load_state_dict(state)
+        pending_metric_state.clear()
+
+    timer = attach_epoch_timer(trainer)
+    attach_lr_logging(trainer, optimizer, log)
+    sync_every = 1 if device.type == "cpu" else 10
+    attach_nan_guard(trainer, sync_every)
+    lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, cfg.train.epochs)
+    attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
+    best = build_best_checkpoint(model, evaluator, trainer, run_dir / "checkpoints")
+    to_save: dict[str, Any] = {
+        "model": model,
+        "optimizer": optimizer,
+        "lr_scheduler": lr_scheduler,
+        "trainer": trainer,
+        "best_checkpointer": best,
+        "rng": RNGState(),
+        **{f"metric_{name}": metric for name, metric in train_metrics.items()},
+    }
+    if scaler is not None:
+        to_save["scaler"] = scaler
+    save = attach_checkpoints(
+        trainer, to_save, run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_iters, cfg.checkpoint.n_saved, best, log
+    )
+    stop = StopRequest()
+    attach_stop_on_signal(trainer, stop, save)
+    attach_progress_bars(trainer, evaluator, sync_every)
+
+    # ---- resume or start
+    resumed_from = None
+    elapsed_before = 0.0
+    if resume:
+        found = load_resume_checkpoint(run_dir)
+        if found is not None:
+            resumed_from, state = found
+            if state["trainer"]["iteration"] >= iters_per_epoch * cfg.train.epochs:
+                outcome["already_done"] = True
+                return
+            from ignite.handlers import Checkpoint
+
+            Checkpoint.load_objects({k: v for k, v in to_save.items() if not k.startswith("metric_")}, state)
+            pending_metric_state.update({name: state[f"metric_{name}"] for name in train_metrics})
+            log.restore(trainer.state.iteration, iters_per_epoch)
+            elapsed_before = float(read_summary(run_dir).get("total_time_s") or 0.0)
+            if rank == 0:
+                print(f"resuming from {resumed_from} (iteration {trainer.state.iteration})", flush=True)
+
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "status": "running",
+        "device": describe_device(device),
+        "world_size": world_size,
+        "num_params": num_params,
+        "num_workers": num_workers,
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "train_images": len(train_arrays),
+        "test_images": len(test_arrays),
+        "classes": train_arrays.classes,
+        "iterations_per_epoch": iters_per_epoch,
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+    }
+    if rank == 0:
+        write_model_summary(cfg, run_dir / "model_summary.txt", num_classes)
+        atomic_io.write_json(run_dir / "summary.json", summary)
+
+    stop.install()
+    try:
+        trainer.run(train_loader, max_epochs=cfg.train.epochs)
+    finally:
+        stop.uninstall()
+
+    loss = trainer.state.output["loss"] if trainer.state.output else None
+    if loss is not None and not math.isfinite(float(loss)):
+        summary.update(status="diverged", diverged_at_iteration=trainer.state.iteration)
+    elif stop.signum is not None:
+        summary.update(status="interrupted", interrupted_at_iteration=trainer.state.iteration)
+    else:
+        summary["status"] = "completed"
+    best_acc, best_epoch = log.best()
+    summary.update(
+        epochs_completed=len(log.metrics_rows),
+        best_val_acc=best_acc,
+        best_epoch=best_epoch,
+        final_val_acc=float(log.metrics_rows[-1]["val_acc"]) if log.metrics_rows else None,
+        total_time_s=round(elapsed_before + time.time() - started, 2),
+        finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    if rank == 0:
+        atomic_io.write_json(run_dir / "summary.json", summary)
+    outcome.update(status=summary["status"], signum=stop.signum)
+
+
+def write_model_summary(cfg: Config, path: Path, num_classes: int) -> None:
+    from torchinfo import summary
+
+    text = str(summary(build_model(cfg.model, num_classes), input_size=(2, 3, 32, 32), verbose=0, mode="eval", device="cpu"))
+    atomic_io.write_text(path, text + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m harness.run", description="Train ResNet18 from a YAML experiment.")
+    parser.add_argument("config", nargs="?", help="experiment YAML, e.g. experiments/resnet18.yaml")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set train.epochs=5 data.batch_size=256")
+    parser.add_argument("--out", type=Path, help="run folder (default: results/<name>/<UTC timestamp>)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
+    args = parser.parse_args(argv)
+    if args.resume is None and args.config is None:
+        parser.error("give a CONFIG file, or --resume RUN_DIR")
+    if args.resume is not None and (args.config or args.overrides or args.out):
+        parser.error("--resume RUN_DIR takes the run's own config.yaml; give no CONFIG, --set or --out with it")
+    return args
+
+
+def resolve_backend(cfg: Config) -> str | None:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return cfg.train.backend or ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def open_run_dir(cfg: Config, out: Path | None) -> Path:
+    """Rank 0 creates the run folder and its locked config.yaml; every rank gets the same path."""
+    message = ""
+    run_dir = out or default_run_dir(cfg)
+    if idist.get_rank() == 0:
+        try:
+            prepare_run_dir(run_dir)
+            atomic_io.write_text(run_dir / "config.yaml", dump_config(cfg)).chmod(0o444)  # what this run used
+        except HarnessError as error:
+            message = f"error:{error}"
+    shared = idist.broadcast(message or str(run_dir), src=0, safe_mode=True) if idist.get_world_size() > 1 else (message or str(run_dir))
+    if shared.startswith("error:"):
+        raise HarnessError(shared[len("error:"):])
+    return Path(shared)
+
+
+def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outcome: dict[str, Any]) -> None:
+    resume = args.resume is not None
+    run_dir = args.resume if resume else open_run_dir(cfg, args.out)
+    if idist.get_rank() == 0:
+        print(f"run folder: {run_dir}", flush=True)
+    outcome["run_dir"] = run_dir
+    training(cfg, run_dir, resume, outcome)
+
+
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.resume is not None:
+        if not (args.resume / "config.yaml").is_file():
+            raise HarnessError(f"--resume {args.resume}: not a run folder (no config.yaml there)")
+        if read_summary(args.resume).get("status") == "completed":
+            print(f"{args.resume}: this run already completed; nothing to resume")
+            return 0
+        cfg = load_config(args.resume / "config.yaml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+    build_train_transform(cfg.data)  # a bad transform fails here, before anything is written
+    outcome: dict[str, Any] = {}
+    with idist.Parallel(backend=resolve_backend(cfg)) as parallel:
+        parallel.run(run_in_process, cfg, args, outcome)
+    run_dir = outcome.get("run_dir")
+    if outcome.get("already_done"):
+        print(f"{run_dir}: training already finished; nothing to resume")
+        return 0
+    status = outcome.get("status")
+    if idist.get_rank() == 0:
+        print(f"run folder: {run_dir} ({status})", flush=True)
+    if status == "interrupted":
+        return 128 + outcome["signum"]
+    if status == "diverged":
+        return EXIT_DIVERGED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The training and evaluation steps as Ignite engines; handlers live in ``harness.handlers``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.metrics import Accuracy, Average, Loss, Metric
+from torch import nn
+
+from harness.config import TrainConfig
+
+
+def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp``: auto means bf16 on a GPU that has it, fp16 on an older GPU, none on CPU."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def prepare_batch(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = batch
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    return images, labels.to(device, non_blocking=True)
+
+
+def create_trainer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    cfg: TrainConfig,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[Engine, dict[str, Metric]]:
+    """The trainer and its epoch-wise metrics (returned so that checkpoints can carry their state)."""
+    amp_dtype = resolve_amp_dtype(cfg.amp, device)
+
+    def train_step(engine: Engine, batch: Any) -> dict[str, torch.Tensor]:
+        model.train()
+        images, labels = prepare_batch(batch, device, cfg.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+            loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        # Tensors, not floats: reading them back every iteration would stall a GPU.
+        return {"loss": loss.detach(), "y_pred": logits.detach(), "y": labels}
+
+    trainer = Engine(train_step)
+    # Metrics live on the device for the same reason.
+    metrics: dict[str, Metric] = {
+        "train_loss": Average(output_transform=lambda out: out["loss"], device=device),
+        "train_acc": Accuracy(output_transform=lambda out: (out["y_pred"], out["y"]), device=device),
+    }
+    for name, metric in metrics.items():
+        metric.attach(trainer, name)
+    return trainer, metrics
+
+
+def create_evaluator(model: nn.Module, device: torch.device, cfg: TrainConfig) -> Engine:
+    amp_dtype = resolve_amp_dtype(cfg.amp, device)
+
+    @torch.inference_mode()
+    def eval_step(engine: Engine, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        images, labels = prepare_batch(batch, device, cfg.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images)
+        return logits.float(), labels
+
+    evaluator = Engine(eval_step)
+    Accuracy(device=device).attach(evaluator, "accuracy")
+    Loss(nn.CrossEntropyLoss(), device=device).attach(evaluator, "loss")
+    return evaluator
