@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,6 +178,9 @@ def _in_range(value: float, meta: dict) -> bool:
     return True
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 class _Mismatch(Exception):
     pass
 
@@ -220,6 +224,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise _Mismatch
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
             return float(value)
         raise _Mismatch
     if hint is str:

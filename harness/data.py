@@ -177,10 +177,10 @@ def make_synthetic(cfg: DataConfig, seed: int, num_classes: int = 10) -> tuple[I
         labels = np.arange(size) % num_classes
         rng.shuffle(labels)
         palette = np.random.default_rng(seed).integers(40, 200, size=(num_classes, 3))
-        images = rng.normal(0, 25, size=(size, 32, 32, 3)) + palette[labels][:, None, None, :]
+        images = rng.normal(0, 15, size=(size, 32, 32, 3)) + palette[labels][:, None, None, :]
         for i, label in enumerate(labels):
             top, left = 4 + (label // 4) * 8, 4 + (label % 4) * 7
-            images[i, top : top + 8, left : left + 8] += 60
+            images[i, top : top + 8, left : left + 8] += 80
         return ImageArrays(np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64), [f"class{c}" for c in range(num_classes)])
 
     return split(cfg.synthetic_train_size, seed * 2 + 1), split(cfg.synthetic_test_size, seed * 2 + 2)

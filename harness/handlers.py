@@ -192,10 +192,21 @@ def attach_evaluation(
             )
 
 
+class DiskSaverKeepingGoing(DiskSaver):
+    """A DiskSaver that shrugs at an already-missing old file: after a resume from an older
+    checkpoint, the handler's list can name a file that a later, lost save replaced."""
+
+    def remove(self, filename: str) -> None:
+        try:
+            super().remove(filename)
+        except FileNotFoundError:
+            pass
+
+
 def build_best_checkpoint(model: torch.nn.Module, evaluator: Engine, trainer: Engine, checkpoint_dir: Path) -> Checkpoint:
     return Checkpoint(
         {"model": model},
-        DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
+        DiskSaverKeepingGoing(str(checkpoint_dir), require_empty=False, atomic=True),
         filename_prefix=BEST_PREFIX,
         score_function=lambda _: float(evaluator.state.metrics["accuracy"]),
         score_name="val_acc",
@@ -219,7 +230,7 @@ def attach_checkpoints(
     function, for a stop on a signal."""
     checkpoint = Checkpoint(
         to_save,
-        DiskSaver(str(checkpoint_dir), require_empty=False, atomic=True),
+        DiskSaverKeepingGoing(str(checkpoint_dir), require_empty=False, atomic=True),
         n_saved=n_saved,
         include_self=True,
     )

@@ -80,7 +80,7 @@ def attach_lr_scheduler(
     else:  # cosine
         warmup_iters = round(cfg.warmup_epochs * iters_per_epoch)
         scheduler = CosineAnnealingScheduler(
-            optimizer, "lr", start_value=lr, end_value=lr * cfg.final_factor, cycle_size=iters_per_epoch * epochs - warmup_iters
+            optimizer, "lr", start_value=lr, end_value=lr * cfg.final_factor, cycle_size=iters_per_epoch * epochs - warmup_iters + 1
         )
         if warmup_iters:
             scheduler = create_lr_scheduler_with_warmup(

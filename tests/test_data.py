@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.config import Config, DataConfig, config_from_dict
+from harness.data import (
+    AugmentedArrayDataset,
+    EpochBatchSampler,
+    build_train_transform,
+    load_arrays,
+    stratified_subset,
+)
+from harness.errors import HarnessError
+
+
+def write_cifar_pickles(root: Path, per_batch: int = 20) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for n, name in enumerate(names):
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        data[:, 0] = n  # red channel of the top-left pixel records the file it came from
+        entry = {"data": data, "labels": [i % 10 for i in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+
+
+def test_cifar10_pickles_are_read_into_memory(tmp_path):
+    write_cifar_pickles(tmp_path)
+    cfg = config_from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "download": False}})
+    train, test = load_arrays(cfg)
+    assert train.images.shape == (100, 32, 32, 3) and train.images.dtype == np.uint8
+    assert test.images.shape == (20, 32, 32, 3)
+    assert train.classes == [f"c{i}" for i in range(10)]
+    assert sorted(set(train.images[:, 0, 0, 0])) == [0, 1, 2, 3, 4]  # CHW rows became HWC pixels
+    assert set(test.images[:, 0, 0, 0]) == {5}
+
+
+def test_cifar10_missing_without_download_names_the_folder(tmp_path):
+    cfg = config_from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "download": False}})
+    with pytest.raises(HarnessError, match="CIFAR-10 files not found"):
+        load_arrays(cfg)
+
+
+def make_image_folder(root: Path, per_class: int = 3, classes=("cat", "dog")) -> None:
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_image_folder_decodes_and_caches(tmp_path):
+    make_image_folder(tmp_path / "data")
+    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}})
+    train, test = load_arrays(cfg)
+    assert train.classes == ["cat", "dog"]
+    assert train.images.shape == (6, 32, 32, 3) and list(train.labels) == [0, 0, 0, 1, 1, 1]
+    expected = np.asarray(Image.open(tmp_path / "data/train/dog/2.png"))
+    assert np.array_equal(train.images[5], expected)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    again, _ = load_arrays(cfg)  # from the cache
+    assert np.array_equal(again.images, train.images)
+
+
+def test_image_folder_corrupt_image_is_named(tmp_path):
+    make_image_folder(tmp_path)
+    (tmp_path / "train/dog/bad.jpg").write_bytes(b"not an image")
+    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path), "cache_dir": str(tmp_path / "c")}})
+    with pytest.raises(HarnessError, match=r"train/dog/bad.jpg: unreadable image"):
+        load_arrays(cfg)
+
+
+def test_image_folder_empty_class_and_missing_root(tmp_path):
+    make_image_folder(tmp_path)
+    (tmp_path / "train/bird").mkdir()
+    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path)}})
+    with pytest.raises(HarnessError, match=r"train/bird: empty class folder"):
+        load_arrays(cfg)
+    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path / "absent")}})
+    with pytest.raises(HarnessError, match="folder not found"):
+        load_arrays(cfg)
+
+
+def test_stratified_subset_keeps_class_proportions():
+    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 1000}})
+    train, _ = load_arrays(cfg)
+    subset = stratified_subset(train, 105, seed=3, key="data.train_subset")
+    counts = np.bincount(subset.labels, minlength=10)
+    assert counts.sum() == 105 and counts.max() - counts.min() <= 1
+    assert np.array_equal(stratified_subset(train, 105, seed=3, key="k").images, subset.images)
+    with pytest.raises(HarnessError, match="expected at most"):
+        stratified_subset(train, 5000, seed=3, key="data.train_subset")
+
+
+def test_padded_random_crop_stays_32x32_and_moves():
+    transform = build_train_transform(DataConfig(mean=[0, 0, 0], std=[1 / 255] * 3))
+    image = np.random.default_rng(0).integers(1, 256, size=(32, 32, 3), dtype=np.uint8)
+    offsets = set()
+    for seed in range(40):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        tensor = transform(image=image)["image"]
+        assert tuple(tensor.shape) == (3, 32, 32)
+        zero_rows = (tensor[0] == 0).all(1).numpy()
+        offsets.add(int(zero_rows[:4].sum()) - int(zero_rows[-4:].sum()))
+    assert len(offsets) > 3, "the 32x32 crop of the 40x40 padded image lands at several offsets"
+
+
+def test_cutout_alone_cuts_one_16x16_square():
+    cfg = DataConfig(
+        augment=[{"name": "CoarseDropout", "num_holes_range": [1, 1], "hole_height_range": [16, 16],
+                  "hole_width_range": [16, 16], "fill": 0, "p": 1.0}],
+        mean=[0, 0, 0], std=[1 / 255] * 3,
+    )
+    transform = build_train_transform(cfg)
+    image = np.full((32, 32, 3), 200, dtype=np.uint8)
+    for seed in range(20):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        zero = (transform(image=image)["image"][0] == 0).numpy()
+        rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
+        assert zero.sum() == 256 and len(rows) == 16 and len(cols) == 16
+
+
+def test_same_seed_same_augmentation_and_replayable_sampler():
+    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 100}})
+    train, _ = load_arrays(cfg)
+    dataset = AugmentedArrayDataset(train, build_train_transform(cfg.data))
+    sampler = EpochBatchSampler(len(train), 8, seed=0, shuffle=True)
+    sampler.set_epoch(2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 12
+    sampler.set_epoch(2, skip_batches=5)
+    assert list(sampler) == batches[5:]
+    sampler.set_epoch(3)
+    assert list(sampler) != batches
+    key = batches[0][0]
+    a, b = dataset[key][0], dataset[key][0]
+    assert (a == b).all()
+
+
+def test_eval_sampler_shards_cover_every_image_once():
+    shards = [EpochBatchSampler(103, 10, seed=0, shuffle=False, rank=r, world_size=3) for r in range(3)]
+    seen = sorted(i for s in shards for batch in s for i in batch)
+    assert seen == list(range(103))

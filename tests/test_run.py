@@ -1,0 +1,168 @@
+"""End-to-end runs on tiny synthetic data: the run folder, resume after kill -9 and SIGTERM,
+divergence, damaged checkpoints and bad output folders."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from harness.handlers import METRICS_COLUMNS, list_checkpoints
+from harness.run import main
+from tests.conftest import REPO
+
+TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)["model"]
+
+
+def start_run(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(run_dir: Path, iteration: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    target = run_dir / "checkpoints" / f"checkpoint_{iteration}.pt"
+    while not target.exists():
+        assert process.poll() is None, f"run ended before iteration {iteration}: {process.communicate()[1][-2000:]}"
+        assert time.time() < deadline, "timed out waiting for a checkpoint"
+        time.sleep(0.02)
+
+
+def test_one_epoch_run_writes_the_run_folder(write_config, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main([str(write_config()), "--out", str(run_dir)]) == 0
+    for name in ("config.yaml", "metrics.csv", "lr.csv", "summary.json", "model_summary.txt"):
+        assert (run_dir / name).is_file(), name
+    rows = read_rows(run_dir / "metrics.csv")
+    assert list(rows[0]) == METRICS_COLUMNS and len(rows) == 1
+    assert 0.0 <= float(rows[0]["val_acc"]) <= 1.0
+    lr_rows = read_rows(run_dir / "lr.csv")
+    assert [int(r["iteration"]) for r in lr_rows] == list(range(1, 9))  # 256 images / batch 32
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("status", "best_val_acc", "best_epoch", "final_val_acc", "total_time_s", "device", "world_size",
+                "num_params", "versions", "git_commit"):
+        assert key in summary, key
+    assert summary["status"] == "completed" and summary["world_size"] == 1
+    assert summary["final_val_acc"] == float(rows[0]["val_acc"])
+    assert list_checkpoints(run_dir / "checkpoints")
+    assert list((run_dir / "checkpoints").glob("best_model_*.pt"))
+    assert "Total params: 176,402" in (run_dir / "model_summary.txt").read_text()
+    assert "width: 8" in (run_dir / "config.yaml").read_text()
+
+
+def test_training_learns_the_synthetic_classes(write_config, tmp_path):
+    config = write_config({"data": {"synthetic_train_size": 768}, "train": {"epochs": 3}})
+    assert main([str(config), "--out", str(tmp_path / "run")]) == 0
+    rows = read_rows(tmp_path / "run" / "metrics.csv")
+    assert float(rows[-1]["val_acc"]) > 0.5, rows  # chance is 0.1
+
+
+def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config, tmp_path):
+    config = write_config({"data": {"synthetic_train_size": 512}, "train": {"epochs": 3},
+                           "checkpoint": {"every_iters": 4, "n_saved": 3}})
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    reference = start_run(str(config), "--out", str(whole))
+    interrupted = start_run(str(config), "--out", str(broken))
+    wait_for_checkpoint(broken, 20, interrupted)  # epoch 2 runs iterations 17..32
+    interrupted.kill()
+    interrupted.wait()
+    assert reference.wait(timeout=300) == 0
+    resumed = subprocess.run([sys.executable, "-m", "harness.run", "--resume", str(broken)], cwd=REPO,
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    assert without_timing(read_rows(broken / "metrics.csv")) == without_timing(read_rows(whole / "metrics.csv"))
+    assert read_rows(broken / "lr.csv") == read_rows(whole / "lr.csv")
+    a, b = final_weights(whole), final_weights(broken)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    summary = json.loads((broken / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"]
+
+
+def test_sigterm_saves_then_resume_skips_damaged_checkpoint(write_config, tmp_path):
+    config = write_config({"train": {"epochs": 2}, "checkpoint": {"every_iters": 2, "n_saved": 2}})
+    run_dir = tmp_path / "run"
+    process = start_run(str(config), "--out", str(run_dir))
+    wait_for_checkpoint(run_dir, 4, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    stopped_at = summary["interrupted_at_iteration"]
+    saved = list_checkpoints(run_dir / "checkpoints")
+    assert len(saved) <= 2, "checkpoint.n_saved bounds the files kept"
+    assert int(saved[0].stem.split("_")[-1]) == stopped_at, "the stop saved the iteration it finished"
+
+    newest = saved[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # a checkpoint cut short, as by a full disk
+    assert main(["--resume", str(run_dir)]) == 0
+    rows = read_rows(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["iteration"]) for r in read_rows(run_dir / "lr.csv")] == list(range(1, 17))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert main(["--resume", str(run_dir)]) == 0  # a finished run says so and changes nothing
+
+
+def test_resume_reports_damaged_checkpoint_by_name(write_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    config = write_config({"train": {"epochs": 2}, "checkpoint": {"every_iters": 3, "n_saved": 3}})
+    assert main([str(config), "--out", str(run_dir)]) == 0
+    summary_path = run_dir / "summary.json"
+    summary_path.write_text(summary_path.read_text().replace('"completed"', '"interrupted"'))
+    newest = list_checkpoints(run_dir / "checkpoints")[0]
+    newest.write_bytes(b"")
+    assert main(["--resume", str(run_dir)]) in (0,)
+    assert f"checkpoint {newest} is damaged" in capsys.readouterr().err
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(write_config, tmp_path):
+    run_dir = tmp_path / "run"
+    config = write_config({"optimizer": {"lr": 1.0e12}, "train": {"epochs": 2},
+                           "checkpoint": {"every_iters": 1, "n_saved": 1}})
+    assert main([str(config), "--out", str(run_dir)]) == 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    kept = list_checkpoints(run_dir / "checkpoints")
+    if kept:  # the first iterations may already diverge; whatever was kept is finite
+        assert int(kept[0].stem.split("_")[-1]) < summary["diverged_at_iteration"]
+        weights = torch.load(kept[0], map_location="cpu", weights_only=False)["model"]
+        assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+def test_bad_output_folders_and_resume_targets(write_config, tmp_path, capsys):
+    config = write_config()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main([str(config), "--out", str(blocker / "run")]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--out", str(run_dir)]) == 0
+    before = (run_dir / "metrics.csv").read_bytes()
+    assert main([str(config), "--out", str(run_dir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run_dir / "metrics.csv").read_bytes() == before
