@@ -1,13 +1,14 @@
 """Write files so that a crash leaves either the old file or the new one, never half of either."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+import numpy as np
 
 
 _UMASK = os.umask(0)
@@ -45,5 +46,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def torch_save(path: str | Path, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def write_npz(path: str | Path, compress: bool = True, **arrays: Any) -> Path:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buffer, **arrays)
+    return write_bytes(path, buffer.getvalue())

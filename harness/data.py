@@ -3,7 +3,6 @@ augmented per sample with albumentations, batched by a sampler that can replay a
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import random
@@ -149,11 +148,10 @@ def _load_or_decode(split: str, files: list[tuple[Path, int]], classes: list[str
             except (OSError, ValueError, KeyError):
                 pass  # a damaged cache is rebuilt below
     arrays = _decode_split(files, classes)
-    buffer = io.BytesIO()
-    np.savez(buffer, images=arrays.images, labels=arrays.labels)
     for folder in _cache_dirs(cfg):
         try:
-            atomic_io.write_bytes(folder / name, buffer.getvalue())
+            # uncompressed: reading 180 MB back is faster than inflating it
+            atomic_io.write_npz(folder / name, compress=False, images=arrays.images, labels=arrays.labels)
             break
         except OSError:
             continue  # read-only data folder: try the next place; no cache is only slower

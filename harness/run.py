@@ -318,6 +318,11 @@ def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outco
         print(f"run folder: {run_dir}", flush=True)
     outcome["run_dir"] = run_dir
     training(cfg, run_dir, resume, outcome)
+    if outcome.get("status") == "completed" and idist.get_rank() == 0 and cfg.analysis.enabled:
+        from harness.analyze import analyze_run
+
+        analyze_run(run_dir, idist.device())
+        print(f"analysis: {run_dir / 'analysis'}", flush=True)
 
 
 @exit_on_harness_error

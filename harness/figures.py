@@ -1,0 +1,127 @@
+"""Figures for analysis and reports: matplotlib with the Agg backend, one PNG per figure.
+
+Every figure carries a footer naming what produced it (run, device, commit).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from harness import atomic_io  # noqa: E402
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalized (N, 3, H, W) tensors back to (N, H, W, 3) floats in [0, 1] for display."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float().cpu() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def save_figure(fig: plt.Figure, path: Path, footer: str | None = None) -> Path:
+    if footer:
+        fig.text(0.5, 0.002, footer, ha="center", va="bottom", fontsize=7, color="#666666")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_io.write_bytes(path, buffer.getvalue())
+
+
+def image_grid(images: np.ndarray, titles: list[str], path: Path, columns: int = 8, footer: str | None = None) -> Path:
+    """A grid of (N, H, W, 3) images in [0, 1] or uint8, each with a title."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def gradcam_grid(
+    images: np.ndarray,
+    maps: dict[str, np.ndarray],
+    titles: list[str],
+    path: Path,
+    footer: str | None = None,
+) -> Path:
+    """A row per image: the image, then heatmap and overlay for each layer."""
+    layers = list(maps)
+    columns = 1 + 2 * len(layers)
+    fig, axes = plt.subplots(len(images), columns, figsize=(columns * 1.3, len(images) * 1.4), squeeze=False)
+    for row, (image, title) in enumerate(zip(images, titles)):
+        axes[row, 0].imshow(image, interpolation="nearest")
+        axes[row, 0].set_title(title, fontsize=7)
+        for k, layer in enumerate(layers):
+            heat = maps[layer][row]
+            axes[row, 1 + 2 * k].imshow(heat, cmap="jet", vmin=0, vmax=1)
+            axes[row, 2 + 2 * k].imshow(image, interpolation="nearest")
+            axes[row, 2 + 2 * k].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            if row == 0:
+                axes[row, 1 + 2 * k].set_title(f"{layer}", fontsize=7)
+                axes[row, 2 + 2 * k].set_title(f"{layer} overlay", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def per_class_bars(classes: list[str], accuracy: Sequence[float], path: Path, footer: str | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar(classes, [100 * a for a in accuracy], color="#4C72B0")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(min(100 * min(accuracy) - 5, 90) if len(accuracy) else 0, 100)
+    for i, a in enumerate(accuracy):
+        ax.text(i, 100 * a, f"{100 * a:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def confusion_heatmap(classes: list[str], matrix: np.ndarray, path: Path, footer: str | None = None) -> Path:
+    """Row-normalized confusion matrix (rows: true class) with counts written in each cell."""
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def curves(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    ylabel: str,
+    path: Path,
+    xlabel: str = "epoch",
+    footer: str | None = None,
+    log_y: bool = False,
+) -> Path:
+    """Lines named by ``series`` keys, each (x, y)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, label=label, linewidth=1.6, marker="o" if len(x) <= 30 else None, markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
