@@ -308,7 +308,16 @@ def _apply_override(raw: dict, path: list[str], value: Any, text: str) -> None:
     node[path[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict:
+def _deep_merge(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a dict; ``base: other.yaml`` (relative to the file) is read first and
+    overlaid, so that a variant names only what it changes."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -323,7 +332,15 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
-    return raw
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base = {base!r}: expected the path of another config file")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"{path}: base = {base!r}: the chain of base files loops")
+    return _deep_merge(read_yaml(base_path, (*_seen, path.resolve())), raw)
 
 
 def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<config>") -> Config:

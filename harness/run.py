@@ -323,6 +323,10 @@ def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outco
 
         analyze_run(run_dir, idist.device())
         print(f"analysis: {run_dir / 'analysis'}", flush=True)
+    if idist.get_rank() == 0 and cfg.report.enabled:
+        from harness.report import render_run_report
+
+        print(f"report: {render_run_report(run_dir)}", flush=True)  # renders whatever exists, whatever the status
 
 
 @exit_on_harness_error

@@ -1,0 +1,272 @@
+"""Self-contained HTML reports (jinja2 templates in ``report_templates/``).
+
+``python -m harness.report RUN_DIR``                      -> RUN_DIR/report.html
+``python -m harness.report RUN_DIR_1 RUN_DIR_2 ... --out compare.html`` -> a comparison of runs
+
+Images are embedded as base64 PNG and CSS is inline: the file opens from disk, offline. A run
+that lacks pieces (crashed, not analyzed) shows what it has and says what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+import yaml
+
+from harness import atomic_io, figures
+from harness.errors import HarnessError, exit_on_harness_error
+from harness.handlers import read_csv_rows
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"
+
+
+@dataclass
+class RunRecord:
+    """Whatever a run folder holds; every piece may be missing."""
+
+    run_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    lr: pd.DataFrame = field(default_factory=pd.DataFrame)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.run_dir.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.run_dir.name})"
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    def analysis(self, name: str) -> Path:
+        return self.run_dir / "analysis" / name
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return loaded if isinstance(loaded, dict) else {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HarnessError(f"{run_dir}: run folder not found")
+    record = RunRecord(run_dir)
+    record.config = _read_yaml(run_dir / "config.yaml")
+    if not record.config:
+        record.missing.append("config.yaml")
+    try:
+        record.summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record.missing.append("summary.json")
+    for attr, name in (("metrics", "metrics.csv"), ("lr", "lr.csv")):
+        rows = read_csv_rows(run_dir / name)
+        if rows:
+            setattr(record, attr, pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce"))
+        else:
+            record.missing.append(name)
+    if not (run_dir / "analysis" / "per_class.csv").is_file():
+        record.missing.append("analysis")
+    return record
+
+
+def embed_png(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _footer(record: RunRecord) -> str:
+    commit = (record.summary.get("git_commit") or "no git")[:12]
+    return f"{record.run_dir} | {record.summary.get('device', '?')} | commit {commit}"
+
+
+def training_figures(record: RunRecord) -> dict[str, str | None]:
+    """Curves drawn from metrics.csv and lr.csv into RUN_DIR/figures/, returned embedded."""
+    out_dir = record.run_dir / "figures"
+    footer = _footer(record)
+    m = record.metrics
+    made: dict[str, str | None] = {"loss": None, "accuracy": None, "lr": None, "timing": None}
+    if not m.empty:
+        epochs = m["epoch"]
+        made["loss"] = embed_png(figures.curves({"train": (epochs, m["train_loss"]), "test": (epochs, m["val_loss"])},
+                                                "loss", out_dir / "loss.png", footer=footer))
+        made["accuracy"] = embed_png(figures.curves({"train": (epochs, 100 * m["train_acc"]), "test": (epochs, 100 * m["val_acc"])},
+                                                    "accuracy (%)", out_dir / "accuracy.png", footer=footer))
+        made["timing"] = embed_png(figures.curves({"training images/s": (epochs, m["train_images_per_s"])},
+                                                  "images / s", out_dir / "throughput.png", footer=footer))
+    if not record.lr.empty:
+        made["lr"] = embed_png(figures.curves({"lr": (record.lr["iteration"], record.lr["lr"])}, "learning rate applied",
+                                              out_dir / "lr.png", xlabel="iteration", footer=footer))
+    return made
+
+
+def _table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
+    return frame.to_html(index=False, border=0, classes="table", float_format=float_format.format, escape=True)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html", "j2"]),
+                              undefined=jinja2.StrictUndefined)
+
+
+def run_context(record: RunRecord) -> dict[str, Any]:
+    s = record.summary
+    per_class = None
+    if record.analysis("per_class.csv").is_file():
+        frame = pd.read_csv(record.analysis("per_class.csv"))
+        per_class = _table(frame.assign(accuracy=(100 * frame["accuracy"]).round(2)).rename(columns={"accuracy": "accuracy (%)"}))
+    class_counts = None
+    if s.get("class_counts") and s.get("classes"):
+        class_counts = _table(pd.DataFrame({"class": s["classes"], **s["class_counts"]}))
+    misclassified = None
+    if record.analysis("misclassified.csv").is_file():
+        misclassified = _table(pd.read_csv(record.analysis("misclassified.csv")))
+    timings = None
+    if not record.metrics.empty:
+        timings = _table(record.metrics[["epoch", "epoch_time_s", "train_images_per_s"]], "{:.1f}")
+    summary_text = (record.run_dir / "model_summary.txt")
+    return {
+        "record": record,
+        "title": f"{record.name}: {record.run_dir.name}",
+        "header": {
+            "experiment": record.name,
+            "run folder": str(record.run_dir),
+            "status": record.status,
+            "date (UTC)": s.get("started_utc", "?"),
+            "device": s.get("device", "?"),
+            "world size": s.get("world_size", "?"),
+            "commit": s.get("git_commit") or "unknown",
+            "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
+            "best test accuracy": _percent(s.get("best_val_acc")) + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
+            "final test accuracy": _percent(s.get("final_val_acc")),
+            "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
+        },
+        "config_yaml": (record.run_dir / "config.yaml").read_text(encoding="utf-8") if record.config else None,
+        "curves": training_figures(record),
+        "images": {name: embed_png(record.analysis(f"{name}.png")) for name in (
+            "train_samples", "augmentation_preview", "per_class_accuracy", "confusion_matrix", "misclassified",
+            "gradcam_predicted", "gradcam_true")},
+        "class_counts": class_counts,
+        "per_class": per_class,
+        "misclassified": misclassified,
+        "timings": timings,
+        "model_summary": summary_text.read_text(encoding="utf-8") if summary_text.is_file() else None,
+        "versions": s.get("versions") or {},
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) and value == value else "?"
+
+
+def render_run_report(run_dir: Path, out: Path | None = None) -> Path:
+    record = load_run(run_dir)
+    html = _environment().get_template("run.html.j2").render(**run_context(record))
+    return atomic_io.write_text(out or record.run_dir / "report.html", html)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return flat
+
+
+def differing_keys(records: list[RunRecord]) -> list[str]:
+    flats = [_flatten(r.config) for r in records if r.config]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
+
+
+def comparison_context(records: list[RunRecord], out: Path) -> dict[str, Any]:
+    keys = differing_keys(records)
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"run": r.label, "status": r.status + (" (no analysis)" if "analysis" in r.missing else "")}
+        flat = _flatten(r.config)
+        row.update({k: flat.get(k, "") for k in keys})
+        row["best acc (%)"] = round(100 * r.summary["best_val_acc"], 2) if isinstance(r.summary.get("best_val_acc"), float) else None
+        row["final acc (%)"] = round(100 * r.summary["final_val_acc"], 2) if isinstance(r.summary.get("final_val_acc"), float) else None
+        row["time (s)"] = r.summary.get("total_time_s")
+        row["images/s"] = round(float(r.metrics["train_images_per_s"].median()), 1) if not r.metrics.empty else None
+        row["device"] = r.summary.get("device", "?")
+        rows.append(row)
+    leaderboard = pd.DataFrame(rows).sort_values("best acc (%)", ascending=False, na_position="last")
+
+    figure_dir = out.parent / (out.stem + "_figures")
+    footer = f"{len(records)} runs | {out}"
+    curves = {r.label: (r.metrics["epoch"], 100 * r.metrics["val_acc"]) for r in records if not r.metrics.empty}
+    accuracy_png = embed_png(figures.curves(curves, "test accuracy (%)", figure_dir / "test_accuracy.png", footer=footer)) if curves else None
+
+    per_class_columns = {}
+    for r in records:
+        if r.summary.get("per_class_acc"):
+            per_class_columns[r.label] = {k: round(100 * v, 2) for k, v in r.summary["per_class_acc"].items()}
+    per_class = None
+    if per_class_columns:
+        frame = pd.DataFrame(per_class_columns)
+        per_class = frame.rename_axis("class").reset_index().to_html(index=False, border=0, classes="table")
+    return {
+        "title": f"Comparison of {len(records)} runs",
+        "records": records,
+        "differing": keys,
+        "leaderboard": leaderboard.to_html(index=False, border=0, classes="table", na_rep="-", float_format="{:.2f}".format),
+        "accuracy_png": accuracy_png,
+        "per_class": per_class,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def render_comparison(run_dirs: list[Path], out: Path) -> Path:
+    records = [load_run(d) for d in run_dirs]
+    html = _environment().get_template("compare.html.j2").render(**comparison_context(records, out))
+    return atomic_io.write_text(out, html)
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run folders among the given paths (globs such as results/*/* may also name other files)."""
+    found = [p for p in paths if (p / "config.yaml").is_file() or (p / "summary.json").is_file()]
+    if not found:
+        raise HarnessError(f"no run folders among {', '.join(map(str, paths)) or 'the arguments'} (a run folder holds config.yaml)")
+    return found
+
+
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description="Render a run's report, or compare runs.")
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, help="output HTML (default: RUN_DIR/report.html, or results/compare.html for several runs)")
+    args = parser.parse_args(argv)
+    run_dirs = find_run_dirs(args.run_dirs)
+    if len(run_dirs) == 1:
+        path = render_run_report(run_dirs[0], args.out)
+    else:
+        path = render_comparison(run_dirs, args.out or Path("results") / "compare.html")
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
