@@ -26,7 +26,7 @@ from harness.errors import HarnessError, exit_on_harness_error
 from harness.gradcam import gradcam_maps
 from harness.handlers import find_best_checkpoint, list_checkpoints
 from harness.models import build_model
-from harness.trainers import prepare_batch, resolve_amp_dtype
+from harness.trainers import make_eval_step
 
 
 def load_trained_model(run_dir: Path, cfg: Config, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, Path]:
@@ -44,15 +44,7 @@ def load_trained_model(run_dir: Path, cfg: Config, num_classes: int, device: tor
 
 def predict(model: torch.nn.Module, loader: Any, num_classes: int, cfg: Config, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities for every test image and the confusion matrix, in one pass."""
-    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
-
-    @torch.inference_mode()
-    def step(engine: Engine, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = prepare_batch(batch, device, channels_last=False)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            return model(images).float(), labels
-
-    evaluator = Engine(step)
+    evaluator = Engine(make_eval_step(model, device, cfg.train))
     confusion = ConfusionMatrix(num_classes=num_classes, device=device)
     confusion.attach(evaluator, "confusion")
     probabilities: list[torch.Tensor] = []

@@ -59,6 +59,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
     augment: list[dict[str, Any]] = field(default_factory=_default_augment)
+    augment_on: Literal["loader", "device"] = "loader"
 
 
 @dataclass
@@ -97,6 +98,7 @@ class TrainConfig:
     channels_last: bool = True
     grad_clip: Union[float, None] = field(default=None, metadata=_range(0.0, lo_open=True))
     compile: bool = False
+    tta_flip: bool = False
     backend: Union[Literal["nccl", "gloo"], None] = None
 
 
@@ -181,6 +183,14 @@ def _in_range(value: float, meta: dict) -> bool:
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+_SCALAR_CHECKS = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),  # YAML's true is not a count
+    str: lambda v: isinstance(v, str),
+}
+
+
 class _Mismatch(Exception):
     pass
 
@@ -210,16 +220,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise _Mismatch
         return dict(value)
-    if hint is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+    if hint in _SCALAR_CHECKS:
+        if _SCALAR_CHECKS[hint](value):
             return value
         raise _Mismatch
     if hint is float:
@@ -227,10 +229,6 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return float(value)
         if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
             return float(value)
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
-            return value
         raise _Mismatch
     if hint is Any:
         return value

@@ -237,6 +237,15 @@ def build_train_transform(cfg: DataConfig) -> A.Compose:
     return A.Compose([*augmentations, A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()])
 
 
+def check_augment(cfg: DataConfig) -> None:
+    """Fail on a bad ``data.augment`` before anything is written."""
+    build_train_transform(cfg)
+    if cfg.augment_on == "device":
+        from harness.device_augment import plan_from_augment
+
+        plan_from_augment(cfg.augment)
+
+
 class AugmentedArrayDataset(Dataset):
     """Images from an ``ImageArrays`` through an albumentations pipeline.
 

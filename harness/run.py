@@ -18,40 +18,15 @@ from typing import Any
 import ignite
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
 from ignite.utils import manual_seed
-from torch import nn
 
 from harness import atomic_io
 from harness.config import Config, dump_config, load_config
-from harness.data import (
-    AugmentedArrayDataset,
-    EpochBatchSampler,
-    build_eval_transform,
-    build_loader,
-    build_train_transform,
-    load_arrays,
-    per_rank_batch,
-    resolve_num_workers,
-)
+from harness.data import check_augment, load_arrays
 from harness.errors import HarnessError, exit_on_harness_error
-from harness.handlers import (
-    RNGState,
-    RunLog,
-    StopRequest,
-    attach_checkpoints,
-    attach_epoch_timer,
-    attach_evaluation,
-    attach_lr_logging,
-    attach_nan_guard,
-    attach_progress_bars,
-    attach_stop_on_signal,
-    build_best_checkpoint,
-    list_checkpoints,
-)
-from harness.models import build_model, count_parameters
-from harness.optim import attach_lr_scheduler, build_optimizer
-from harness.trainers import create_evaluator, create_trainer, resolve_amp_dtype
+from harness.handlers import list_checkpoints
+from harness.models import build_model
+from harness.training import build_training
 
 EXIT_DIVERGED = 3
 
@@ -125,146 +100,82 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # a truncated file raises several types inside torch.load
-            print(f"warning: checkpoint {path} is damaged ({type(error).__name__}); using the previous one", file=sys.stderr)
-            path.rename(path.with_suffix(".pt.damaged"))
+            if idist.get_rank() == 0:  # every rank skips it; one sets it aside
+                print(f"warning: checkpoint {path} is damaged ({type(error).__name__}); using the previous one", file=sys.stderr)
+                path.replace(path.with_suffix(".pt.damaged"))
     return None
 
 
 def training(cfg: Config, run_dir: Path, resume: bool, outcome: dict[str, Any]) -> None:
-    rank, world_size, device = idist.get_rank(), idist.get_world_size(), idist.device()
+    rank, device = idist.get_rank(), idist.device()
     started = time.time()
     manual_seed(cfg.seed)
-
-    # ---- data
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
         train_arrays, test_arrays = load_arrays(cfg)
-    batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
-    if len(train_arrays) < cfg.data.batch_size:
-        raise HarnessError(f"data.batch_size = {cfg.data.batch_size}: expected at most the {len(train_arrays)} training images")
-    train_sampler = EpochBatchSampler(len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size)
-    eval_batch = max(1, cfg.data.eval_batch_size // world_size)
-    eval_sampler = EpochBatchSampler(len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size)
-    num_workers = resolve_num_workers(cfg.data, device, idist.get_nproc_per_node())
-    train_loader = build_loader(AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data)), train_sampler, num_workers, device)
-    eval_loader = build_loader(AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device)
-    iters_per_epoch = len(train_sampler)
+    run = build_training(cfg, run_dir, train_arrays, test_arrays)
 
-    # ---- model, optimizer, engines
-    num_classes = len(train_arrays.classes)
-    model = build_model(cfg.model, num_classes)
-    num_params = count_parameters(model)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = idist.auto_model(model)
-    optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
-    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
-    trainer, train_metrics = create_trainer(model, optimizer, loss_fn, device, cfg.train, scaler)
-    evaluator = create_evaluator(model, device, cfg.train)
-
-    # ---- handlers (order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop)
-    log = RunLog(run_dir)
-    pending_metric_state: dict[str, Any] = {}
-
-    @trainer.on(Events.EPOCH_STARTED)
-    def start_epoch(engine: Engine) -> None:
-        done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * iters_per_epoch
-        train_sampler.set_epoch(engine.state.epoch, skip_batches=done_in_epoch)
-        for name, state in pending_metric_state.items():  # a resumed epoch keeps its running averages
-            train_metrics[name].load_state_dict(state)
-        pending_metric_state.clear()
-
-    timer = attach_epoch_timer(trainer)
-    attach_lr_logging(trainer, optimizer, log)
-    sync_every = 1 if device.type == "cpu" else 10
-    attach_nan_guard(trainer, sync_every)
-    lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, cfg.train.epochs)
-    attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
-    best = build_best_checkpoint(model, evaluator, trainer, run_dir / "checkpoints")
-    to_save: dict[str, Any] = {
-        "model": model,
-        "optimizer": optimizer,
-        "lr_scheduler": lr_scheduler,
-        "trainer": trainer,
-        "best_checkpointer": best,
-        "rng": RNGState(),
-        **{f"metric_{name}": metric for name, metric in train_metrics.items()},
-    }
-    if scaler is not None:
-        to_save["scaler"] = scaler
-    save = attach_checkpoints(
-        trainer, to_save, run_dir / "checkpoints", cfg.checkpoint.every_epochs, cfg.checkpoint.every_iters, cfg.checkpoint.n_saved, best, log
-    )
-    stop = StopRequest()
-    attach_stop_on_signal(trainer, stop, save)
-    attach_progress_bars(trainer, evaluator, sync_every)
-
-    # ---- resume or start
     resumed_from = None
     elapsed_before = 0.0
     if resume:
         found = load_resume_checkpoint(run_dir)
         if found is not None:
             resumed_from, state = found
-            if state["trainer"]["iteration"] >= iters_per_epoch * cfg.train.epochs:
+            if state["trainer"]["iteration"] >= run.iters_per_epoch * cfg.train.epochs:
                 outcome["already_done"] = True
                 return
-            from ignite.handlers import Checkpoint
-
-            Checkpoint.load_objects({k: v for k, v in to_save.items() if not k.startswith("metric_")}, state)
-            pending_metric_state.update({name: state[f"metric_{name}"] for name in train_metrics})
-            log.restore(trainer.state.iteration, iters_per_epoch)
+            run.load_state(state)
             elapsed_before = float(read_summary(run_dir).get("total_time_s") or 0.0)
             if rank == 0:
-                print(f"resuming from {resumed_from} (iteration {trainer.state.iteration})", flush=True)
+                print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
 
     summary: dict[str, Any] = {
         "name": cfg.name,
         "status": "running",
         "device": describe_device(device),
-        "world_size": world_size,
-        "num_params": num_params,
-        "num_workers": num_workers,
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+        "world_size": idist.get_world_size(),
+        "num_params": run.num_params,
+        "num_workers": run.num_workers,
+        "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
+        "compiled": run.compiled,
         "train_images": len(train_arrays),
         "test_images": len(test_arrays),
         "classes": train_arrays.classes,
-        "iterations_per_epoch": iters_per_epoch,
+        "iterations_per_epoch": run.iters_per_epoch,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "resumed_from": str(resumed_from) if resumed_from else None,
         "git_commit": git_commit(),
         "versions": library_versions(),
     }
     if rank == 0:
-        write_model_summary(cfg, run_dir / "model_summary.txt", num_classes)
+        write_model_summary(cfg, run_dir / "model_summary.txt", len(train_arrays.classes))
         atomic_io.write_json(run_dir / "summary.json", summary)
 
-    stop.install()
+    run.stop.install()
     try:
-        trainer.run(train_loader, max_epochs=cfg.train.epochs)
+        run.trainer.run(run.train_loader, max_epochs=cfg.train.epochs)
     finally:
-        stop.uninstall()
+        run.stop.uninstall()
 
-    loss = trainer.state.output["loss"] if trainer.state.output else None
+    state = run.trainer.state
+    loss = state.output["loss"] if state.output else None
     if loss is not None and not math.isfinite(float(loss)):
-        summary.update(status="diverged", diverged_at_iteration=trainer.state.iteration)
-    elif stop.signum is not None:
-        summary.update(status="interrupted", interrupted_at_iteration=trainer.state.iteration)
+        summary.update(status="diverged", diverged_at_iteration=state.iteration)
+    elif run.stop.signum is not None:
+        summary.update(status="interrupted", interrupted_at_iteration=state.iteration)
     else:
         summary["status"] = "completed"
-    best_acc, best_epoch = log.best()
+    best_acc, best_epoch = run.log.best()
     summary.update(
-        epochs_completed=len(log.metrics_rows),
+        epochs_completed=len(run.log.metrics_rows),
         best_val_acc=best_acc,
         best_epoch=best_epoch,
-        final_val_acc=float(log.metrics_rows[-1]["val_acc"]) if log.metrics_rows else None,
+        final_val_acc=float(run.log.metrics_rows[-1]["val_acc"]) if run.log.metrics_rows else None,
         total_time_s=round(elapsed_before + time.time() - started, 2),
         finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     if rank == 0:
         atomic_io.write_json(run_dir / "summary.json", summary)
-    outcome.update(status=summary["status"], signum=stop.signum)
+    outcome.update(status=summary["status"], signum=run.stop.signum)
 
 
 def write_model_summary(cfg: Config, path: Path, num_classes: int) -> None:
@@ -341,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.resume / "config.yaml")
     else:
         cfg = load_config(args.config, args.overrides)
-    build_train_transform(cfg.data)  # a bad transform fails here, before anything is written
+    check_augment(cfg.data)  # a bad transform fails here, before anything is written
     outcome: dict[str, Any] = {}
     with idist.Parallel(backend=resolve_backend(cfg)) as parallel:
         parallel.run(run_in_process, cfg, args, outcome)

@@ -1,7 +1,7 @@
 """The training and evaluation steps as Ignite engines; handlers live in ``harness.handlers``."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine
@@ -31,20 +31,23 @@ def prepare_batch(batch: Any, device: torch.device, channels_last: bool) -> tupl
     return images, labels.to(device, non_blocking=True)
 
 
-def create_trainer(
+def make_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     device: torch.device,
     cfg: TrainConfig,
     scaler: torch.amp.GradScaler | None,
-) -> tuple[Engine, dict[str, Metric]]:
-    """The trainer and its epoch-wise metrics (returned so that checkpoints can carry their state)."""
+    batch_augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+) -> Callable[[Engine | None, Any], dict[str, torch.Tensor]]:
+    """One optimization step; ``batch_augment(images, iteration)`` is data.augment_on=device."""
     amp_dtype = resolve_amp_dtype(cfg.amp, device)
 
-    def train_step(engine: Engine, batch: Any) -> dict[str, torch.Tensor]:
+    def train_step(engine: Engine | None, batch: Any) -> dict[str, torch.Tensor]:
         model.train()
         images, labels = prepare_batch(batch, device, cfg.channels_last)
+        if batch_augment is not None:
+            images = batch_augment(images, engine.state.iteration if engine else 0)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(images)
             loss = loss_fn(logits, labels)
@@ -64,6 +67,11 @@ def create_trainer(
         # Tensors, not floats: reading them back every iteration would stall a GPU.
         return {"loss": loss.detach(), "y_pred": logits.detach(), "y": labels}
 
+    return train_step
+
+
+def create_trainer(train_step: Callable[[Engine, Any], dict[str, torch.Tensor]], device: torch.device) -> tuple[Engine, dict[str, Metric]]:
+    """The trainer and its epoch-wise metrics (returned so that checkpoints can carry their state)."""
     trainer = Engine(train_step)
     # Metrics live on the device for the same reason.
     metrics: dict[str, Metric] = {
@@ -75,18 +83,24 @@ def create_trainer(
     return trainer, metrics
 
 
-def create_evaluator(model: nn.Module, device: torch.device, cfg: TrainConfig) -> Engine:
+def make_eval_step(model: nn.Module, device: torch.device, cfg: TrainConfig) -> Callable[[Engine | None, Any], tuple[torch.Tensor, torch.Tensor]]:
     amp_dtype = resolve_amp_dtype(cfg.amp, device)
 
     @torch.inference_mode()
-    def eval_step(engine: Engine, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def eval_step(engine: Engine | None, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         images, labels = prepare_batch(batch, device, cfg.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(images)
+            if cfg.tta_flip:  # test-time augmentation: average with the mirror image's logits
+                logits = (logits + model(images.flip(3))) / 2
         return logits.float(), labels
 
-    evaluator = Engine(eval_step)
+    return eval_step
+
+
+def create_evaluator(model: nn.Module, device: torch.device, cfg: TrainConfig) -> Engine:
+    evaluator = Engine(make_eval_step(model, device, cfg))
     Accuracy(device=device).attach(evaluator, "accuracy")
     Loss(nn.CrossEntropyLoss(), device=device).attach(evaluator, "loss")
     return evaluator

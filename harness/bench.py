@@ -1,0 +1,274 @@
+"""``python -m harness.bench [overhead|data|throughput|gradcam ...]``: measured speed, never asserted.
+
+- overhead:   images/s of the Ignite trainer with every handler attached vs a plain PyTorch loop,
+              same model, loader, batch and precision, alternating repetitions, medians.
+- data:       images/s of the albumentations training loader for 0, 1, 2, ... workers, next to
+              the model's own training images/s.
+- throughput: training and evaluation images/s of a config on this device, and the projected
+              wall time of its full run.
+- gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time.
+
+Results go to ``results/bench/<UTC timestamp>.json`` with the device and commit, and to a table.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import ignite.distributed as idist
+import torch
+from torch import nn
+
+from harness import atomic_io
+from harness.config import Config, config_from_dict, load_config
+from harness.data import (
+    AugmentedArrayDataset,
+    EpochBatchSampler,
+    build_eval_transform,
+    build_loader,
+    build_train_transform,
+    load_arrays,
+    make_synthetic,
+)
+from harness.errors import exit_on_harness_error
+from harness.gradcam import gradcam_maps
+from harness.models import build_model
+from harness.optim import build_optimizer
+from harness.run import describe_device, git_commit
+from harness.trainers import make_eval_step, make_train_step, prepare_batch, resolve_amp_dtype
+from harness.training import build_training, compile_or_fall_back
+
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
+
+
+def _bench_config(width: int, batch: int, amp: str, images: int, channels_last: bool = True) -> Config:
+    return config_from_dict({
+        "name": "bench",
+        "data": {"dataset": "synthetic", "synthetic_train_size": images, "synthetic_test_size": batch,
+                 "batch_size": batch, "eval_batch_size": batch, "num_workers": 0},
+        "model": {"width": width},
+        "train": {"epochs": 1000, "amp": amp, "channels_last": channels_last},
+        "analysis": {"enabled": False},
+        "report": {"enabled": False},
+    })
+
+
+def plain_loop_images_per_s(cfg: Config, loader: Iterable, eval_batch: Any, iterations: int, device: torch.device) -> float:
+    """The reference: a hand-written loop over the same loader, model, batch and precision, ending,
+    like a harness epoch, with one evaluation of the batch-sized test set."""
+    model = build_model(cfg.model, 10).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    model.train()
+    seen = 0
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        if step == iterations:
+            break
+        images, labels = prepare_batch(batch, device, cfg.train.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        images, labels = prepare_batch(eval_batch, device, cfg.train.channels_last)
+        (model(images).argmax(1) == labels).float().mean().item()
+    _synchronize(device)
+    return seen / (time.perf_counter() - start)
+
+
+def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
+    """The Ignite trainer built exactly as ``harness.run`` builds it, handlers and checkpoints included."""
+    train, test = make_synthetic(cfg.data, cfg.seed)
+    run = build_training(cfg, run_dir, train, test)
+    seen = iterations * cfg.data.batch_size
+    start = time.perf_counter()
+    run.trainer.run(run.train_loader, max_epochs=1, epoch_length=iterations)
+    _synchronize(idist.device())
+    return seen / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
+    """Alternate plain and harness repetitions; the ratio of medians is the harness's efficiency.
+
+    The harness repetition includes what a real epoch includes around the training steps: one
+    evaluation over a batch-sized test set, the metrics row and a checkpoint.
+    """
+    device = idist.device()
+    cfg = _bench_config(width, batch, amp, images=batch * iterations)
+    train, test = make_synthetic(cfg.data, cfg.seed)
+    sampler = EpochBatchSampler(len(train), batch, cfg.seed, shuffle=True)
+    loader = build_loader(AugmentedArrayDataset(train, build_train_transform(cfg.data)), sampler, 0, device)
+    eval_set = AugmentedArrayDataset(test, build_eval_transform(cfg.data))
+    eval_batch = next(iter(build_loader(eval_set, EpochBatchSampler(len(test), batch, 0, shuffle=False), 0, device)))
+    plain, harness = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        plain_loop_images_per_s(cfg, loader, eval_batch, 2, device)  # warm-up: allocator, kernels
+        for repeat in range(repeats):
+            plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
+            harness.append(harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"))
+    return {
+        "width": width, "batch": batch, "amp": amp, "iterations": iterations, "repeats": repeats,
+        "plain_images_per_s": plain, "harness_images_per_s": harness,
+        "plain_median": statistics.median(plain), "harness_median": statistics.median(harness),
+        "harness_over_plain": statistics.median(harness) / statistics.median(plain),
+    }
+
+
+def bench_data(cfg: Config, batches: int, workers: list[int], model_images_per_s: float | None) -> dict[str, Any]:
+    device = idist.device()
+    train, _ = load_arrays(cfg)
+    dataset = AugmentedArrayDataset(train, build_train_transform(cfg.data))
+    rows = []
+    for count in workers:
+        sampler = EpochBatchSampler(len(train), cfg.data.batch_size, cfg.seed, shuffle=True)
+        loader = build_loader(dataset, sampler, count, device)
+        iterator = iter(loader)
+        next(iterator)  # worker start-up is paid once per run, not per batch
+        start = time.perf_counter()
+        seen = 0
+        for _ in range(batches):
+            images, _labels = next(iterator)
+            seen += len(images)
+        rate = seen / (time.perf_counter() - start)
+        rows.append({"num_workers": count, "loader_images_per_s": rate,
+                     "loader_over_model": rate / model_images_per_s if model_images_per_s else None})
+        del iterator, loader
+    return {"dataset": cfg.data.dataset, "batch": cfg.data.batch_size, "model_images_per_s": model_images_per_s, "loaders": rows}
+
+
+def bench_throughput(cfg: Config, iterations: int) -> dict[str, Any]:
+    """Model speed on synthetic batches already in memory (no loader), with the training and
+    evaluation steps that ``harness.run`` uses, in the config's precision and memory format."""
+    device = idist.device()
+    model = build_model(cfg.model, 10).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = compile_or_fall_back(model, device, cfg.train.channels_last)[0] if cfg.train.compile else model
+    optimizer = build_optimizer(cfg.optimizer, model)
+    scaler = torch.amp.GradScaler(device.type) if resolve_amp_dtype(cfg.train.amp, device) == torch.float16 else None
+    train_step = make_train_step(step_model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
+                                 device, cfg.train, scaler)
+    eval_step = make_eval_step(step_model, device, cfg.train)
+
+    def rate(step: Callable, batch_size: int) -> float:
+        batch = (torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,)))
+        for _ in range(3):  # warm-up: cudnn autotuning, compilation, allocator
+            step(None, batch)
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            step(None, batch)
+        _synchronize(device)
+        return iterations * batch_size / (time.perf_counter() - start)
+
+    train_rate = rate(train_step, cfg.data.batch_size)
+    eval_rate = rate(eval_step, cfg.data.eval_batch_size)
+    projected = cfg.train.epochs * (CIFAR_TRAIN / train_rate + CIFAR_TEST / eval_rate)
+    return {"width": cfg.model.width, "batch": cfg.data.batch_size, "amp": cfg.train.amp, "epochs": cfg.train.epochs,
+            "compile": cfg.train.compile, "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
+            "projected_run_s": projected}
+
+
+def bench_gradcam(images: int, width: int) -> dict[str, Any]:
+    model = build_model(config_from_dict({"model": {"width": width}}).model, 10).eval()
+    inputs = torch.randn(images, 3, 32, 32)
+    targets = torch.randint(0, 10, (images,))
+    layers = ["layer1", "layer2", "layer3", "layer4"]
+
+    def timed(call: Callable[[], None]) -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    def batched() -> None:
+        for _ in range(2):  # two targets: predicted and true
+            gradcam_maps(model, inputs, targets, layers)
+
+    def one_at_a_time() -> None:
+        for _ in range(2):
+            for i in range(images):
+                gradcam_maps(model, inputs[i : i + 1], targets[i : i + 1], layers)
+
+    return {"images": images, "width": width, "layers": 4, "targets": 2,
+            "batched_s": timed(batched), "one_at_a_time_s": timed(one_at_a_time)}
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\ndevice: {results['device']}  commit: {results['commit']}")
+    if "overhead" in results:
+        o = results["overhead"]
+        print(f"overhead  width {o['width']} batch {o['batch']} amp {o['amp']}: plain {o['plain_median']:.0f} img/s, "
+              f"harness {o['harness_median']:.0f} img/s -> harness/plain = {o['harness_over_plain']:.3f} "
+              f"(medians of {o['repeats']} alternating repetitions)")
+    if "data" in results:
+        d = results["data"]
+        model = d["model_images_per_s"]
+        for row in d["loaders"]:
+            ratio = f" = {row['loader_over_model']:.2f} x the model's {model:.0f} img/s" if model else ""
+            print(f"data      {row['num_workers']} workers: {row['loader_images_per_s']:.0f} img/s{ratio}")
+    if "throughput" in results:
+        t = results["throughput"]
+        print(f"throughput width {t['width']} batch {t['batch']} amp {t['amp']}: train {t['train_images_per_s']:.0f} img/s, "
+              f"eval {t['eval_images_per_s']:.0f} img/s -> {t['epochs']} epochs projected {t['projected_run_s']:.0f} s")
+    if "gradcam" in results:
+        g = results["gradcam"]
+        print(f"gradcam   {g['images']} images x 4 layers x 2 targets, width {g['width']}: batched {g['batched_s']:.1f} s, "
+              f"one at a time {g['one_at_a_time_s']:.1f} s ({g['one_at_a_time_s'] / g['batched_s']:.1f}x)")
+
+
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="*", choices=["overhead", "data", "throughput", "gradcam"], default=[],
+                        help="benchmarks to run (default: all)")
+    parser.add_argument("--config", type=Path, default=Path("experiments/resnet18.yaml"), help="config for throughput and data")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--width", type=int, default=16, help="model width for the overhead benchmark")
+    parser.add_argument("--batch", type=int, default=128, help="batch for the overhead benchmark")
+    parser.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision for the overhead benchmark")
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--gradcam-images", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("results") / "bench")
+    args = parser.parse_args(argv)
+    which = args.which or ["overhead", "data", "throughput", "gradcam"]
+    cfg = load_config(args.config, args.overrides)
+    device = idist.device()
+    results: dict[str, Any] = {"device": describe_device(device), "commit": git_commit(), "config": str(args.config),
+                               "overrides": args.overrides, "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if "overhead" in which:
+        results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
+    if "throughput" in which:
+        results["throughput"] = bench_throughput(cfg, args.iterations)
+    if "data" in which:
+        model_rate = results.get("throughput", {}).get("train_images_per_s")
+        results["data"] = bench_data(cfg, max(5, args.iterations), args.workers, model_rate)
+    if "gradcam" in which:
+        results["gradcam"] = bench_gradcam(args.gradcam_images, width=64)
+    path = atomic_io.write_json(args.out / f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}.json", results)
+    print_table(results)
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

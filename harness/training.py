@@ -1,0 +1,175 @@
+"""The wiring of one training run: loaders, model, optimizer, engines and every handler.
+
+``build_training`` returns everything ``harness.run`` needs to start or resume, and what
+``harness.bench`` needs to time the harness against a plain loop.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.metrics import Metric
+from torch import nn
+from torch.utils.data import DataLoader
+
+from harness.config import Config
+from harness.data import (
+    AugmentedArrayDataset,
+    EpochBatchSampler,
+    ImageArrays,
+    build_eval_transform,
+    build_loader,
+    build_train_transform,
+    per_rank_batch,
+    resolve_num_workers,
+)
+from harness.device_augment import DeviceAugment, plan_from_augment
+from harness.errors import HarnessError
+from harness.handlers import (
+    RNGState,
+    RunLog,
+    StopRequest,
+    attach_checkpoints,
+    attach_epoch_timer,
+    attach_evaluation,
+    attach_lr_logging,
+    attach_nan_guard,
+    attach_progress_bars,
+    attach_stop_on_signal,
+    build_best_checkpoint,
+)
+from harness.models import build_model, count_parameters
+from harness.optim import attach_lr_scheduler, build_optimizer
+from harness.trainers import create_evaluator, create_trainer, make_train_step, resolve_amp_dtype
+
+
+@dataclass
+class Training:
+    trainer: Engine
+    evaluator: Engine
+    model: nn.Module
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    log: RunLog
+    stop: StopRequest
+    to_save: dict[str, Any]
+    train_metrics: dict[str, Metric]
+    iters_per_epoch: int
+    num_params: int
+    num_workers: int
+    amp_dtype: torch.dtype | None
+    compiled: bool
+    pending_metric_state: dict[str, Any] = field(default_factory=dict)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint; the running train metrics are restored when the epoch restarts."""
+        Checkpoint.load_objects({k: v for k, v in self.to_save.items() if not k.startswith("metric_")}, state)
+        self.pending_metric_state.update({name: state[f"metric_{name}"] for name in self.train_metrics})
+        self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
+
+
+def compile_or_fall_back(model: nn.Module, device: torch.device, channels_last: bool) -> tuple[nn.Module, bool]:
+    """torch.compile, tried once on a small batch; on failure say why and keep the eager model."""
+    try:
+        compiled = torch.compile(model)
+        sample = torch.randn(2, 3, 32, 32, device=device)
+        if channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            compiled(sample)
+        model.train(was_training)
+        return compiled, True
+    except Exception as error:  # compilers fail in many ways; eager mode always works
+        print(f"warning: train.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+              "training without torch.compile", file=sys.stderr)
+        return model, False
+
+
+def build_loaders(cfg: Config, train_arrays: ImageArrays, test_arrays: ImageArrays, device: torch.device
+                  ) -> tuple[DataLoader, DataLoader, EpochBatchSampler, int]:
+    rank, world_size = idist.get_rank(), idist.get_world_size()
+    batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
+    if len(train_arrays) < cfg.data.batch_size:
+        raise HarnessError(f"data.batch_size = {cfg.data.batch_size}: expected at most the {len(train_arrays)} training images")
+    train_sampler = EpochBatchSampler(len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size)
+    eval_batch = max(1, cfg.data.eval_batch_size // world_size)
+    eval_sampler = EpochBatchSampler(len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size)
+    num_workers = resolve_num_workers(cfg.data, device, idist.get_nproc_per_node())
+    # Our own batch sampler, not idist.auto_dataloader's DistributedSampler: it shards per rank
+    # itself, replays an interrupted epoch, and never pads the test set (no image counted twice).
+    # With augment_on=device the loader only normalizes; the trainer augments whole batches.
+    train_transform = build_eval_transform(cfg.data) if cfg.data.augment_on == "device" else build_train_transform(cfg.data)
+    train_loader = build_loader(AugmentedArrayDataset(train_arrays, train_transform), train_sampler, num_workers, device)
+    eval_loader = build_loader(AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device)
+    return train_loader, eval_loader, train_sampler, num_workers
+
+
+def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_arrays: ImageArrays) -> Training:
+    device = idist.device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
+    train_loader, eval_loader, train_sampler, num_workers = build_loaders(cfg, train_arrays, test_arrays, device)
+    iters_per_epoch = len(train_sampler)
+
+    model = build_model(cfg.model, len(train_arrays.classes))
+    num_params = count_parameters(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = idist.auto_model(model)
+    optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
+    step_model, compiled = compile_or_fall_back(model, device, cfg.train.channels_last) if cfg.train.compile else (model, False)
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
+    batch_augment = None
+    if cfg.data.augment_on == "device":
+        plan = plan_from_augment(cfg.data.augment, image_size=train_arrays.images.shape[1])
+        batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device)
+    train_step = make_train_step(step_model, optimizer, loss_fn, device, cfg.train, scaler, batch_augment)
+    trainer, train_metrics = create_trainer(train_step, device)
+    evaluator = create_evaluator(step_model, device, cfg.train)
+
+    # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.
+    log = RunLog(run_dir)
+    run = Training(trainer, evaluator, model, train_loader, eval_loader, log, StopRequest(), {}, train_metrics,
+                   iters_per_epoch, num_params, num_workers, amp_dtype, compiled)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def start_epoch(engine: Engine) -> None:
+        done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * iters_per_epoch
+        train_sampler.set_epoch(engine.state.epoch, skip_batches=done_in_epoch)
+        for name, state in run.pending_metric_state.items():  # a resumed epoch keeps its running averages
+            train_metrics[name].load_state_dict(state)
+        run.pending_metric_state.clear()
+
+    timer = attach_epoch_timer(trainer)
+    attach_lr_logging(trainer, optimizer, log)
+    sync_every = 1 if device.type == "cpu" else 10  # reading the loss back stalls a GPU's queue
+    attach_nan_guard(trainer, sync_every)
+    lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, cfg.train.epochs)
+    attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
+    best = build_best_checkpoint(model, evaluator, trainer, run_dir / "checkpoints")
+    run.to_save.update({
+        "model": model,
+        "optimizer": optimizer,
+        "lr_scheduler": lr_scheduler,
+        "trainer": trainer,
+        "best_checkpointer": best,
+        "rng": RNGState(),
+        **{f"metric_{name}": metric for name, metric in train_metrics.items()},
+    })
+    if scaler is not None:
+        run.to_save["scaler"] = scaler
+    save = attach_checkpoints(trainer, run.to_save, run_dir / "checkpoints", cfg.checkpoint.every_epochs,
+                              cfg.checkpoint.every_iters, cfg.checkpoint.n_saved, best, log)
+    attach_stop_on_signal(trainer, run.stop, save)
+    attach_progress_bars(trainer, evaluator, sync_every)
+    return run
