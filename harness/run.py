@@ -5,6 +5,7 @@ One code path for one CPU process and for N processes under torchrun (``idist.Pa
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -83,8 +84,6 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    import json
-
     path = run_dir / "summary.json"
     if not path.is_file():
         return {}
