@@ -11,6 +11,7 @@ from pathlib import Path
 import ignite.distributed as idist
 import pytest
 import torch
+from ignite.engine import Events
 
 from harness.config import config_from_dict
 from harness.data import make_synthetic
@@ -28,7 +29,7 @@ def _accuracy_with_fixed_weights(local_rank: int, result_file: str) -> None:
     model = build_model(cfg.model, 10)  # identical weights on every rank: same seed, no training
     evaluator = create_evaluator(model, idist.device(), cfg.train)
     counted = []
-    evaluator.add_event_handler("iteration_completed", lambda e: counted.append(len(e.state.output[1])))
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: counted.append(len(e.state.output[1])))
     evaluator.run(eval_loader)
     total = idist.all_reduce(torch.tensor(float(sum(counted)))).item()
     if idist.get_rank() == 0:
