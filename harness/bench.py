@@ -237,8 +237,7 @@ def print_table(results: dict[str, Any]) -> None:
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", choices=["overhead", "data", "throughput", "gradcam"], default=[],
-                        help="benchmarks to run (default: all)")
+    parser.add_argument("which", nargs="*", metavar="{overhead,data,throughput,gradcam}", help="benchmarks to run (default: all)")
     parser.add_argument("--config", type=Path, default=Path("experiments/resnet18.yaml"), help="config for throughput and data")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--width", type=int, default=16, help="model width for the overhead benchmark")
@@ -250,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradcam-images", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("results") / "bench")
     args = parser.parse_args(argv)
-    which = args.which or ["overhead", "data", "throughput", "gradcam"]
+    known = ["overhead", "data", "throughput", "gradcam"]
+    unknown = [name for name in args.which if name not in known]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r} (expected some of: {', '.join(known)})")
+    which = args.which or known
     cfg = load_config(args.config, args.overrides)
     device = idist.device()
     results: dict[str, Any] = {"device": describe_device(device), "commit": git_commit(), "config": str(args.config),

@@ -63,9 +63,10 @@ def gradcam_grid(
         axes[row, 0].set_title(title, fontsize=7)
         for k, layer in enumerate(layers):
             heat = maps[layer][row]
-            axes[row, 1 + 2 * k].imshow(heat, cmap="jet", vmin=0, vmax=1)
+            # nearest: the maps are already 32x32 and smooth; resampling them again only bloats the PNG
+            axes[row, 1 + 2 * k].imshow(heat, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
             axes[row, 2 + 2 * k].imshow(image, interpolation="nearest")
-            axes[row, 2 + 2 * k].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axes[row, 2 + 2 * k].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
             if row == 0:
                 axes[row, 1 + 2 * k].set_title(f"{layer}", fontsize=7)
                 axes[row, 2 + 2 * k].set_title(f"{layer} overlay", fontsize=7)

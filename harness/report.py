@@ -131,7 +131,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
     per_class = None
     if record.analysis("per_class.csv").is_file():
         frame = pd.read_csv(record.analysis("per_class.csv"))
-        per_class = _table(frame.assign(accuracy=(100 * frame["accuracy"]).round(2)).rename(columns={"accuracy": "accuracy (%)"}))
+        per_class = _table(frame.assign(accuracy=100 * frame["accuracy"]).rename(columns={"accuracy": "accuracy (%)"}), "{:.2f}")
     class_counts = None
     if s.get("class_counts") and s.get("classes"):
         class_counts = _table(pd.DataFrame({"class": s["classes"], **s["class_counts"]}))

@@ -48,6 +48,8 @@ def make_train_step(
         images, labels = prepare_batch(batch, device, cfg.channels_last)
         if batch_augment is not None:
             images = batch_augment(images, engine.state.iteration if engine else 0)
+            if cfg.channels_last:  # the batched gathers return the default memory format
+                images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(images)
             loss = loss_fn(logits, labels)
