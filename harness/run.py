@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -23,7 +24,7 @@ from ignite.utils import manual_seed
 
 from harness import atomic_io
 from harness.config import Config, dump_config, load_config
-from harness.data import check_augment, load_arrays
+from harness.data import ImageArrays, check_augment, load_arrays
 from harness.errors import HarnessError, exit_on_harness_error
 from harness.handlers import list_checkpoints
 from harness.models import build_model
@@ -105,12 +106,11 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def training(cfg: Config, run_dir: Path, resume: bool, outcome: dict[str, Any]) -> None:
+def training(cfg: Config, run_dir: Path, arrays: tuple[ImageArrays, ImageArrays], resume: bool, outcome: dict[str, Any]) -> None:
     rank, device = idist.get_rank(), idist.device()
     started = time.time()
     manual_seed(cfg.seed)
-    with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
-        train_arrays, test_arrays = load_arrays(cfg)
+    train_arrays, test_arrays = arrays
     run = build_training(cfg, run_dir, train_arrays, test_arrays)
 
     resumed_from = None
@@ -223,11 +223,14 @@ def open_run_dir(cfg: Config, out: Path | None) -> Path:
 
 def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outcome: dict[str, Any]) -> None:
     resume = args.resume is not None
+    # Data first: a missing folder or a corrupt image fails before the run folder exists.
+    with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
+        arrays = load_arrays(cfg)
     run_dir = args.resume if resume else open_run_dir(cfg, args.out)
     if idist.get_rank() == 0:
         print(f"run folder: {run_dir}", flush=True)
     outcome["run_dir"] = run_dir
-    training(cfg, run_dir, resume, outcome)
+    training(cfg, run_dir, arrays, resume, outcome)
     if outcome.get("status") == "completed" and idist.get_rank() == 0 and cfg.analysis.enabled:
         from harness.analyze import analyze_run
 
@@ -253,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
     check_augment(cfg.data)  # a bad transform fails here, before anything is written
     outcome: dict[str, Any] = {}
-    with idist.Parallel(backend=resolve_backend(cfg)) as parallel:
+    parallel = idist.Parallel(backend=resolve_backend(cfg))
+    # Its INFO lines ("Run ... in 1 processes") would precede any one-line error on stderr.
+    logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
+    with parallel:
         parallel.run(run_in_process, cfg, args, outcome)
     run_dir = outcome.get("run_dir")
     if outcome.get("already_done"):

@@ -166,3 +166,28 @@ def test_bad_output_folders_and_resume_targets(write_config, tmp_path, capsys):
     assert main([str(config), "--out", str(run_dir)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run_dir / "metrics.csv").read_bytes() == before
+
+
+def test_bad_data_fails_in_one_line_before_anything_is_written(write_config, tmp_path, capsys):
+    from tests.test_data import make_image_folder
+
+    data = tmp_path / "data"
+    make_image_folder(data)
+    (data / "test/dog/broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    cases = {
+        "missing": ({"data": {"dataset": "image_folder", "root": str(tmp_path / "nowhere")}}, "folder not found"),
+        "corrupt": ({"data": {"dataset": "image_folder", "root": str(data), "batch_size": 2}}, "broken.jpg: unreadable image"),
+    }
+    for name, (changes, expected) in cases.items():
+        out = tmp_path / f"run-{name}"
+        assert main([str(write_config(changes, name=f"{name}.yaml")), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    (data / "test/dog/broken.jpg").unlink()
+    (data / "train/bird").mkdir()
+    out = tmp_path / "run-empty"
+    config = write_config({"data": {"dataset": "image_folder", "root": str(data), "batch_size": 2}}, name="empty.yaml")
+    assert main([str(config), "--out", str(out)]) == 2
+    assert "train/bird: empty class folder" in capsys.readouterr().err
+    assert not out.exists()
