@@ -45,3 +45,16 @@ def write_config(tmp_path):
 def run_cli(*args: str, timeout: float = 300, module: str = "harness.run") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+@pytest.fixture(scope="session")
+def analyzed_run(tmp_path_factory) -> Path:
+    """One tiny run, analyzed and reported, shared by the report tests."""
+    from harness.run import main as run_main
+
+    root = tmp_path_factory.mktemp("report")
+    config = root / "exp.yaml"
+    config.write_text(yaml.safe_dump(deep_update(TINY, {"analysis": {"enabled": True, "misclassified": 4},
+                                                        "report": {"enabled": True}})))
+    assert run_main([str(config), "--out", str(root / "run")]) == 0
+    return root / "run"

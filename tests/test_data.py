@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.config import Config, DataConfig, config_from_dict
+from harness.config import DataConfig, config_from_dict
 from harness.data import (
     AugmentedArrayDataset,
     EpochBatchSampler,

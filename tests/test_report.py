@@ -2,29 +2,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import pytest
 
-from harness.report import differing_keys, load_run, main as report_main, render_comparison, render_run_report
-from harness.run import main as run_main
+from harness.report import differing_keys, load_run, main as report_main, render_run_report
 
 SECTION_IDS = ["summary", "config", "data", "model", "curves", "per-class", "misclassified", "gradcam", "timings", "environment"]
-
-
-@pytest.fixture(scope="module")
-def analyzed_run(tmp_path_factory) -> Path:
-    """One tiny run, analyzed and reported, shared by the report tests."""
-    import yaml
-
-    from tests.conftest import TINY, deep_update
-
-    root = tmp_path_factory.mktemp("report")
-    config = root / "exp.yaml"
-    config.write_text(yaml.safe_dump(deep_update(TINY, {"analysis": {"enabled": True, "misclassified": 4},
-                                                        "report": {"enabled": True}})))
-    assert run_main([str(config), "--out", str(root / "run")]) == 0
-    return root / "run"
 
 
 def test_run_writes_a_self_contained_report(analyzed_run):

@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 
-from tests.test_report import SECTION_IDS, analyzed_run  # noqa: F401  (the shared fixture)
+from tests.test_report import SECTION_IDS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
-def test_report_renders_in_headless_chromium(analyzed_run, tmp_path):  # noqa: F811
+def test_report_renders_in_headless_chromium(analyzed_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
     console_errors: list[str] = []
