@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -111,7 +112,6 @@ def curves(
     path: Path,
     xlabel: str = "epoch",
     footer: str | None = None,
-    log_y: bool = False,
 ) -> Path:
     """Lines named by ``series`` keys, each (x, y)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -119,8 +119,7 @@ def curves(
         ax.plot(x, y, label=label, linewidth=1.6, marker="o" if len(x) <= 30 else None, markersize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if log_y:
-        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and iterations are whole numbers
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)

@@ -45,7 +45,8 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.run_dir.name})"
+        folder = self.run_dir.name
+        return folder if self.name in folder else f"{self.name} ({folder})"
 
     @property
     def status(self) -> str:
@@ -206,7 +207,7 @@ def comparison_context(records: list[RunRecord], out: Path) -> dict[str, Any]:
     for r in records:
         row: dict[str, Any] = {"run": r.label, "status": r.status + (" (no analysis)" if "analysis" in r.missing else "")}
         flat = _flatten(r.config)
-        row.update({k: flat.get(k, "") for k in keys})
+        row.update({k: str(flat.get(k, "")) for k in keys})  # as written in the config, not reformatted
         row["best acc (%)"] = round(100 * r.summary["best_val_acc"], 2) if isinstance(r.summary.get("best_val_acc"), float) else None
         row["final acc (%)"] = round(100 * r.summary["final_val_acc"], 2) if isinstance(r.summary.get("final_val_acc"), float) else None
         row["time (s)"] = r.summary.get("total_time_s")
