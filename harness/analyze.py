@@ -7,7 +7,6 @@ Runs at the end of every training run and on any existing run folder (best check
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,13 +67,6 @@ def select_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: i
     return wrong[:count]
 
 
-def footer_for(run_dir: Path) -> str:
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    commit = (summary.get("git_commit") or "no git")[:12]
-    return f"{run_dir} | {summary.get('device', '?')} | commit {commit}"
-
-
 def write_data_figures(cfg: Config, train_arrays: Any, out_dir: Path, footer: str) -> None:
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(train_arrays), size=min(32, len(train_arrays)), replace=False)
@@ -95,7 +87,9 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
     cfg = load_config(run_dir / "config.yaml")
     device = device or idist.device()
     out_dir = run_dir / "analysis"
-    footer = footer_for(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = atomic_io.read_json(summary_path)
+    footer = figures.provenance(run_dir, summary)
     train_arrays, test_arrays = load_arrays(cfg)
     classes = test_arrays.classes
     model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device)
@@ -141,8 +135,6 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
     write_data_figures(cfg, train_arrays, out_dir, footer)
 
     per_class = {name: round(float(a), 6) for name, a in zip(classes, accuracy)}
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary.update(per_class_acc=per_class, analysis_checkpoint=str(checkpoint),
                    class_counts={"train": np.bincount(train_arrays.labels, minlength=len(classes)).tolist(),
                                  "test": np.bincount(test_arrays.labels, minlength=len(classes)).tolist()})

@@ -46,6 +46,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json(path: str | Path) -> dict[str, Any]:
+    """What write_json wrote; an empty dict when the file is missing or unreadable."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def write_npz(path: str | Path, compress: bool = True, **arrays: Any) -> Path:
     buffer = io.BytesIO()
     (np.savez_compressed if compress else np.savez)(buffer, **arrays)

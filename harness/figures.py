@@ -20,6 +20,12 @@ import torch  # noqa: E402
 from harness import atomic_io  # noqa: E402
 
 
+def provenance(run_dir: Path, summary: dict) -> str:
+    """The footer every figure of a run carries: run folder (hence its config.yaml), device, commit."""
+    commit = (summary.get("git_commit") or "no git")[:12]
+    return f"{run_dir} | {summary.get('device', '?')} | commit {commit}"
+
+
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Normalized (N, 3, H, W) tensors back to (N, H, W, 3) floats in [0, 1] for display."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

@@ -72,9 +72,8 @@ def load_run(run_dir: Path) -> RunRecord:
     record.config = _read_yaml(run_dir / "config.yaml")
     if not record.config:
         record.missing.append("config.yaml")
-    try:
-        record.summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    record.summary = atomic_io.read_json(run_dir / "summary.json")
+    if not record.summary:
         record.missing.append("summary.json")
     for attr, name in (("metrics", "metrics.csv"), ("lr", "lr.csv")):
         rows = read_csv_rows(run_dir / name)
@@ -93,15 +92,10 @@ def embed_png(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _footer(record: RunRecord) -> str:
-    commit = (record.summary.get("git_commit") or "no git")[:12]
-    return f"{record.run_dir} | {record.summary.get('device', '?')} | commit {commit}"
-
-
 def training_figures(record: RunRecord) -> dict[str, str | None]:
     """Curves drawn from metrics.csv and lr.csv into RUN_DIR/figures/, returned embedded."""
     out_dir = record.run_dir / "figures"
-    footer = _footer(record)
+    footer = figures.provenance(record.run_dir, record.summary)
     m = record.metrics
     made: dict[str, str | None] = {"loss": None, "accuracy": None, "lr": None, "timing": None}
     if not m.empty:

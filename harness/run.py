@@ -5,7 +5,6 @@ One code path for one CPU process and for N processes under torchrun (``idist.Pa
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -84,16 +83,6 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise HarnessError(f"output folder {run_dir}: cannot be written ({error.strerror or error})") from None
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads; damaged ones are named, set aside and skipped."""
     for path in list_checkpoints(run_dir / "checkpoints"):
@@ -123,7 +112,7 @@ def training(cfg: Config, run_dir: Path, arrays: tuple[ImageArrays, ImageArrays]
                 outcome["already_done"] = True
                 return
             run.load_state(state)
-            elapsed_before = float(read_summary(run_dir).get("total_time_s") or 0.0)
+            elapsed_before = float(atomic_io.read_json(run_dir / "summary.json").get("total_time_s") or 0.0)
             if rank == 0:
                 print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
 
@@ -248,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         if not (args.resume / "config.yaml").is_file():
             raise HarnessError(f"--resume {args.resume}: not a run folder (no config.yaml there)")
-        if read_summary(args.resume).get("status") == "completed":
+        if atomic_io.read_json(args.resume / "summary.json").get("status") == "completed":
             print(f"{args.resume}: this run already completed; nothing to resume")
             return 0
         cfg = load_config(args.resume / "config.yaml")
