@@ -280,6 +280,11 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs}: expected fewer than train.epochs ({cfg.train.epochs})"
         )
+    first_step = cfg.scheduler.step_epochs if cfg.scheduler.name == "step" else min(cfg.scheduler.milestones, default=None)
+    if cfg.scheduler.name in ("step", "multistep") and first_step is not None and first_step <= cfg.scheduler.warmup_epochs:
+        raise ConfigError(
+            f"{source}: scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs}: expected the warm-up to end before the first step (epoch {first_step})"
+        )
     if sorted(cfg.scheduler.milestones) != cfg.scheduler.milestones or any(m < 1 for m in cfg.scheduler.milestones):
         raise ConfigError(f"{source}: scheduler.milestones = {cfg.scheduler.milestones!r}: expected increasing epochs >= 1")
 

@@ -344,3 +344,10 @@ def per_rank_batch(batch_size: int, world_size: int, key: str) -> int:
     if batch_size % world_size:
         raise HarnessError(f"{key} = {batch_size}: expected a multiple of the number of processes ({world_size})")
     return batch_size // world_size
+
+
+def check_batch_size(cfg: DataConfig, train_images: int, world_size: int) -> None:
+    """Fail on a batch the data or the processes cannot make, before anything is written."""
+    per_rank_batch(cfg.batch_size, world_size, "data.batch_size")
+    if train_images < cfg.batch_size:
+        raise HarnessError(f"data.batch_size = {cfg.batch_size}: expected at most the {train_images} training images")

@@ -23,7 +23,7 @@ from ignite.utils import manual_seed
 
 from harness import atomic_io
 from harness.config import Config, dump_config, load_config
-from harness.data import ImageArrays, check_augment, load_arrays
+from harness.data import ImageArrays, check_augment, check_batch_size, load_arrays
 from harness.errors import HarnessError, exit_on_harness_error
 from harness.handlers import list_checkpoints
 from harness.models import build_model
@@ -215,6 +215,7 @@ def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outco
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
         arrays = load_arrays(cfg)
+    check_batch_size(cfg.data, len(arrays[0]), idist.get_world_size())
     run_dir = args.resume if resume else open_run_dir(cfg, args.out)
     if idist.get_rank() == 0:
         print(f"run folder: {run_dir}", flush=True)

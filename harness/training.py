@@ -26,11 +26,11 @@ from harness.data import (
     build_eval_transform,
     build_loader,
     build_train_transform,
+    check_batch_size,
     per_rank_batch,
     resolve_num_workers,
 )
 from harness.device_augment import DeviceAugment, plan_from_augment
-from harness.errors import HarnessError
 from harness.handlers import (
     RNGState,
     RunLog,
@@ -96,9 +96,8 @@ def compile_or_fall_back(model: nn.Module, device: torch.device, channels_last: 
 def build_loaders(cfg: Config, train_arrays: ImageArrays, test_arrays: ImageArrays, device: torch.device
                   ) -> tuple[DataLoader, DataLoader, EpochBatchSampler, int]:
     rank, world_size = idist.get_rank(), idist.get_world_size()
+    check_batch_size(cfg.data, len(train_arrays), world_size)
     batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
-    if len(train_arrays) < cfg.data.batch_size:
-        raise HarnessError(f"data.batch_size = {cfg.data.batch_size}: expected at most the {len(train_arrays)} training images")
     train_sampler = EpochBatchSampler(len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size)
     eval_batch = max(1, cfg.data.eval_batch_size // world_size)
     eval_sampler = EpochBatchSampler(len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size)

@@ -43,6 +43,7 @@ def test_parse_override(text, path, value):
         ({"optimizer": {"lr": -1}}, [], "optimizer.lr = -1: expected a value > 0.0"),
         ({"data": {"mean": [0.5]}}, [], "data.mean = [0.5]: expected 3 numbers"),
         ({"scheduler": {"name": "plateau", "warmup_epochs": 1}}, [], "expected 0 with the plateau scheduler"),
+        ({"scheduler": {"name": "multistep", "milestones": [2], "warmup_epochs": 2}}, [], "expected the warm-up to end before"),
         ({}, ["train"], "expected KEY.PATH=VALUE"),
         ({"seed": 1}, ["seed.x=1"], "'seed' is not a section"),
         ({"data": {"augment": [{"p": 1.0}]}}, [], "data.augment[0]"),

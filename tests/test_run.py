@@ -177,6 +177,7 @@ def test_bad_data_fails_in_one_line_before_anything_is_written(write_config, tmp
     cases = {
         "missing": ({"data": {"dataset": "image_folder", "root": str(tmp_path / "nowhere")}}, "folder not found"),
         "corrupt": ({"data": {"dataset": "image_folder", "root": str(data), "batch_size": 2}}, "broken.jpg: unreadable image"),
+        "batch": ({"data": {"batch_size": 1000}}, "data.batch_size = 1000: expected at most the 256 training images"),
     }
     for name, (changes, expected) in cases.items():
         out = tmp_path / f"run-{name}"
