@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import ignite
 import ignite.distributed as idist
@@ -188,8 +188,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def resolve_backend(cfg: Config) -> str | None:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched_by_torchrun():
         return None
     return cfg.train.backend or ("nccl" if torch.cuda.is_available() else "gloo")
 
@@ -230,6 +234,7 @@ def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outco
         from harness.report import render_run_report
 
         print(f"report: {render_run_report(run_dir)}", flush=True)  # renders whatever exists, whatever the status
+    outcome["rank"] = idist.get_rank()
 
 
 @exit_on_harness_error
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run_dir}: training already finished; nothing to resume")
         return 0
     status = outcome.get("status")
-    if idist.get_rank() == 0:
+    if outcome.get("rank", 0) == 0:  # the process group is gone by now: idist.get_rank() says 0 everywhere
         print(f"run folder: {run_dir} ({status})", flush=True)
     if status == "interrupted":
         return 128 + outcome["signum"]
@@ -265,5 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_worker(code: int) -> NoReturn:
+    """End a torchrun worker without interpreter finalization.
+
+    A gloo worker thread may still be releasing the last collective's tensors (the metrics'
+    all_gather of the final checkpoint) after the main thread has moved on; if the interpreter is
+    finalizing by then, that thread's GIL request aborts the process ("terminate called without an
+    active exception", pytorch/pytorch#179291) and torchrun fails a run that finished. Every result
+    file is written and closed by now: only the standard streams and log handlers need flushing.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if launched_by_torchrun():
+        exit_worker(exit_code)
+    sys.exit(exit_code)

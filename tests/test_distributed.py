@@ -60,6 +60,7 @@ def test_torchrun_two_gloo_processes_write_one_consistent_run(write_config, tmp_
                "-m", "harness.run", str(config)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("(completed)") == 1, "rank 0 alone reports the outcome"
     runs = list((tmp_path / "results" / "tiny").iterdir())
     assert len(runs) == 1, "rank 0 alone writes, and every rank uses its folder"
     run_dir = runs[0]
