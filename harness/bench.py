@@ -106,9 +106,12 @@ def _synchronize(device: torch.device) -> None:
 
 
 def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
-    """Alternate plain and harness repetitions; the ratio of medians is the harness's efficiency.
+    """Pairs of one plain and one harness repetition, run back to back; the median of the pairs'
+    ratios is the harness's efficiency.
 
-    The harness repetition includes what a real epoch includes around the training steps: one
+    A shared machine's speed drifts by more than the overhead being measured; within a pair it
+    drifts little, and the order alternates (ABBA) so that neither loop always runs second. The
+    harness repetition includes what a real epoch includes around the training steps: one
     evaluation over a batch-sized test set, the metrics row and a checkpoint.
     """
     device = idist.device()
@@ -122,13 +125,16 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     with tempfile.TemporaryDirectory() as tmp:
         plain_loop_images_per_s(cfg, loader, eval_batch, 2, device)  # warm-up: allocator, kernels
         for repeat in range(repeats):
-            plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
-            harness.append(harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"))
+            measure_plain = lambda: plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
+            measure_harness = lambda: harness.append(harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"))
+            for measure in (measure_plain, measure_harness) if repeat % 2 == 0 else (measure_harness, measure_plain):
+                measure()
+    ratios = [h / p for h, p in zip(harness, plain)]
     return {
         "width": width, "batch": batch, "amp": amp, "iterations": iterations, "repeats": repeats,
-        "plain_images_per_s": plain, "harness_images_per_s": harness,
+        "plain_images_per_s": plain, "harness_images_per_s": harness, "pair_ratios": ratios,
         "plain_median": statistics.median(plain), "harness_median": statistics.median(harness),
-        "harness_over_plain": statistics.median(harness) / statistics.median(plain),
+        "harness_over_plain": statistics.median(ratios),
     }
 
 
@@ -217,7 +223,8 @@ def print_table(results: dict[str, Any]) -> None:
         o = results["overhead"]
         print(f"overhead  width {o['width']} batch {o['batch']} amp {o['amp']}: plain {o['plain_median']:.0f} img/s, "
               f"harness {o['harness_median']:.0f} img/s -> harness/plain = {o['harness_over_plain']:.3f} "
-              f"(medians of {o['repeats']} alternating repetitions)")
+              f"(median of {o['repeats']} back-to-back pairs, ABBA order; "
+              f"pairs {min(o['pair_ratios']):.3f}-{max(o['pair_ratios']):.3f})")
     if "data" in results:
         d = results["data"]
         model = d["model_images_per_s"]
