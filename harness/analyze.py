@@ -35,7 +35,8 @@ def load_trained_model(run_dir: Path, cfg: Config, num_classes: int, device: tor
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = build_model(cfg.model, num_classes)
     try:
-        model.load_state_dict(state.get("model", state))
+        # A training checkpoint of a run with train.ema_decay holds both; the average is what was evaluated.
+        model.load_state_dict(state.get("ema_model", state.get("model", state)))
     except RuntimeError as error:
         raise HarnessError(f"{path}: does not fit the model in {run_dir / 'config.yaml'} ({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), path

@@ -99,6 +99,7 @@ class TrainConfig:
     grad_clip: Union[float, None] = field(default=None, metadata=_range(0.0, lo_open=True))
     compile: bool = False
     tta_flip: bool = False
+    ema_decay: Union[float, None] = field(default=None, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
     backend: Union[Literal["nccl", "gloo"], None] = None
 
 

@@ -42,6 +42,7 @@ from harness.handlers import (
     attach_nan_guard,
     attach_progress_bars,
     attach_stop_on_signal,
+    attach_weight_average,
     build_best_checkpoint,
 )
 from harness.models import build_model, count_parameters
@@ -134,7 +135,14 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
         batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device)
     train_step = make_train_step(step_model, optimizer, loss_fn, device, cfg.train, scaler, batch_augment)
     trainer, train_metrics = create_trainer(train_step, device)
-    evaluator = create_evaluator(step_model, device, cfg.train)
+    # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
+    # Attached first, so that every other handler sees this iteration's average.
+    eval_model = model if cfg.train.ema_decay is None else attach_weight_average(trainer, model, cfg.train.ema_decay)
+    if eval_model is model:
+        eval_step_model = step_model
+    else:
+        eval_step_model = compile_or_fall_back(eval_model, device, cfg.train.channels_last)[0] if compiled else eval_model
+    evaluator = create_evaluator(eval_step_model, device, cfg.train)
 
     # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.
     log = RunLog(run_dir)
@@ -155,7 +163,7 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
     attach_nan_guard(trainer, sync_every)
     lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, cfg.train.epochs)
     attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
-    best = build_best_checkpoint(model, evaluator, trainer, run_dir / "checkpoints")
+    best = build_best_checkpoint(eval_model, evaluator, trainer, run_dir / "checkpoints")
     run.to_save.update({
         "model": model,
         "optimizer": optimizer,
@@ -167,6 +175,8 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
     })
     if scaler is not None:
         run.to_save["scaler"] = scaler
+    if eval_model is not model:
+        run.to_save["ema_model"] = eval_model
     save = attach_checkpoints(trainer, run.to_save, run_dir / "checkpoints", cfg.checkpoint.every_epochs,
                               cfg.checkpoint.every_iters, cfg.checkpoint.n_saved, best, log)
     attach_stop_on_signal(trainer, run.stop, save)

@@ -11,9 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 
+from harness.config import config_from_dict
+from harness.data import make_synthetic
 from harness.handlers import METRICS_COLUMNS, list_checkpoints
+from harness.models import build_model
+from harness.trainers import create_evaluator
+from harness.training import build_loaders
 from harness.run import main
 from tests.conftest import REPO
 
@@ -29,8 +36,8 @@ def without_timing(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
-def final_weights(run_dir: Path) -> dict:
-    return torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)["model"]
+def final_weights(run_dir: Path, key: str = "model") -> dict:
+    return torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)[key]
 
 
 def start_run(*args: str) -> subprocess.Popen:
@@ -77,8 +84,32 @@ def test_training_learns_the_synthetic_classes(write_config, tmp_path):
     assert float(rows[-1]["val_acc"]) > 0.5, rows  # chance is 0.1
 
 
+def test_weight_average_is_what_gets_evaluated_and_kept(write_config, tmp_path):
+    config = write_config({"train": {"epochs": 2, "ema_decay": 0.9}})
+    run_dir = tmp_path / "run"
+    assert main([str(config), "--out", str(run_dir)]) == 0
+    state = torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)
+    live, average = state["model"], state["ema_model"]
+    assert not torch.equal(live["conv1.weight"], average["conv1.weight"])
+    [best] = (run_dir / "checkpoints").glob("best_model_*.pt")
+    kept = torch.load(best, map_location="cpu", weights_only=False)
+    kept = kept.get("model", kept)
+    rows = read_rows(run_dir / "metrics.csv")
+    if float(rows[-1]["val_acc"]) >= float(rows[0]["val_acc"]):  # the best epoch is the last one
+        assert torch.equal(kept["conv1.weight"], average["conv1.weight"])
+    cfg = config_from_dict(yaml.safe_load(config.read_text()))
+    model = build_model(cfg.model, 10)
+    model.load_state_dict(average)
+    evaluator = create_evaluator(model, torch.device("cpu"), cfg.train)
+    evaluator.run(build_loaders(cfg, *make_synthetic(cfg.data, cfg.seed), torch.device("cpu"))[1])
+    # The loss tells the two models apart where 128 images' accuracy might not.
+    assert evaluator.state.metrics["loss"] == pytest.approx(float(rows[-1]["val_loss"]), abs=1e-6)
+    assert evaluator.state.metrics["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-6)
+
+
 def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config, tmp_path):
-    config = write_config({"data": {"synthetic_train_size": 512}, "train": {"epochs": 3},
+    # With an average of the weights: the most state a run carries, all of it restored.
+    config = write_config({"data": {"synthetic_train_size": 512}, "train": {"epochs": 3, "ema_decay": 0.9},
                            "checkpoint": {"every_iters": 4, "n_saved": 3}})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     reference = start_run(str(config), "--out", str(whole))
@@ -93,10 +124,11 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
     assert "resuming from" in resumed.stdout
     assert without_timing(read_rows(broken / "metrics.csv")) == without_timing(read_rows(whole / "metrics.csv"))
     assert read_rows(broken / "lr.csv") == read_rows(whole / "lr.csv")
-    a, b = final_weights(whole), final_weights(broken)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for weights in ("model", "ema_model"):
+        a, b = final_weights(whole, weights), final_weights(broken, weights)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{weights}.{key}"
     summary = json.loads((broken / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"]
 
