@@ -151,6 +151,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
             "best test accuracy": _percent(s.get("best_val_acc")) + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
             "final test accuracy": _percent(s.get("final_val_acc")),
+            "evaluated": describe_evaluation(record.config.get("train") or {}),
             "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
         },
         "config_yaml": (record.run_dir / "config.yaml").read_text(encoding="utf-8") if record.config else None,
@@ -166,6 +167,12 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         "versions": s.get("versions") or {},
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def describe_evaluation(train: dict[str, Any]) -> str:
+    """What the test accuracy above was measured on: the live or the averaged weights, with or without TTA."""
+    weights = f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
+    return weights + (" + flip TTA" if train.get("tta_flip") else "")
 
 
 def _percent(value: Any) -> str:

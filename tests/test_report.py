@@ -4,7 +4,7 @@ import json
 import shutil
 
 
-from harness.report import differing_keys, load_run, main as report_main, render_run_report
+from harness.report import describe_evaluation, differing_keys, load_run, main as report_main, render_run_report
 
 SECTION_IDS = ["summary", "config", "data", "model", "curves", "per-class", "misclassified", "gradcam", "timings", "environment"]
 
@@ -17,6 +17,12 @@ def test_run_writes_a_self_contained_report(analyzed_run):
     assert html.count("data:image/png;base64,") >= 10
     assert "not available" not in html
     assert (analyzed_run / "report.html").stat().st_size < 5_000_000
+    assert "<b>trained weights</b>" in html  # what the test accuracy was measured on
+
+
+def test_report_says_which_weights_were_evaluated():
+    assert describe_evaluation({}) == "trained weights"
+    assert describe_evaluation({"ema_decay": 0.999, "tta_flip": True}) == "average of the weights (ema_decay 0.999) + flip TTA"
 
 
 def test_report_of_a_run_with_missing_pieces(analyzed_run, tmp_path):
