@@ -1,5 +1,3 @@
-import sys
+from harness.run import cli
 
-from harness.run import main
-
-sys.exit(main())
+cli()

@@ -285,8 +285,13 @@ def exit_worker(code: int) -> NoReturn:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """``python -m harness.run`` and ``python -m harness``, alone or under torchrun."""
     exit_code = main()
     if launched_by_torchrun():
         exit_worker(exit_code)
     sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    cli()
