@@ -124,11 +124,15 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     plain, harness = [], []
     with tempfile.TemporaryDirectory() as tmp:
         plain_loop_images_per_s(cfg, loader, eval_batch, 2, device)  # warm-up: allocator, kernels
+        def measure_plain(_: int) -> None:
+            plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
+
+        def measure_harness(repeat: int) -> None:
+            harness.append(harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"))
+
         for repeat in range(repeats):
-            measure_plain = lambda: plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
-            measure_harness = lambda: harness.append(harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"))
-            for measure in (measure_plain, measure_harness) if repeat % 2 == 0 else (measure_harness, measure_plain):
-                measure()
+            for measure in (measure_plain, measure_harness)[:: 1 if repeat % 2 == 0 else -1]:
+                measure(repeat)
     ratios = [h / p for h, p in zip(harness, plain)]
     return {
         "width": width, "batch": batch, "amp": amp, "iterations": iterations, "repeats": repeats,
