@@ -4,7 +4,8 @@ Per-sample albumentations costs about 0.2 ms an image on one CPU core; a GPU tra
 faster than a few loader workers can augment. This path reads the same ``data.augment`` list and
 applies PadIfNeeded(constant) + RandomCrop, HorizontalFlip and single-hole CoarseDropout to whole
 normalized batches, with the distributions albumentations uses (offsets and hole corners uniform).
-Randomness comes from a generator seeded by (seed, iteration), so a resumed run replays it.
+Randomness comes from a generator seeded by (seed, iteration, rank), so a resumed run replays it
+and processes that train on different images also draw different crops, flips and holes.
 """
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: int = 32) -
 class DeviceAugment:
     """Callable on a normalized (N, C, H, W) batch already on the device."""
 
-    def __init__(self, plan: DeviceAugmentPlan, mean: Sequence[float], std: Sequence[float], seed: int, device: torch.device) -> None:
+    def __init__(self, plan: DeviceAugmentPlan, mean: Sequence[float], std: Sequence[float], seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.plan = plan
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
         self.device = device
         mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
         # fills are given on 0..255 pixels; the batch is already normalized
@@ -79,7 +82,8 @@ class DeviceAugment:
         self.generator = torch.Generator(device=device)
 
     def __call__(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
-        self.generator.manual_seed(self.seed * 1_000_003 + iteration)
+        # one distinct seed per (seed, iteration, rank); a single process keeps seed * 1_000_003 + iteration
+        self.generator.manual_seed((self.seed * 1_000_003 + iteration) * self.world_size + self.rank)
         n, _, h, w = images.shape
         rows = torch.arange(h, device=images.device)
         cols = torch.arange(w, device=images.device)

@@ -75,11 +75,17 @@ class Training:
         self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
 
 
-def compile_or_fall_back(model: nn.Module, device: torch.device, channels_last: bool) -> tuple[nn.Module, bool]:
-    """torch.compile, tried once on a small batch; on failure say why and keep the eager model."""
+def compile_or_fall_back(model: nn.Module, device: torch.device, channels_last: bool,
+                         batch_shape: tuple[int, ...]) -> tuple[nn.Module, bool]:
+    """torch.compile, tried once on a batch of ``batch_shape`` (N, C, H, W); on failure say why and keep the eager model.
+
+    The try-out uses the training batch's own shape: a different one makes the training graph's
+    second compilation mark the batch size dynamic (automatic dynamic shapes), and the training
+    step then runs shape-generic kernels for the whole run.
+    """
     try:
         compiled = torch.compile(model)
-        sample = torch.randn(2, 3, 32, 32, device=device)
+        sample = torch.randn(*batch_shape, device=device)
         if channels_last:
             sample = sample.contiguous(memory_format=torch.channels_last)
         was_training = model.training
@@ -125,14 +131,18 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
         model = model.to(memory_format=torch.channels_last)
     model = idist.auto_model(model)
     optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
-    step_model, compiled = compile_or_fall_back(model, device, cfg.train.channels_last) if cfg.train.compile else (model, False)
+    height, width = train_arrays.images.shape[1:3]
+    batch_shape = (train_sampler.batch_size, 3, height, width)
+    step_model, compiled = (compile_or_fall_back(model, device, cfg.train.channels_last, batch_shape) if cfg.train.compile
+                            else (model, False))
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
     batch_augment = None
     if cfg.data.augment_on == "device":
         plan = plan_from_augment(cfg.data.augment, image_size=train_arrays.images.shape[1])
-        batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device)
+        batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device,
+                                      idist.get_rank(), idist.get_world_size())
     train_step = make_train_step(step_model, optimizer, loss_fn, device, cfg.train, scaler, batch_augment)
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
@@ -141,7 +151,7 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
     if eval_model is model:
         eval_step_model = step_model
     else:
-        eval_step_model = compile_or_fall_back(eval_model, device, cfg.train.channels_last)[0] if compiled else eval_model
+        eval_step_model = compile_or_fall_back(eval_model, device, cfg.train.channels_last, batch_shape)[0] if compiled else eval_model
     evaluator = create_evaluator(eval_step_model, device, cfg.train)
 
     # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.

@@ -85,11 +85,19 @@ def test_cutout_hole_size_and_position_match():
         assert np.all(np.abs(a - b) < 0.04)
 
 
-def test_device_augment_is_replayable_and_varies_by_iteration():
-    augmenter = DeviceAugment(plan_from_augment(PAD_CROP + FLIP + CUTOUT), [0.5] * 3, [0.25] * 3, seed=3, device=torch.device("cpu"))
+def test_device_augment_is_replayable_and_varies_by_iteration_and_rank():
+    def augmenter(rank: int = 0, world_size: int = 1) -> DeviceAugment:
+        return DeviceAugment(plan_from_augment(PAD_CROP + FLIP + CUTOUT), [0.5] * 3, [0.25] * 3, seed=3,
+                             device=torch.device("cpu"), rank=rank, world_size=world_size)
+
     batch = torch.randn(8, 3, 32, 32)
-    assert torch.equal(augmenter(batch, 5), augmenter(batch, 5))
-    assert not torch.equal(augmenter(batch, 5), augmenter(batch, 6))
+    single = augmenter()
+    assert torch.equal(single(batch, 5), augmenter()(batch, 5))
+    assert not torch.equal(single(batch, 5), single(batch, 6))
+    # Two processes draw differently from each other (the loader path does too) and from one process.
+    first, second = augmenter(0, 2)(batch, 5), augmenter(1, 2)(batch, 5)
+    assert not torch.equal(first, second)
+    assert not torch.equal(first, single(batch, 5)) and not torch.equal(second, single(batch, 5))
 
 
 @pytest.mark.parametrize("augment, message", [
