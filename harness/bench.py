@@ -32,7 +32,7 @@ from harness.data import (
     EpochBatchSampler,
     build_eval_transform,
     build_loader,
-    build_train_transform,
+    build_train_dataset,
     load_arrays,
     make_synthetic,
 )
@@ -118,7 +118,7 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     cfg = _bench_config(width, batch, amp, images=batch * iterations)
     train, test = make_synthetic(cfg.data, cfg.seed)
     sampler = EpochBatchSampler(len(train), batch, cfg.seed, shuffle=True)
-    loader = build_loader(AugmentedArrayDataset(train, build_train_transform(cfg.data)), sampler, 0, device)
+    loader = build_loader(build_train_dataset(train, cfg.data), sampler, 0, device)
     eval_set = AugmentedArrayDataset(test, build_eval_transform(cfg.data))
     eval_batch = next(iter(build_loader(eval_set, EpochBatchSampler(len(test), batch, 0, shuffle=False), 0, device)))
     plain, harness = [], []
@@ -145,7 +145,7 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
 def bench_data(cfg: Config, batches: int, workers: list[int], model_images_per_s: float | None) -> dict[str, Any]:
     device = idist.device()
     train, _ = load_arrays(cfg)
-    dataset = AugmentedArrayDataset(train, build_train_transform(cfg.data))
+    dataset = build_train_dataset(train, cfg.data)
     rows = []
     for count in workers:
         sampler = EpochBatchSampler(len(train), cfg.data.batch_size, cfg.seed, shuffle=True)

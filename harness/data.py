@@ -253,19 +253,29 @@ class AugmentedArrayDataset(Dataset):
     fixed, whichever process or worker draws it, which makes training replayable.
     """
 
-    def __init__(self, arrays: ImageArrays, transform: A.Compose) -> None:
+    def __init__(self, arrays: ImageArrays, transform: A.Compose, random_transform: bool = True) -> None:
         self.arrays = arrays
         self.transform = transform
+        # Seeding costs about as much as normalizing an image: skip it when the transform draws nothing.
+        self.random_transform = random_transform
 
     def __len__(self) -> int:
         return len(self.arrays)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
+        if seed is not None and self.random_transform:
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         image = self.transform(image=self.arrays.images[index])["image"]
         return image, int(self.arrays.labels[index])
+
+
+def build_train_dataset(arrays: ImageArrays, cfg: DataConfig) -> AugmentedArrayDataset:
+    """What the training loader serves: augmented images, or with augment_on=device normalized
+    ones (the trainer then augments whole batches on the device)."""
+    if cfg.augment_on == "device":
+        return AugmentedArrayDataset(arrays, build_eval_transform(cfg), random_transform=False)
+    return AugmentedArrayDataset(arrays, build_train_transform(cfg))
 
 
 class EpochBatchSampler(Sampler):

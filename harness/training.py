@@ -25,7 +25,7 @@ from harness.data import (
     ImageArrays,
     build_eval_transform,
     build_loader,
-    build_train_transform,
+    build_train_dataset,
     check_batch_size,
     per_rank_batch,
     resolve_num_workers,
@@ -111,9 +111,7 @@ def build_loaders(cfg: Config, train_arrays: ImageArrays, test_arrays: ImageArra
     num_workers = resolve_num_workers(cfg.data, device, idist.get_nproc_per_node())
     # Our own batch sampler, not idist.auto_dataloader's DistributedSampler: it shards per rank
     # itself, replays an interrupted epoch, and never pads the test set (no image counted twice).
-    # With augment_on=device the loader only normalizes; the trainer augments whole batches.
-    train_transform = build_eval_transform(cfg.data) if cfg.data.augment_on == "device" else build_train_transform(cfg.data)
-    train_loader = build_loader(AugmentedArrayDataset(train_arrays, train_transform), train_sampler, num_workers, device)
+    train_loader = build_loader(build_train_dataset(train_arrays, cfg.data), train_sampler, num_workers, device)
     eval_loader = build_loader(AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device)
     return train_loader, eval_loader, train_sampler, num_workers
 

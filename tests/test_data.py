@@ -12,6 +12,8 @@ from harness.config import DataConfig, config_from_dict
 from harness.data import (
     AugmentedArrayDataset,
     EpochBatchSampler,
+    build_eval_transform,
+    build_train_dataset,
     build_train_transform,
     load_arrays,
     stratified_subset,
@@ -145,6 +147,19 @@ def test_same_seed_same_augmentation_and_replayable_sampler():
     key = batches[0][0]
     a, b = dataset[key][0], dataset[key][0]
     assert (a == b).all()
+
+
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_training_loader_augments_only_with_augment_on_loader(augment_on):
+    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 20, "augment_on": augment_on}})
+    train, _ = load_arrays(cfg)
+    dataset = build_train_dataset(train, cfg.data)
+    normalized = build_eval_transform(cfg.data)(image=train.images[3])["image"]
+    views = [dataset[(3, seed)][0] for seed in range(4)]
+    if augment_on == "device":  # the trainer augments whole batches; the loader only normalizes
+        assert all((view == normalized).all() for view in views)
+    else:
+        assert sum(not (view == views[0]).all() for view in views[1:]) >= 2
 
 
 def test_eval_sampler_shards_cover_every_image_once():
