@@ -86,3 +86,29 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
 def test_analyze_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert analyze_main([str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_grid_figures_place_every_cell_in_order(tmp_path):
+    from PIL import Image
+
+    from harness.figures import gradcam_grid, image_grid
+
+    solid = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    for index in range(3):
+        solid[index, ..., index] = 255  # red, green, blue
+    pixels = np.asarray(Image.open(image_grid(solid, ["r", "g", "b"], tmp_path / "grid.png", columns=2, footer="footer")).convert("RGB"))
+
+    def centre_of(colour: tuple[int, int, int]) -> np.ndarray:
+        rows, cols = np.nonzero(np.all(np.abs(pixels.astype(int) - colour) < 30, axis=-1))
+        assert len(rows) > 1000, f"no {colour} cell"
+        return np.array([rows.mean(), cols.mean()])
+
+    red, green, blue = centre_of((255, 0, 0)), centre_of((0, 255, 0)), centre_of((0, 0, 255))
+    assert abs(red[0] - green[0]) < 2 and green[1] > red[1] + 50  # one row, side by side
+    assert blue[0] > red[0] + 50 and abs(blue[1] - red[1]) < 2  # the third starts the second row
+    # Grad-CAM: a black image under a full-strength heatmap is the colormap's red at the overlay's share.
+    black = np.zeros((1, 32, 32, 3))
+    path = gradcam_grid(black, {"layer4": np.ones((1, 32, 32))}, ["P=a A=b"], tmp_path / "cam.png", footer="footer")
+    cam = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    dark_red = np.all(np.abs(cam - (0.45 * 0.5 * 255, 0, 0)) < 12, axis=-1)
+    assert dark_red.sum() > 1000
