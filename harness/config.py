@@ -113,7 +113,8 @@ class CheckpointConfig:
 @dataclass
 class AnalysisConfig:
     enabled: bool = True
-    misclassified: int = field(default=20, metadata=_range(0))
+    # Each is a row of every Grad-CAM figure; past a few hundred rows a PNG outgrows what viewers open.
+    misclassified: int = field(default=20, metadata=_range(0, 200))
     order: Literal["first", "confident"] = "first"
     gradcam_layers: list[Literal["layer1", "layer2", "layer3", "layer4"]] = field(
         default_factory=lambda: ["layer1", "layer2", "layer3", "layer4"]
