@@ -171,7 +171,10 @@ def bench_throughput(cfg: Config, iterations: int) -> dict[str, Any]:
     model = build_model(cfg.model, 10).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = compile_or_fall_back(model, device, cfg.train.channels_last, (cfg.data.batch_size, 3, 32, 32))[0] if cfg.train.compile else model
+    if cfg.train.compile:
+        step_model = compile_or_fall_back(model, device, cfg.train.channels_last, (cfg.data.batch_size, 3, 32, 32))[0]
+    else:
+        step_model = model
     optimizer = build_optimizer(cfg.optimizer, model)
     scaler = torch.amp.GradScaler(device.type) if resolve_amp_dtype(cfg.train.amp, device) == torch.float16 else None
     train_step = make_train_step(step_model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
