@@ -138,7 +138,7 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
     batch_augment = None
     if cfg.data.augment_on == "device":
-        plan = plan_from_augment(cfg.data.augment, image_size=train_arrays.images.shape[1])
+        plan = plan_from_augment(cfg.data.augment, image_size=height)
         batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device,
                                       idist.get_rank(), idist.get_world_size())
     train_step = make_train_step(step_model, optimizer, loss_fn, device, cfg.train, scaler, batch_augment)
