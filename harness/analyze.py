@@ -4,12 +4,12 @@ Per-class accuracy and the confusion matrix (Ignite's ConfusionMatrix) over the 
 the misclassified images, Grad-CAM on them for each layer and target, and the data figures.
 Runs at the end of every training run and on any existing run folder (best checkpoint).
 """
+
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import ignite.distributed as idist
 import numpy as np
@@ -20,15 +20,18 @@ from ignite.metrics import ConfusionMatrix
 
 from harness import atomic_io, figures
 from harness.config import Config, load_config
-from harness.data import AugmentedArrayDataset, build_eval_transform, build_train_transform, load_arrays
-from harness.errors import HarnessError, exit_on_harness_error
+from harness.data import AugmentedArrayDataset, build_eval_transform, build_train_transform
+from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.gradcam import gradcam_maps
-from harness.handlers import find_best_checkpoint, list_checkpoints
 from harness.models import build_model
-from harness.trainers import make_eval_step
+from harness.run_folder import find_best_checkpoint, list_checkpoints, utc_now
+from harness.sources import load_arrays
+from harness.steps import make_eval_step
 
 
-def load_trained_model(run_dir: Path, cfg: Config, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, Path]:
+def load_trained_model(
+    run_dir: Path, cfg: Config, num_classes: int, device: torch.device
+) -> tuple[torch.nn.Module, Path]:
     path = find_best_checkpoint(run_dir) or next(iter(list_checkpoints(run_dir / "checkpoints")), None)
     if path is None:
         raise HarnessError(f"{run_dir}: no checkpoint to analyze in {run_dir / 'checkpoints'}")
@@ -38,11 +41,15 @@ def load_trained_model(run_dir: Path, cfg: Config, num_classes: int, device: tor
         # A training checkpoint of a run with train.ema_decay holds both; the average is what was evaluated.
         model.load_state_dict(state.get("ema_model", state.get("model", state)))
     except RuntimeError as error:
-        raise HarnessError(f"{path}: does not fit the model in {run_dir / 'config.yaml'} ({str(error).splitlines()[0]})") from None
+        raise HarnessError(
+            f"{path}: does not fit the model in {run_dir / 'config.yaml'} ({str(error).splitlines()[0]})"
+        ) from None
     return model.to(device).eval(), path
 
 
-def predict(model: torch.nn.Module, loader: Any, num_classes: int, cfg: Config, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, loader: Any, num_classes: int, cfg: Config, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities for every test image and the confusion matrix, in one pass."""
     evaluator = Engine(make_eval_step(model, device, cfg.train))
     confusion = ConfusionMatrix(num_classes=num_classes, device=device)
@@ -71,13 +78,24 @@ def select_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: i
 def write_data_figures(cfg: Config, train_arrays: Any, out_dir: Path, footer: str) -> None:
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(train_arrays), size=min(32, len(train_arrays)), replace=False)
-    figures.image_grid(train_arrays.images[picks], [train_arrays.classes[train_arrays.labels[i]] for i in picks],
-                       out_dir / "train_samples.png", footer=footer)
+    figures.image_grid(
+        train_arrays.images[picks],
+        [train_arrays.classes[train_arrays.labels[i]] for i in picks],
+        out_dir / "train_samples.png",
+        footer=footer,
+    )
     dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data))
     views = torch.stack([dataset[(int(picks[0]), seed)][0] for seed in range(8)])
-    shown = np.concatenate([train_arrays.images[picks[:1]] / 255.0, figures.denormalize(views, cfg.data.mean, cfg.data.std)])
-    figures.image_grid(shown, ["original"] + [f"augmented {i + 1}" for i in range(8)], out_dir / "augmentation_preview.png",
-                       columns=9, footer=footer)
+    shown = np.concatenate(
+        [train_arrays.images[picks[:1]] / 255.0, figures.denormalize(views, cfg.data.mean, cfg.data.std)]
+    )
+    figures.image_grid(
+        shown,
+        ["original"] + [f"augmented {i + 1}" for i in range(8)],
+        out_dir / "augmentation_preview.png",
+        columns=9,
+        footer=footer,
+    )
 
 
 def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, Any]:
@@ -110,42 +128,59 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
 
     wrong = select_misclassified(probabilities, test_arrays.labels, cfg.analysis.misclassified, cfg.analysis.order)
     predicted = probabilities.argmax(axis=1)
-    rows = pd.DataFrame({
-        "index": wrong,
-        "true": [classes[test_arrays.labels[i]] for i in wrong],
-        "predicted": [classes[predicted[i]] for i in wrong],
-        "confidence": probabilities[wrong, predicted[wrong]].round(4),
-    })
+    rows = pd.DataFrame(
+        {
+            "index": wrong,
+            "true": [classes[test_arrays.labels[i]] for i in wrong],
+            "predicted": [classes[predicted[i]] for i in wrong],
+            "confidence": probabilities[wrong, predicted[wrong]].round(4),
+        }
+    )
     atomic_io.write_text(out_dir / "misclassified.csv", rows.to_csv(index=False))
 
     maps_saved: dict[str, np.ndarray] = {}
     if len(wrong):
         inputs = torch.stack([test_set[int(i)][0] for i in wrong])
         shown = figures.denormalize(inputs, cfg.data.mean, cfg.data.std)
-        figures.image_grid(shown, [f"{p} / {t}" for p, t in zip(rows["predicted"], rows["true"])],
-                           out_dir / "misclassified.png", footer=f"pred / true | {footer}")
-        titles = [f"P={p} A={t}" for p, t in zip(rows["predicted"], rows["true"])]
+        figures.image_grid(
+            shown,
+            [f"{p} / {t}" for p, t in zip(rows["predicted"], rows["true"], strict=True)],
+            out_dir / "misclassified.png",
+            footer=f"pred / true | {footer}",
+        )
+        titles = [f"P={p} A={t}" for p, t in zip(rows["predicted"], rows["true"], strict=True)]
         for target_name in cfg.analysis.gradcam_targets:
             target = torch.as_tensor(predicted[wrong] if target_name == "predicted" else test_arrays.labels[wrong])
             maps = gradcam_maps(model, inputs, target, cfg.analysis.gradcam_layers)
             for layer, heat in maps.items():
                 maps_saved[f"{target_name}/{layer}"] = heat.numpy()
-            figures.gradcam_grid(shown, {k: v.numpy() for k, v in maps.items()}, titles,
-                                 out_dir / f"gradcam_{target_name}.png", footer=f"Grad-CAM for the {target_name} class | {footer}")
+            figures.gradcam_grid(
+                shown,
+                {k: v.numpy() for k, v in maps.items()},
+                titles,
+                out_dir / f"gradcam_{target_name}.png",
+                footer=f"Grad-CAM for the {target_name} class | {footer}",
+            )
     atomic_io.write_npz(out_dir / "gradcam.npz", indices=wrong, **maps_saved)
     write_data_figures(cfg, train_arrays, out_dir, footer)
 
-    per_class = {name: round(float(a), 6) for name, a in zip(classes, accuracy)}
-    summary.update(per_class_acc=per_class, analysis_checkpoint=str(checkpoint),
-                   class_counts={"train": np.bincount(train_arrays.labels, minlength=len(classes)).tolist(),
-                                 "test": np.bincount(test_arrays.labels, minlength=len(classes)).tolist()})
+    per_class = {name: round(float(a), 6) for name, a in zip(classes, accuracy, strict=True)}
+    summary.update(
+        per_class_acc=per_class,
+        analysis_checkpoint=str(checkpoint),
+        class_counts={
+            "train": np.bincount(train_arrays.labels, minlength=len(classes)).tolist(),
+            "test": np.bincount(test_arrays.labels, minlength=len(classes)).tolist(),
+        },
+        analysis_completed_utc=utc_now(),
+    )  # written last: --resume redoes an analysis that lacks it
     atomic_io.write_json(summary_path, summary)
     return {"per_class_acc": per_class, "misclassified": wrong.tolist(), "checkpoint": str(checkpoint)}
 
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.analyze", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.analyze", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     result = analyze_run(args.run_dir)
@@ -153,5 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The console script ``harness-analyze``, and ``python -m harness.analyze``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

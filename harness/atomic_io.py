@@ -1,15 +1,16 @@
 """Write files so that a crash leaves either the old file or the new one, never half of either."""
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

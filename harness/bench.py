@@ -10,16 +10,17 @@
 
 Results go to ``results/bench/<UTC timestamp>.json`` with the device and commit, and to a table.
 """
+
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, NoReturn
 
 import ignite.distributed as idist
 import torch
@@ -33,38 +34,47 @@ from harness.data import (
     build_eval_transform,
     build_loader,
     build_train_dataset,
-    load_arrays,
-    make_synthetic,
 )
-from harness.errors import exit_on_harness_error
+from harness.errors import ArgumentParser, exit_on_harness_error
 from harness.gradcam import gradcam_maps
-from harness.models import build_model
+from harness.models import build_model, compile_or_fall_back, place_model, resolve_channels_last
 from harness.optim import build_optimizer
-from harness.run import describe_device, git_commit
-from harness.trainers import make_eval_step, make_train_step, prepare_batch, resolve_amp_dtype
-from harness.training import build_training, compile_or_fall_back
+from harness.provenance import describe_device, git_commit
+from harness.sources import ImageArrays, load_arrays, make_synthetic
+from harness.steps import autocast, make_eval_step, make_train_step, prepare_batch, resolve_amp_dtype
+from harness.wiring import build_training
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
 
 def _bench_config(width: int, batch: int, amp: str, images: int, channels_last: bool = True) -> Config:
-    return config_from_dict({
-        "name": "bench",
-        "data": {"dataset": "synthetic", "synthetic_train_size": images, "synthetic_test_size": batch,
-                 "batch_size": batch, "eval_batch_size": batch, "num_workers": 0},
-        "model": {"width": width},
-        "train": {"epochs": 1000, "amp": amp, "channels_last": channels_last},
-        "analysis": {"enabled": False},
-        "report": {"enabled": False},
-    })
+    return config_from_dict(
+        {
+            "name": "bench",
+            "data": {
+                "dataset": "synthetic",
+                "synthetic_train_size": images,
+                "synthetic_test_size": batch,
+                "batch_size": batch,
+                "eval_batch_size": batch,
+                "num_workers": 0,
+            },
+            "model": {"width": width},
+            "train": {"epochs": 1000, "amp": amp, "channels_last": channels_last},
+            "analysis": {"enabled": False},
+            "report": {"enabled": False},
+        }
+    )
 
 
-def plain_loop_images_per_s(cfg: Config, loader: Iterable, eval_batch: Any, iterations: int, device: torch.device) -> float:
+def plain_loop_images_per_s(
+    cfg: Config, loader: Iterable, eval_batch: Any, iterations: int, device: torch.device
+) -> float:
     """The reference: a hand-written loop over the same loader, model, batch and precision, ending,
     like a harness epoch, with one evaluation of the batch-sized test set."""
-    model = build_model(cfg.model, 10).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, 10)
+    channels_last = resolve_channels_last(cfg.train.channels_last, model, device)
+    model = place_model(model, device, channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
@@ -74,16 +84,16 @@ def plain_loop_images_per_s(cfg: Config, loader: Iterable, eval_batch: Any, iter
     for step, batch in enumerate(loader):
         if step == iterations:
             break
-        images, labels = prepare_batch(batch, device, cfg.train.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        images, labels = prepare_batch(batch, device, channels_last)
+        with autocast(device, amp_dtype):
             loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         seen += len(labels)
     model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        images, labels = prepare_batch(eval_batch, device, cfg.train.channels_last)
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        images, labels = prepare_batch(eval_batch, device, channels_last)
         (model(images).argmax(1) == labels).float().mean().item()
     _synchronize(device)
     return seen / (time.perf_counter() - start)
@@ -124,6 +134,7 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     plain, harness = [], []
     with tempfile.TemporaryDirectory() as tmp:
         plain_loop_images_per_s(cfg, loader, eval_batch, 2, device)  # warm-up: allocator, kernels
+
         def measure_plain(_: int) -> None:
             plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
 
@@ -133,18 +144,26 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
         for repeat in range(repeats):
             for measure in (measure_plain, measure_harness)[:: 1 if repeat % 2 == 0 else -1]:
                 measure(repeat)
-    ratios = [h / p for h, p in zip(harness, plain)]
+    ratios = [h / p for h, p in zip(harness, plain, strict=True)]
     return {
-        "width": width, "batch": batch, "amp": amp, "iterations": iterations, "repeats": repeats,
-        "plain_images_per_s": plain, "harness_images_per_s": harness, "pair_ratios": ratios,
-        "plain_median": statistics.median(plain), "harness_median": statistics.median(harness),
+        "width": width,
+        "batch": batch,
+        "amp": amp,
+        "iterations": iterations,
+        "repeats": repeats,
+        "plain_images_per_s": plain,
+        "harness_images_per_s": harness,
+        "pair_ratios": ratios,
+        "plain_median": statistics.median(plain),
+        "harness_median": statistics.median(harness),
         "harness_over_plain": statistics.median(ratios),
     }
 
 
-def bench_data(cfg: Config, batches: int, workers: list[int], model_images_per_s: float | None) -> dict[str, Any]:
+def bench_data(
+    cfg: Config, train: ImageArrays, batches: int, workers: list[int], model_images_per_s: float | None
+) -> dict[str, Any]:
     device = idist.device()
-    train, _ = load_arrays(cfg)
     dataset = build_train_dataset(train, cfg.data)
     rows = []
     for count in workers:
@@ -158,31 +177,46 @@ def bench_data(cfg: Config, batches: int, workers: list[int], model_images_per_s
             images, _labels = next(iterator)
             seen += len(images)
         rate = seen / (time.perf_counter() - start)
-        rows.append({"num_workers": count, "loader_images_per_s": rate,
-                     "loader_over_model": rate / model_images_per_s if model_images_per_s else None})
+        rows.append(
+            {
+                "num_workers": count,
+                "loader_images_per_s": rate,
+                "loader_over_model": rate / model_images_per_s if model_images_per_s else None,
+            }
+        )
         del iterator, loader
-    return {"dataset": cfg.data.dataset, "batch": cfg.data.batch_size, "model_images_per_s": model_images_per_s, "loaders": rows}
+    return {
+        "dataset": cfg.data.dataset,
+        "batch": cfg.data.batch_size,
+        "model_images_per_s": model_images_per_s,
+        "loaders": rows,
+    }
 
 
-def bench_throughput(cfg: Config, iterations: int) -> dict[str, Any]:
+def bench_throughput(cfg: Config, iterations: int, image_size: tuple[int, int]) -> dict[str, Any]:
     """Model speed on synthetic batches already in memory (no loader), with the training and
     evaluation steps that ``harness.run`` uses, in the config's precision and memory format."""
     device = idist.device()
-    model = build_model(cfg.model, 10).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, 10)
+    train_cfg = cfg.train.model_copy(
+        update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)}
+    )
+    model = place_model(model, device, train_cfg.channels_last)
     if cfg.train.compile:
-        step_model = compile_or_fall_back(model, device, cfg.train.channels_last, (cfg.data.batch_size, 3, 32, 32))[0]
+        step_model = compile_or_fall_back(
+            model, device, train_cfg.channels_last, (cfg.data.batch_size, 3, *image_size)
+        )[0]
     else:
         step_model = model
     optimizer = build_optimizer(cfg.optimizer, model)
     scaler = torch.amp.GradScaler(device.type) if resolve_amp_dtype(cfg.train.amp, device) == torch.float16 else None
-    train_step = make_train_step(step_model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
-                                 device, cfg.train, scaler)
-    eval_step = make_eval_step(step_model, device, cfg.train)
+    train_step = make_train_step(
+        step_model, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing), device, train_cfg, scaler
+    )
+    eval_step = make_eval_step(step_model, device, train_cfg)
 
     def rate(step: Callable, batch_size: int) -> float:
-        batch = (torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,)))
+        batch = (torch.randn(batch_size, 3, *image_size), torch.randint(0, 10, (batch_size,)))
         for _ in range(3):  # warm-up: cudnn autotuning, compilation, allocator
             step(None, batch)
         _synchronize(device)
@@ -195,9 +229,16 @@ def bench_throughput(cfg: Config, iterations: int) -> dict[str, Any]:
     train_rate = rate(train_step, cfg.data.batch_size)
     eval_rate = rate(eval_step, cfg.data.eval_batch_size)
     projected = cfg.train.epochs * (CIFAR_TRAIN / train_rate + CIFAR_TEST / eval_rate)
-    return {"width": cfg.model.width, "batch": cfg.data.batch_size, "amp": cfg.train.amp, "epochs": cfg.train.epochs,
-            "compile": cfg.train.compile, "train_images_per_s": train_rate, "eval_images_per_s": eval_rate,
-            "projected_run_s": projected}
+    return {
+        "width": cfg.model.width,
+        "batch": cfg.data.batch_size,
+        "amp": cfg.train.amp,
+        "epochs": cfg.train.epochs,
+        "compile": cfg.train.compile,
+        "train_images_per_s": train_rate,
+        "eval_images_per_s": eval_rate,
+        "projected_run_s": projected,
+    }
 
 
 def bench_gradcam(images: int, width: int) -> dict[str, Any]:
@@ -220,18 +261,26 @@ def bench_gradcam(images: int, width: int) -> dict[str, Any]:
             for i in range(images):
                 gradcam_maps(model, inputs[i : i + 1], targets[i : i + 1], layers)
 
-    return {"images": images, "width": width, "layers": 4, "targets": 2,
-            "batched_s": timed(batched), "one_at_a_time_s": timed(one_at_a_time)}
+    return {
+        "images": images,
+        "width": width,
+        "layers": 4,
+        "targets": 2,
+        "batched_s": timed(batched),
+        "one_at_a_time_s": timed(one_at_a_time),
+    }
 
 
 def print_table(results: dict[str, Any]) -> None:
     print(f"\ndevice: {results['device']}  commit: {results['commit']}")
     if "overhead" in results:
         o = results["overhead"]
-        print(f"overhead  width {o['width']} batch {o['batch']} amp {o['amp']}: plain {o['plain_median']:.0f} img/s, "
-              f"harness {o['harness_median']:.0f} img/s -> harness/plain = {o['harness_over_plain']:.3f} "
-              f"(median of {o['repeats']} back-to-back pairs, ABBA order; "
-              f"pairs {min(o['pair_ratios']):.3f}-{max(o['pair_ratios']):.3f})")
+        print(
+            f"overhead  width {o['width']} batch {o['batch']} amp {o['amp']}: plain {o['plain_median']:.0f} img/s, "
+            f"harness {o['harness_median']:.0f} img/s -> harness/plain = {o['harness_over_plain']:.3f} "
+            f"(median of {o['repeats']} back-to-back pairs, ABBA order; "
+            f"pairs {min(o['pair_ratios']):.3f}-{max(o['pair_ratios']):.3f})"
+        )
     if "data" in results:
         d = results["data"]
         model = d["model_images_per_s"]
@@ -240,23 +289,35 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"data      {row['num_workers']} workers: {row['loader_images_per_s']:.0f} img/s{ratio}")
     if "throughput" in results:
         t = results["throughput"]
-        print(f"throughput width {t['width']} batch {t['batch']} amp {t['amp']}: train {t['train_images_per_s']:.0f} img/s, "
-              f"eval {t['eval_images_per_s']:.0f} img/s -> {t['epochs']} epochs projected {t['projected_run_s']:.0f} s")
+        print(
+            f"throughput width {t['width']} batch {t['batch']} amp {t['amp']}: "
+            f"train {t['train_images_per_s']:.0f} img/s, "
+            f"eval {t['eval_images_per_s']:.0f} img/s -> {t['epochs']} epochs projected {t['projected_run_s']:.0f} s"
+        )
     if "gradcam" in results:
         g = results["gradcam"]
-        print(f"gradcam   {g['images']} images x 4 layers x 2 targets, width {g['width']}: batched {g['batched_s']:.1f} s, "
-              f"one at a time {g['one_at_a_time_s']:.1f} s ({g['one_at_a_time_s'] / g['batched_s']:.1f}x)")
+        print(
+            f"gradcam   {g['images']} images x 4 layers x 2 targets, width {g['width']}: "
+            f"batched {g['batched_s']:.1f} s, "
+            f"one at a time {g['one_at_a_time_s']:.1f} s ({g['one_at_a_time_s'] / g['batched_s']:.1f}x)"
+        )
 
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", metavar="{overhead,data,throughput,gradcam}", help="benchmarks to run (default: all)")
-    parser.add_argument("--config", type=Path, default=Path("experiments/resnet18.yaml"), help="config for throughput and data")
+    parser = ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "which", nargs="*", metavar="{overhead,data,throughput,gradcam}", help="benchmarks to run (default: all)"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=Path("experiments/resnet18.yaml"), help="config for throughput and data"
+    )
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--width", type=int, default=16, help="model width for the overhead benchmark")
     parser.add_argument("--batch", type=int, default=128, help="batch for the overhead benchmark")
-    parser.add_argument("--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision for the overhead benchmark")
+    parser.add_argument(
+        "--amp", default="off", choices=["auto", "bf16", "fp16", "off"], help="precision for the overhead benchmark"
+    )
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -270,15 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     which = args.which or known
     cfg = load_config(args.config, args.overrides)
     device = idist.device()
-    results: dict[str, Any] = {"device": describe_device(device), "commit": git_commit(), "config": str(args.config),
-                               "overrides": args.overrides, "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    results: dict[str, Any] = {
+        "device": describe_device(device),
+        "commit": git_commit(),
+        "config": str(args.config),
+        "overrides": args.overrides,
+        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     if "overhead" in which:
         results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
+    train = load_arrays(cfg)[0] if {"throughput", "data"} & set(which) else None
     if "throughput" in which:
-        results["throughput"] = bench_throughput(cfg, args.iterations)
+        results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])
     if "data" in which:
         model_rate = results.get("throughput", {}).get("train_images_per_s")
-        results["data"] = bench_data(cfg, max(5, args.iterations), args.workers, model_rate)
+        results["data"] = bench_data(cfg, train, max(5, args.iterations), args.workers, model_rate)
     if "gradcam" in which:
         results["gradcam"] = bench_gradcam(args.gradcam_images, width=64)
     path = atomic_io.write_json(args.out / f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}.json", results)
@@ -287,5 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The console script ``harness-bench``, and ``python -m harness.bench``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

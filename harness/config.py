@@ -1,29 +1,129 @@
-"""Experiment configuration: YAML in, a typed and validated ``Config`` out.
+"""Experiment configuration: YAML in, a typed and validated ``Config`` out (a pydantic v2 schema).
 
-Every key has a default here; a YAML file names only what it changes. Validation errors name the
-file, the key path, the value and what was expected, in one line (see ``harness.errors``).
+Every key has a default here; a YAML file names only what it changes, and may start from another
+file (``base: other.yaml``). ``--set key.path=value`` overrides any key. Every problem is reported
+in one line naming the file, the key path, the value and what was expected.
+
+YAML is read with the YAML 1.2 rules for scalars: only true/false are booleans (YAML 1.1, PyYAML's
+default, reads ``amp: off`` as false and ``1e-3`` as a string), decimal integers have no octal
+form (``010`` is 10), and a key written twice in one mapping is an error, not a silent overwrite.
 """
+
 from __future__ import annotations
 
 import copy
-import dataclasses
+import itertools
 import re
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import HarnessError
+from harness.models import MODELS
+from harness.optim import OPTIMIZERS
+from harness.registry import Registry
+from harness.schedules import SCHEDULERS
+from harness.sources import SOURCES
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> dict:
-    return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+class ConfigError(HarnessError):
+    pass
+
+
+# ---------------------------------------------------------------- YAML 1.2 scalars
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans, integers and floats, refusing duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Yaml12Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+_Yaml12Loader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node)))
+
+
+class _QuotingDumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 or 1.2 would read as something else ("off", "1e5"), so that
+    config.yaml reads back the same in either."""
+
+
+for _first, _resolvers in _Yaml12Loader.yaml_implicit_resolvers.items():
+    for _tag, _regexp in _resolvers:
+        _QuotingDumper.add_implicit_resolver(_tag, _regexp, [_first])
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# ---------------------------------------------------------------- the schema
+
+
+def _registered(registry: Registry) -> AfterValidator:
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(f"expected {registry.expected()}")
+        return name
+
+    return AfterValidator(check)
+
+
+def _strictly_increasing(values: list[int]) -> list[int]:
+    if any(b <= a for a, b in itertools.pairwise(values)) or any(v < 1 for v in values):
+        raise ValueError("expected strictly increasing epochs >= 1")
+    return values
+
+
+def _rgb(values: list[float]) -> list[float]:
+    if len(values) != 3:
+        raise ValueError("expected 3 numbers (one per RGB channel)")
+    return values
+
+
+def _positive_rgb(values: list[float]) -> list[float]:
+    if any(v <= 0 for v in _rgb(values)):
+        raise ValueError("expected 3 positive numbers (one per RGB channel)")
+    return values
+
+
+def _named_transform(item: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(item.get("name"), str):
+        raise ValueError("expected a 'name' key with an albumentations transform name")
+    return item
+
+
+class Section(BaseModel):
+    # strict: "3" is not a number and 1 is not true; a YAML user writes what they mean.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
 
 
 def _default_augment() -> list[dict[str, Any]]:
@@ -43,252 +143,179 @@ def _default_augment() -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
-class DataConfig:
-    dataset: Literal["cifar10", "image_folder", "synthetic"] = "cifar10"
+class DataConfig(Section):
+    dataset: Annotated[str, _registered(SOURCES)] = "cifar10"
     root: str = "data/cifar10"
     download: bool = True
-    cache_dir: Union[str, None] = None
-    train_subset: Union[int, None] = field(default=None, metadata=_range(1))
-    test_subset: Union[int, None] = field(default=None, metadata=_range(1))
-    synthetic_train_size: int = field(default=512, metadata=_range(10))
-    synthetic_test_size: int = field(default=256, metadata=_range(10))
-    batch_size: int = field(default=512, metadata=_range(1))
-    eval_batch_size: int = field(default=1024, metadata=_range(1))
-    num_workers: Union[int, None] = field(default=None, metadata=_range(0))
-    mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
-    std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
-    augment: list[dict[str, Any]] = field(default_factory=_default_augment)
+    cache_dir: str | None = None
+    train_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)
+    synthetic_train_size: int = Field(512, ge=10)
+    synthetic_test_size: int = Field(256, ge=10)
+    batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    num_workers: int | None = Field(None, ge=0)
+    mean: Annotated[list[float], AfterValidator(_rgb)] = Field(default_factory=lambda: list(CIFAR10_MEAN))
+    std: Annotated[list[float], AfterValidator(_positive_rgb)] = Field(default_factory=lambda: list(CIFAR10_STD))
+    augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(default_factory=_default_augment)
     augment_on: Literal["loader", "device"] = "loader"
 
 
-@dataclass
-class ModelConfig:
-    name: Literal["resnet18"] = "resnet18"
-    width: int = field(default=64, metadata=_range(1))
+class ModelConfig(Section):
+    name: Annotated[str, _registered(MODELS)] = "resnet18"
+    width: int = Field(64, ge=1, le=4096)
 
 
-@dataclass
-class OptimizerConfig:
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))
+class OptimizerConfig(Section):
+    name: Annotated[str, _registered(OPTIMIZERS)] = "sgd"
+    lr: float = Field(0.2, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
-    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    weight_decay: float = Field(5e-4, ge=0.0)
 
 
-@dataclass
-class SchedulerConfig:
-    name: Literal["onecycle", "cosine", "step", "multistep", "plateau", "constant"] = "onecycle"
-    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+class SchedulerConfig(Section):
+    name: Annotated[str, _registered(SCHEDULERS)] = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0.0)
     # Learning rate at the start of warm-up and at the end of onecycle/cosine, as fractions of lr.
-    start_factor: float = field(default=0.1, metadata=_range(0.0, 1.0))
-    final_factor: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    step_epochs: int = field(default=10, metadata=_range(1))
-    milestones: list[int] = field(default_factory=lambda: [10, 15])
-    gamma: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
-    plateau_patience: int = field(default=2, metadata=_range(0))
+    start_factor: float = Field(0.1, ge=0.0, le=1.0)
+    final_factor: float = Field(0.0, ge=0.0, le=1.0)
+    step_epochs: int = Field(10, ge=1)
+    milestones: Annotated[list[int], AfterValidator(_strictly_increasing)] = Field(default_factory=lambda: [10, 15])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    plateau_patience: int = Field(2, ge=0)
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = field(default=20, metadata=_range(1))
-    label_smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0, hi_open=True))
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
-    grad_clip: Union[float, None] = field(default=None, metadata=_range(0.0, lo_open=True))
+    grad_clip: float | None = Field(None, gt=0.0)
     compile: bool = False
     tta_flip: bool = False
-    ema_decay: Union[float, None] = field(default=None, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
-    backend: Union[Literal["nccl", "gloo"], None] = None
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    backend: Literal["nccl", "gloo"] | None = None
 
 
-@dataclass
-class CheckpointConfig:
-    every_epochs: int = field(default=1, metadata=_range(1))
-    every_iters: Union[int, None] = field(default=None, metadata=_range(1))
-    n_saved: int = field(default=2, metadata=_range(1))
+class CheckpointConfig(Section):
+    every_epochs: int = Field(1, ge=1)
+    every_iters: int | None = Field(None, ge=1)
+    n_saved: int = Field(2, ge=1)
 
 
-@dataclass
-class AnalysisConfig:
+class AnalysisConfig(Section):
     enabled: bool = True
     # Each is a row of every Grad-CAM figure; past a few hundred rows a PNG outgrows what viewers open.
-    misclassified: int = field(default=20, metadata=_range(0, 200))
+    misclassified: int = Field(20, ge=0, le=200)
     order: Literal["first", "confident"] = "first"
-    gradcam_layers: list[Literal["layer1", "layer2", "layer3", "layer4"]] = field(
-        default_factory=lambda: ["layer1", "layer2", "layer3", "layer4"]
-    )
-    gradcam_targets: list[Literal["predicted", "true"]] = field(default_factory=lambda: ["predicted", "true"])
+    gradcam_layers: list[str] = Field(default_factory=lambda: ["layer1", "layer2", "layer3", "layer4"])
+    gradcam_targets: list[Literal["predicted", "true"]] = Field(default_factory=lambda: ["predicted", "true"])
 
 
-@dataclass
-class ReportConfig:
+class ReportConfig(Section):
     enabled: bool = True
 
 
-@dataclass
-class Config:
-    name: str = "resnet18"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+class LoggingConfig(Section):
+    tensorboard: bool = True  # event files in RUN_DIR/tensorboard/: tensorboard --logdir results
+
+
+class Config(Section):
+    # The run folder is results/<name>/...: a name, not a path.
+    name: str = Field("resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seed: int = Field(0, ge=0, lt=2**32)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
-class ConfigError(HarnessError):
-    pass
+# ---------------------------------------------------------------- one-line errors
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping of keys to values",
+    "model_attributes_type": "a mapping of keys to values",
+}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(
-        hint, getattr(hint, "__name__", str(hint))
-    )
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
 
 
-def _range_text(meta: dict) -> str:
+def _field(loc: tuple) -> Any:
+    """The pydantic FieldInfo at a key path, or the section model when the path ends at one."""
+    node: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        model = node.annotation if hasattr(node, "annotation") else node
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        node = model.model_fields[part]
+    return node
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    node = _field(loc)
+    model = node.annotation if hasattr(node, "annotation") else node
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _bounds(loc: tuple) -> str:
+    """Every bound of the field at ``loc``, e.g. '>= 0 and <= 200'."""
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    node = _field(loc)
     parts = []
-    if meta.get("lo") is not None:
-        parts.append(f"{'>' if meta['lo_open'] else '>='} {meta['lo']}")
-    if meta.get("hi") is not None:
-        parts.append(f"{'<' if meta['hi_open'] else '<='} {meta['hi']}")
+    for constraint in getattr(node, "metadata", []):
+        for attr, symbol in symbols.items():
+            if getattr(constraint, attr, None) is not None:
+                parts.append(f"{symbol} {getattr(constraint, attr)}")
     return " and ".join(parts)
 
 
-def _in_range(value: float, meta: dict) -> bool:
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
-        return False
-    if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
-        return False
-    return True
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    kind, loc, ctx = first["type"], tuple(first["loc"]), first.get("ctx") or {}
+    path = _key_path(loc)
+    if kind == "extra_forbidden":
+        known = ", ".join(_section_fields(loc[:-1]))
+        return f"{source}: unknown key '{path}' (expected one of: {known})"
+    if kind in _BOUNDS:
+        expected = f"a value {_bounds(loc) or _BOUNDS[kind] + ' ' + str(next(iter(ctx.values())))}"
+    elif kind == "literal_error":
+        expected = f"one of {ctx['expected'].replace(' or ', ', ')}"
+    elif kind == "string_pattern_mismatch":
+        expected = "a name of letters, digits, '.', '_' or '-' (it names the run folder)"
+    elif kind == "value_error":
+        expected = str(ctx.get("error", first["msg"])).removeprefix("expected ")
+    else:
+        expected = _EXPECTED.get(kind) or first["msg"].removeprefix("Input should be ")
+    where = path or "the top level"
+    return f"{source}: {where} = {first['input']!r}: expected {expected}"
 
 
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-_SCALAR_CHECKS = {
-    type(None): lambda v: v is None,
-    bool: lambda v: isinstance(v, bool),
-    int: lambda v: isinstance(v, int) and not isinstance(v, bool),  # YAML's true is not a count
-    str: lambda v: isinstance(v, str),
-}
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Return ``value`` checked against the type ``hint``; raise _Mismatch when it does not fit."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key, source)
-    if origin in (Union, types.UnionType):
-        for option in args:
-            try:
-                return _coerce(value, option, key, source)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if origin is Literal:
-        if value in args and type(value) is type(args[args.index(value)]):
-            return value
-        raise _Mismatch
-    if origin is list:
-        if not isinstance(value, list):
-            raise _Mismatch
-        return [_coerce(item, args[0], f"{key}[{i}]", source) for i, item in enumerate(value)] if args else value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return dict(value)
-    if hint in _SCALAR_CHECKS:
-        if _SCALAR_CHECKS[hint](value):
-            return value
-        raise _Mismatch
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
-            return float(value)
-        raise _Mismatch
-    if hint is Any:
-        return value
-    raise TypeError(f"unsupported config type {hint!r} at {key}")
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    where = prefix or "the top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where} = {raw!r}: expected a mapping of keys to values")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in raw:
-        if key not in fields:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"{source}: unknown key '{path}' (expected one of: {', '.join(fields)})")
-    values = {}
-    for name, f in fields.items():
-        path = f"{prefix}.{name}" if prefix else name
-        if name not in raw:
-            continue
-        value = raw[name]
-        try:
-            checked = _coerce(value, hints[name], path, source)
-        except _Mismatch:
-            raise ConfigError(f"{source}: {path} = {value!r}: expected {_describe(hints[name])}") from None
-        meta = f.metadata
-        if meta and checked is not None and not _in_range(checked, meta):
-            raise ConfigError(f"{source}: {path} = {value!r}: expected a value {_range_text(meta)}")
-        values[name] = checked
-    return cls(**values)
-
-
-def _check_consistency(cfg: Config, source: str) -> None:
-    for key in ("mean", "std"):
-        values = getattr(cfg.data, key)
-        if len(values) != 3:
-            raise ConfigError(f"{source}: data.{key} = {values!r}: expected 3 numbers (one per RGB channel)")
-    if any(s <= 0 for s in cfg.data.std):
-        raise ConfigError(f"{source}: data.std = {cfg.data.std!r}: expected positive numbers")
-    for i, item in enumerate(cfg.data.augment):
-        if not isinstance(item.get("name"), str):
-            raise ConfigError(f"{source}: data.augment[{i}] = {item!r}: expected a 'name' key with a transform name")
-    if cfg.scheduler.name == "plateau" and cfg.scheduler.warmup_epochs > 0:
-        raise ConfigError(f"{source}: scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs}: expected 0 with the plateau scheduler")
-    if cfg.scheduler.warmup_epochs >= cfg.train.epochs and cfg.scheduler.name in ("onecycle", "cosine"):
-        raise ConfigError(
-            f"{source}: scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs}: expected fewer than train.epochs ({cfg.train.epochs})"
-        )
-    first_step = cfg.scheduler.step_epochs if cfg.scheduler.name == "step" else min(cfg.scheduler.milestones, default=None)
-    if cfg.scheduler.name in ("step", "multistep") and first_step is not None and first_step <= cfg.scheduler.warmup_epochs:
-        raise ConfigError(
-            f"{source}: scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs}: expected the warm-up to end before the first step (epoch {first_step})"
-        )
-    if sorted(cfg.scheduler.milestones) != cfg.scheduler.milestones or any(m < 1 for m in cfg.scheduler.milestones):
-        raise ConfigError(f"{source}: scheduler.milestones = {cfg.scheduler.milestones!r}: expected increasing epochs >= 1")
+# ---------------------------------------------------------------- files, base: and --set
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -297,7 +324,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value) if value.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {text!r}: the value {value!r} is not valid YAML") from None
     return key.strip().split("."), parsed
@@ -316,7 +343,8 @@ def _apply_override(raw: dict, path: list[str], value: Any, text: str) -> None:
 def _deep_merge(base: dict, changes: dict) -> dict:
     merged = dict(base)
     for key, value in changes.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if both_sections else value
     return merged
 
 
@@ -325,9 +353,15 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     overlaid, so that a variant names only what it changes."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {error.object[error.start]:#04x} at offset {error.start})"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -348,12 +382,35 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(read_yaml(base_path, (*_seen, path.resolve())), raw)
 
 
+def _check_consistency(cfg: Config, source: str) -> None:
+    """Rules that involve more than one key."""
+    s = cfg.scheduler
+    if s.name == "plateau" and s.warmup_epochs > 0:
+        raise ConfigError(
+            f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: expected 0 with the plateau scheduler"
+        )
+    if s.warmup_epochs >= cfg.train.epochs and s.name in ("onecycle", "cosine"):
+        raise ConfigError(
+            f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
+            f"expected fewer than train.epochs ({cfg.train.epochs})"
+        )
+    first_step = s.step_epochs if s.name == "step" else min(s.milestones, default=None)
+    if s.name in ("step", "multistep") and first_step is not None and first_step <= s.warmup_epochs:
+        raise ConfigError(
+            f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
+            f"expected the warm-up to end before the first step (epoch {first_step})"
+        )
+
+
 def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<config>") -> Config:
     raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         _apply_override(raw, path, value, text)
-    cfg = _build(Config, raw, "", source)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, source)) from None
     _check_consistency(cfg, source)
     return cfg
 
@@ -364,4 +421,4 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return yaml.dump(cfg.to_dict(), Dumper=_QuotingDumper, sort_keys=False, default_flow_style=None)

@@ -7,10 +7,12 @@ normalized batches, with the distributions albumentations uses (offsets and hole
 Randomness comes from a generator seeded by (seed, iteration, rank), so a resumed run replays it
 and processes that train on different images also draw different crops, flips and holes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -51,7 +53,9 @@ def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: int = 32) -
             plan.pad_fill = float(spec.get("fill", 0))
         elif name == "RandomCrop":
             if (spec["height"], spec["width"]) != (image_size, image_size):
-                raise HarnessError(f"{where} (RandomCrop): data.augment_on=device crops back to {image_size}x{image_size}")
+                raise HarnessError(
+                    f"{where} (RandomCrop): data.augment_on=device crops back to {image_size}x{image_size}"
+                )
         elif name == "HorizontalFlip":
             plan.flip_p = float(spec.get("p", 0.5))
         elif name == "CoarseDropout":
@@ -69,8 +73,16 @@ def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: int = 32) -
 class DeviceAugment:
     """Callable on a normalized (N, C, H, W) batch already on the device."""
 
-    def __init__(self, plan: DeviceAugmentPlan, mean: Sequence[float], std: Sequence[float], seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        plan: DeviceAugmentPlan,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.plan = plan
         self.seed = seed
         self.rank, self.world_size = rank, world_size

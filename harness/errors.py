@@ -1,9 +1,12 @@
 """User-facing errors: one line, exit code 2, no traceback."""
+
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 EXIT_BAD_INPUT = 2
 
@@ -12,6 +15,13 @@ F = TypeVar("F", bound=Callable[..., int])
 
 class HarnessError(Exception):
     """A problem with the user's input or environment, reported as a single line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad command line reported like any other bad input: one line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise HarnessError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def exit_on_harness_error(main: F) -> F:

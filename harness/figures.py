@@ -2,20 +2,21 @@
 
 Every figure carries a footer naming what produced it (run, device, commit).
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from harness import atomic_io  # noqa: E402
 
@@ -55,8 +56,14 @@ def _as_unit_float(images: np.ndarray) -> np.ndarray:
     return images / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)
 
 
-def titled_mosaic(cells: list[list[np.ndarray]], titles: list[list[str]], path: Path, cell_inches: float = 1.4,
-                  fontsize: float = 7, footer: str | None = None) -> Path:
+def titled_mosaic(
+    cells: list[list[np.ndarray]],
+    titles: list[list[str]],
+    path: Path,
+    cell_inches: float = 1.4,
+    fontsize: float = 7,
+    footer: str | None = None,
+) -> Path:
     """Rows of equally sized (H, W, 3) images in [0, 1], each under its title ('' for none).
 
     The grid is one image on one Axes: a figure of hundreds of small Axes (20 Grad-CAM rows of 9)
@@ -81,7 +88,14 @@ def titled_mosaic(cells: list[list[np.ndarray]], titles: list[list[str]], path: 
     for r, row_titles in enumerate(titles):
         for c, title in enumerate(row_titles):
             if title:
-                ax.text(c * block_w + width / 2, r * block_h + title_room - 1, title, ha="center", va="bottom", fontsize=fontsize)
+                ax.text(
+                    c * block_w + width / 2,
+                    r * block_h + title_room - 1,
+                    title,
+                    ha="center",
+                    va="bottom",
+                    fontsize=fontsize,
+                )
     return save_figure(fig, path, footer)
 
 
@@ -138,7 +152,15 @@ def confusion_heatmap(classes: list[str], matrix: np.ndarray, path: Path, footer
     ax.set_ylabel("true")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     fig.colorbar(shown, ax=ax, fraction=0.046, label="fraction of true class")
     fig.tight_layout()
     return save_figure(fig, path, footer)

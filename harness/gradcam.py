@@ -1,4 +1,5 @@
 """Grad-CAM heatmaps with Captum's LayerGradCam: batched, one ``attribute()`` call per layer per batch."""
+
 from __future__ import annotations
 
 import torch

@@ -1,78 +1,33 @@
 """Everything attached to the engines besides the training step: evaluation, logs, checkpoints,
 progress bars, NaN and signal handling. Side effects on disk happen on rank 0 only."""
+
 from __future__ import annotations
 
-import csv
-import io
 import random
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, EMAHandler, ProgressBar, TerminateOnNan, Timer
+from ignite.handlers import (
+    Checkpoint,
+    DiskSaver,
+    EMAHandler,
+    ProgressBar,
+    TensorboardLogger,
+    TerminateOnNan,
+    Timer,
+    global_step_from_engine,
+)
+from ignite.handlers.tensorboard_logger import OptimizerParamsHandler
 
-from harness import atomic_io
-
-METRICS_COLUMNS = ["epoch", "iteration", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "train_images_per_s"]
-LR_COLUMNS = ["iteration", "epoch", "lr"]
-CHECKPOINT_PREFIX = "checkpoint"  # ignite names the files checkpoint_<iteration>.pt
-BEST_PREFIX = "best"
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-class RunLog:
-    """metrics.csv (a row per epoch) and lr.csv (a row per iteration), rewritten atomically.
-
-    On resume the rows past the checkpoint are dropped, so a crash never leaves a row twice or a gap.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.metrics_path = run_dir / "metrics.csv"
-        self.lr_path = run_dir / "lr.csv"
-        self.metrics_rows: list[dict[str, Any]] = []
-        self.lr_rows: list[dict[str, Any]] = []
-
-    def restore(self, iteration: int, epoch_length: int) -> None:
-        finished_epochs = iteration // epoch_length
-        self.metrics_rows = [r for r in read_csv_rows(self.metrics_path) if int(r["epoch"]) <= finished_epochs]
-        self.lr_rows = [r for r in read_csv_rows(self.lr_path) if int(r["iteration"]) <= iteration]
-
-    def add_lr(self, iteration: int, epoch: int, lr: float) -> None:
-        self.lr_rows.append({"iteration": iteration, "epoch": epoch, "lr": f"{lr:.8g}"})
-
-    def add_epoch(self, row: dict[str, Any]) -> None:
-        self.metrics_rows.append(row)
-
-    def best(self) -> tuple[float, int]:
-        if not self.metrics_rows:
-            return float("nan"), 0
-        best = max(self.metrics_rows, key=lambda r: float(r["val_acc"]))
-        return float(best["val_acc"]), int(best["epoch"])
-
-    def flush(self) -> None:
-        if idist.get_rank() != 0:
-            return
-        atomic_io.write_text(self.metrics_path, _csv_text(METRICS_COLUMNS, self.metrics_rows))
-        atomic_io.write_text(self.lr_path, _csv_text(LR_COLUMNS, self.lr_rows))
+from harness.errors import HarnessError
+from harness.run_folder import BEST_PREFIX, RunLog
 
 
 class RNGState:
@@ -223,7 +178,9 @@ class DiskSaverKeepingGoing(DiskSaver):
             pass
 
 
-def build_best_checkpoint(model: torch.nn.Module, evaluator: Engine, trainer: Engine, checkpoint_dir: Path) -> Checkpoint:
+def build_best_checkpoint(
+    model: torch.nn.Module, evaluator: Engine, trainer: Engine, checkpoint_dir: Path
+) -> Checkpoint:
     return Checkpoint(
         {"model": model},
         DiskSaverKeepingGoing(str(checkpoint_dir), require_empty=False, atomic=True),
@@ -243,7 +200,7 @@ def attach_checkpoints(
     every_iters: int | None,
     n_saved: int,
     best: Checkpoint,
-    log: RunLog,
+    flush_logs: Callable[[], None],
 ) -> Callable[[Engine], None]:
     """Save everything needed to resume: after each epoch's evaluation, and every ``every_iters``
     iterations inside an epoch. A terminating (diverged) trainer is never saved. Returns the save
@@ -258,8 +215,15 @@ def attach_checkpoints(
     def save(engine: Engine) -> None:
         if engine.should_terminate:
             return
-        log.flush()  # logs first: a kill between the two leaves rows that resume drops, never a gap
-        checkpoint(engine)
+        try:
+            flush_logs()  # logs first: a kill between the two leaves rows that resume drops, never a gap
+            checkpoint(engine)
+        except OSError as error:  # a full disk, a quota, a folder gone: the previous checkpoint is intact
+            raise HarnessError(
+                f"{checkpoint_dir}: could not save the checkpoint of iteration {engine.state.iteration} "
+                f"({error.strerror or error}); the previous one is intact: make room, then "
+                f"--resume {checkpoint_dir.parent}"
+            ) from None
 
     def epoch_due(engine: Engine, epoch: int) -> bool:
         return epoch % every_epochs == 0 or epoch == engine.state.max_epochs or every_iters is not None
@@ -275,6 +239,28 @@ def attach_checkpoints(
     return save
 
 
+def attach_tensorboard(
+    trainer: Engine, evaluator: Engine, optimizer: torch.optim.Optimizer, log_dir: Path, start_iteration: int
+) -> TensorboardLogger:
+    """TensorBoard event files: the learning rate every iteration, train and test loss and accuracy
+    every epoch, all against the iteration. A resumed run purges what the crashed one logged past its
+    checkpoint, so TensorBoard shows each step once."""
+    logger = TensorboardLogger(log_dir=str(log_dir), purge_step=start_iteration + 1 if start_iteration else None)
+    at_iteration = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
+    logger.attach(trainer, OptimizerParamsHandler(optimizer, "lr", tag="train"), Events.ITERATION_COMPLETED)
+    logger.attach_output_handler(
+        trainer,
+        Events.EPOCH_COMPLETED,
+        tag="train",
+        metric_names=["train_loss", "train_acc"],
+        global_step_transform=at_iteration,
+    )
+    logger.attach_output_handler(
+        evaluator, Events.COMPLETED, tag="test", metric_names=["loss", "accuracy"], global_step_transform=at_iteration
+    )
+    return logger
+
+
 def attach_stop_on_signal(trainer: Engine, stop: StopRequest, save: Callable[[Engine], None]) -> None:
     """Stop after the iteration in flight, with a checkpoint. At an epoch's last iteration the stop
     waits for the epoch's evaluation, so that no metrics row goes missing."""
@@ -287,18 +273,3 @@ def attach_stop_on_signal(trainer: Engine, stop: StopRequest, save: Callable[[En
     mid_epoch = Events.ITERATION_COMPLETED(event_filter=lambda engine, i: i % engine.state.epoch_length != 0)
     trainer.add_event_handler(mid_epoch, stop_if_requested)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, stop_if_requested)
-
-
-def checkpoint_iteration(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[-1])
-
-
-def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Resume checkpoints, newest first."""
-    paths = [p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}_*.pt") if p.stem.rsplit("_", 1)[-1].isdigit()]
-    return sorted(paths, key=checkpoint_iteration, reverse=True)
-
-
-def find_best_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob(f"{BEST_PREFIX}_*.pt"))
-    return found[-1] if found else None

@@ -1,11 +1,27 @@
-"""ResNet18 for 32x32 images (after kuangliu/pytorch-cifar): 3x3 stem, no max-pool, stages layer1..layer4."""
+"""Models by name (``model.name``): ResNet18 for 32x32 images, and any torchvision classifier.
+
+``resnet18`` follows kuangliu/pytorch-cifar: a 3x3 stem, no max-pool, stages layer1..layer4, and
+``model.width`` base channels. ``torchvision/<name>`` builds that torchvision model untrained
+(e.g. ``torchvision/resnet50``, ``torchvision/mobilenet_v3_small``); ``model.width`` does not apply.
+"""
+
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
-from harness.config import ModelConfig
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.config import ModelConfig
+
+MODELS: Registry[Callable[[ModelConfig, int], nn.Module]] = Registry("model.name")
 
 
 class BasicBlock(nn.Module):
@@ -53,9 +69,81 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+@MODELS.register("resnet18")
+def resnet18(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return ResNet([2, 2, 2, 2], width=cfg.width, num_classes=num_classes)
+
+
+def _torchvision_builder(name: str) -> Callable[[ModelConfig, int], nn.Module]:
+    def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+    return build
+
+
+for _name in torchvision.models.list_models(module=torchvision.models):
+    MODELS.add(f"torchvision/{_name}", _torchvision_builder(_name))
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    return MODELS[cfg.name](cfg, num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def compile_or_fall_back(
+    model: nn.Module, device: torch.device, channels_last: bool, batch_shape: tuple[int, ...]
+) -> tuple[nn.Module, bool]:
+    """torch.compile, tried once on a batch of ``batch_shape`` (N, C, H, W); on failure, say why and
+    keep the eager model.
+
+    The try-out uses the training batch's own shape: a different one makes the training graph's
+    second compilation mark the batch size dynamic (automatic dynamic shapes), and the training
+    step then runs shape-generic kernels for the whole run.
+    """
+    try:
+        compiled = torch.compile(model)
+        sample = torch.randn(*batch_shape, device=device)
+        if channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            compiled(sample)
+        model.train(was_training)
+        return compiled, True
+    except Exception as error:  # compilers fail in many ways; eager mode always works
+        print(
+            f"warning: train.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "training without torch.compile",
+            file=sys.stderr,
+        )
+        return model, False
+
+
+def resolve_channels_last(requested: bool, model: nn.Module, device: torch.device) -> bool:
+    """Whether to train in NHWC: as requested, except where it would hang or crash.
+
+    On CPUs without AVX-512, oneDNN's AVX2 kernel for the weight gradient of a 1x1 convolution with
+    fewer than 8 input channels hangs or segfaults in NHWC (torch 2.14.1, oneDNN 3.12: ResNet18 of
+    width 2 to 6 on an AMD EPYC with AVX2, 1 to 3 runs in 3; width 8 and up never).
+    """
+    if not requested or device.type != "cpu" or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return requested
+    narrow = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels < 8]
+    if narrow:
+        print(
+            f"warning: train.channels_last ignored: a 1x1 convolution with {narrow[0].in_channels} input channels "
+            "hits a oneDNN bug on CPUs without AVX-512 (hangs in NHWC); training in NCHW",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """The model on ``device``, in NHWC memory format when asked (faster convolutions on GPUs and CPUs)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -6,24 +6,25 @@
 Images are embedded as base64 PNG and CSS is inline: the file opens from disk, offline. A run
 that lacks pieces (crashed, not analyzed) shows what it has and says what is missing.
 """
+
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jinja2
 import pandas as pd
 import yaml
 
 from harness import atomic_io, figures
-from harness.errors import HarnessError, exit_on_harness_error
-from harness.handlers import read_csv_rows
+from harness.config import parse_yaml
+from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.run_folder import read_csv_rows
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"
 
@@ -58,7 +59,7 @@ class RunRecord:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = parse_yaml(path.read_text(encoding="utf-8"))
         return loaded if isinstance(loaded, dict) else {}
     except (OSError, yaml.YAMLError):
         return {}
@@ -100,15 +101,40 @@ def training_figures(record: RunRecord) -> dict[str, str | None]:
     made: dict[str, str | None] = {"loss": None, "accuracy": None, "lr": None, "timing": None}
     if not m.empty:
         epochs = m["epoch"]
-        made["loss"] = embed_png(figures.curves({"train": (epochs, m["train_loss"]), "test": (epochs, m["val_loss"])},
-                                                "loss", out_dir / "loss.png", footer=footer))
-        made["accuracy"] = embed_png(figures.curves({"train": (epochs, 100 * m["train_acc"]), "test": (epochs, 100 * m["val_acc"])},
-                                                    "accuracy (%)", out_dir / "accuracy.png", footer=footer))
-        made["timing"] = embed_png(figures.curves({"training images/s": (epochs, m["train_images_per_s"])},
-                                                  "images / s", out_dir / "throughput.png", footer=footer))
+        made["loss"] = embed_png(
+            figures.curves(
+                {"train": (epochs, m["train_loss"]), "test": (epochs, m["val_loss"])},
+                "loss",
+                out_dir / "loss.png",
+                footer=footer,
+            )
+        )
+        made["accuracy"] = embed_png(
+            figures.curves(
+                {"train": (epochs, 100 * m["train_acc"]), "test": (epochs, 100 * m["val_acc"])},
+                "accuracy (%)",
+                out_dir / "accuracy.png",
+                footer=footer,
+            )
+        )
+        made["timing"] = embed_png(
+            figures.curves(
+                {"training images/s": (epochs, m["train_images_per_s"])},
+                "images / s",
+                out_dir / "throughput.png",
+                footer=footer,
+            )
+        )
     if not record.lr.empty:
-        made["lr"] = embed_png(figures.curves({"lr": (record.lr["iteration"], record.lr["lr"])}, "learning rate applied",
-                                              out_dir / "lr.png", xlabel="iteration", footer=footer))
+        made["lr"] = embed_png(
+            figures.curves(
+                {"lr": (record.lr["iteration"], record.lr["lr"])},
+                "learning rate applied",
+                out_dir / "lr.png",
+                xlabel="iteration",
+                footer=footer,
+            )
+        )
     return made
 
 
@@ -117,8 +143,11 @@ def _table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html", "j2"]),
-                              undefined=jinja2.StrictUndefined)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 def run_context(record: RunRecord) -> dict[str, Any]:
@@ -126,7 +155,9 @@ def run_context(record: RunRecord) -> dict[str, Any]:
     per_class = None
     if record.analysis("per_class.csv").is_file():
         frame = pd.read_csv(record.analysis("per_class.csv"))
-        per_class = _table(frame.assign(accuracy=100 * frame["accuracy"]).rename(columns={"accuracy": "accuracy (%)"}), "{:.2f}")
+        per_class = _table(
+            frame.assign(accuracy=100 * frame["accuracy"]).rename(columns={"accuracy": "accuracy (%)"}), "{:.2f}"
+        )
     class_counts = None
     if s.get("class_counts") and s.get("classes"):
         class_counts = _table(pd.DataFrame({"class": s["classes"], **s["class_counts"]}))
@@ -136,7 +167,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
     timings = None
     if not record.metrics.empty:
         timings = _table(record.metrics[["epoch", "epoch_time_s", "train_images_per_s"]], "{:.1f}")
-    summary_text = (record.run_dir / "model_summary.txt")
+    summary_text = record.run_dir / "model_summary.txt"
     return {
         "record": record,
         "title": f"{record.name}: {record.run_dir.name}",
@@ -149,16 +180,26 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "world size": s.get("world_size", "?"),
             "commit": s.get("git_commit") or "unknown",
             "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
-            "best test accuracy": _percent(s.get("best_val_acc")) + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
+            "best test accuracy": _percent(s.get("best_val_acc"))
+            + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
             "final test accuracy": _percent(s.get("final_val_acc")),
             "evaluated": describe_evaluation(record.config.get("train") or {}),
             "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
         },
         "config_yaml": (record.run_dir / "config.yaml").read_text(encoding="utf-8") if record.config else None,
         "curves": training_figures(record),
-        "images": {name: embed_png(record.analysis(f"{name}.png")) for name in (
-            "train_samples", "augmentation_preview", "per_class_accuracy", "confusion_matrix", "misclassified",
-            "gradcam_predicted", "gradcam_true")},
+        "images": {
+            name: embed_png(record.analysis(f"{name}.png"))
+            for name in (
+                "train_samples",
+                "augmentation_preview",
+                "per_class_accuracy",
+                "confusion_matrix",
+                "misclassified",
+                "gradcam_predicted",
+                "gradcam_true",
+            )
+        },
         "class_counts": class_counts,
         "per_class": per_class,
         "misclassified": misclassified,
@@ -171,7 +212,9 @@ def run_context(record: RunRecord) -> dict[str, Any]:
 
 def describe_evaluation(train: dict[str, Any]) -> str:
     """What the test accuracy above was measured on: the live or the averaged weights, with or without TTA."""
-    weights = f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
+    weights = (
+        f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
+    )
     return weights + (" + flip TTA" if train.get("tta_flip") else "")
 
 
@@ -206,11 +249,18 @@ def comparison_context(records: list[RunRecord], out: Path) -> dict[str, Any]:
     keys = differing_keys(records)
     rows = []
     for r in records:
-        row: dict[str, Any] = {"run": r.label, "status": r.status + (" (no analysis)" if "analysis" in r.missing else "")}
+        row: dict[str, Any] = {
+            "run": r.label,
+            "status": r.status + (" (no analysis)" if "analysis" in r.missing else ""),
+        }
         flat = _flatten(r.config)
         row.update({k: str(flat.get(k, "")) for k in keys})  # as written in the config, not reformatted
-        row["best acc (%)"] = round(100 * r.summary["best_val_acc"], 2) if isinstance(r.summary.get("best_val_acc"), float) else None
-        row["final acc (%)"] = round(100 * r.summary["final_val_acc"], 2) if isinstance(r.summary.get("final_val_acc"), float) else None
+        row["best acc (%)"] = (
+            round(100 * r.summary["best_val_acc"], 2) if isinstance(r.summary.get("best_val_acc"), float) else None
+        )
+        row["final acc (%)"] = (
+            round(100 * r.summary["final_val_acc"], 2) if isinstance(r.summary.get("final_val_acc"), float) else None
+        )
         row["time (s)"] = r.summary.get("total_time_s")
         row["images/s"] = round(float(r.metrics["train_images_per_s"].median()), 1) if not r.metrics.empty else None
         row["device"] = r.summary.get("device", "?")
@@ -220,7 +270,11 @@ def comparison_context(records: list[RunRecord], out: Path) -> dict[str, Any]:
     figure_dir = out.parent / (out.stem + "_figures")
     footer = f"{len(records)} runs | {out}"
     curves = {r.label: (r.metrics["epoch"], 100 * r.metrics["val_acc"]) for r in records if not r.metrics.empty}
-    accuracy_png = embed_png(figures.curves(curves, "test accuracy (%)", figure_dir / "test_accuracy.png", footer=footer)) if curves else None
+    accuracy_png = (
+        embed_png(figures.curves(curves, "test accuracy (%)", figure_dir / "test_accuracy.png", footer=footer))
+        if curves
+        else None
+    )
 
     per_class_columns = {}
     for r in records:
@@ -234,7 +288,9 @@ def comparison_context(records: list[RunRecord], out: Path) -> dict[str, Any]:
         "title": f"Comparison of {len(records)} runs",
         "records": records,
         "differing": keys,
-        "leaderboard": leaderboard.to_html(index=False, border=0, classes="table", na_rep="-", float_format="{:.2f}".format),
+        "leaderboard": leaderboard.to_html(
+            index=False, border=0, classes="table", na_rep="-", float_format="{:.2f}".format
+        ),
         "accuracy_png": accuracy_png,
         "per_class": per_class,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -251,15 +307,19 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     """Run folders among the given paths (globs such as results/*/* may also name other files)."""
     found = [p for p in paths if (p / "config.yaml").is_file() or (p / "summary.json").is_file()]
     if not found:
-        raise HarnessError(f"no run folders among {', '.join(map(str, paths)) or 'the arguments'} (a run folder holds config.yaml)")
+        raise HarnessError(
+            f"no run folders among {', '.join(map(str, paths)) or 'the arguments'} (a run folder holds config.yaml)"
+        )
     return found
 
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.report", description="Render a run's report, or compare runs.")
+    parser = ArgumentParser(prog="python -m harness.report", description="Render a run's report, or compare runs.")
     parser.add_argument("run_dirs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, help="output HTML (default: RUN_DIR/report.html, or results/compare.html for several runs)")
+    parser.add_argument(
+        "--out", type=Path, help="output HTML (default: RUN_DIR/report.html, or results/compare.html for several runs)"
+    )
     args = parser.parse_args(argv)
     run_dirs = find_run_dirs(args.run_dirs)
     if len(run_dirs) == 1:
@@ -270,5 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The console script ``harness-report``, and ``python -m harness.report``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

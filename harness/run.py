@@ -1,157 +1,205 @@
 """``python -m harness.run CONFIG [--set K=V ...] [--out RUN_DIR]`` or ``--resume RUN_DIR``.
 
-One code path for one CPU process and for N processes under torchrun (``idist.Parallel``).
+One code path for one CPU process and for N processes under torchrun (``idist.Parallel``). The
+stages of a run: checks (before anything is written), training (every process), then analysis and
+the report (one process, after the process group is gone). ``--resume`` continues whichever stage
+a crash interrupted.
 """
+
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import ignite
 import ignite.distributed as idist
 import torch
 from ignite.utils import manual_seed
 
 from harness import atomic_io
 from harness.config import Config, dump_config, load_config
-from harness.data import ImageArrays, check_augment, check_batch_size, load_arrays
-from harness.errors import HarnessError, exit_on_harness_error
-from harness.handlers import list_checkpoints
+from harness.data import EpochBatchSampler, check_augment, check_batch_size, per_rank_batch
+from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.models import build_model
-from harness.training import build_training
+from harness.provenance import describe_device, git_commit, library_versions
+from harness.run_folder import RunLock, create_run_dir, default_run_dir, list_checkpoints, utc_now
+from harness.schedules import check_schedule
+from harness.sources import ImageArrays, load_arrays
+from harness.wiring import Training, build_training
 
 EXIT_DIVERGED = 3
 
 
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if commit.returncode != 0:
-        return None
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+@dataclass
+class Outcome:
+    """What one process learned; rank 0's decides what is printed and returned."""
+
+    run_dir: Path | None = None
+    rank: int = 0
+    status: str | None = None
+    signum: int | None = None
+    lock: RunLock | None = field(default=None, repr=False)
 
 
-def library_versions() -> dict[str, str]:
-    import albumentations
-    import captum
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ignite": ignite.__version__,
-        "albumentations": albumentations.__version__,
-        "captum": captum.__version__,
-    }
+# ---------------------------------------------------------------- before anything is written
 
 
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+def check_before_run(cfg: Config, arrays: tuple[ImageArrays, ImageArrays], world_size: int) -> None:
+    """Every check that needs the data: a batch, a transform, a schedule or a layer that cannot work
+    fails here, in one line, before the run folder exists."""
+    train, _ = arrays
+    check_batch_size(cfg.data, len(train), world_size)
+    check_augment(cfg.data, train.images[0])
+    batches = EpochBatchSampler(
+        len(train),
+        per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size"),
+        cfg.seed,
+        shuffle=True,
+        world_size=world_size,
+    )
+    check_schedule(cfg.scheduler, len(batches), cfg.train.epochs)
+    if cfg.analysis.enabled:
+        layers = dict(build_model(cfg.model, len(train.classes)).named_modules())
+        missing = [name for name in cfg.analysis.gradcam_layers if name not in layers]
+        if missing:
+            top = [name for name in layers if name and "." not in name]
+            raise HarnessError(
+                f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_name(cfg)} has no "
+                f"module {missing[0]!r} (top-level modules: {', '.join(top)})"
+            )
 
 
-def default_run_dir(cfg: Config) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("results") / cfg.name / stamp
+def model_name(cfg: Config) -> str:
+    return cfg.model.name + (f" (width {cfg.model.width})" if cfg.model.name == "resnet18" else "")
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run folder, refusing to overwrite another run's files."""
-    if (run_dir / "summary.json").exists() or (run_dir / "config.yaml").exists():
-        raise HarnessError(f"--out {run_dir}: already holds a run; continue it with --resume {run_dir} or choose another folder")
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise HarnessError(f"output folder {run_dir}: cannot be written ({error.strerror or error})") from None
+def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
+    """Rank 0 creates and locks the run folder and writes its read-only config.yaml; every rank gets the same path."""
+    message, lock = "", None
+    run_dir = out or default_run_dir(cfg.name)
+    if idist.get_rank() == 0:
+        try:
+            lock = create_run_dir(run_dir)
+            atomic_io.write_text(run_dir / "config.yaml", dump_config(cfg)).chmod(0o444)  # what this run used
+        except HarnessError as error:
+            message = f"error:{error}"
+    shared = (
+        idist.broadcast(message or str(run_dir), src=0, safe_mode=True)
+        if idist.get_world_size() > 1
+        else (message or str(run_dir))
+    )
+    if shared.startswith("error:"):
+        raise HarnessError(shared[len("error:") :])
+    return Path(shared), lock
+
+
+# ---------------------------------------------------------------- training (every process)
 
 
 def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads; damaged ones are named, set aside and skipped."""
+    """The newest checkpoint that loads; damaged ones are named, set aside and skipped; what a crash
+    while saving left (Ignite's temporary files) is removed."""
+    if idist.get_rank() == 0:
+        for partial in (run_dir / "checkpoints").glob("tmp*"):
+            partial.unlink(missing_ok=True)
     for path in list_checkpoints(run_dir / "checkpoints"):
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # a truncated file raises several types inside torch.load
             if idist.get_rank() == 0:  # every rank skips it; one sets it aside
-                print(f"warning: checkpoint {path} is damaged ({type(error).__name__}); using the previous one", file=sys.stderr)
+                print(
+                    f"warning: checkpoint {path} is damaged ({type(error).__name__}); using the previous one",
+                    file=sys.stderr,
+                )
                 path.replace(path.with_suffix(".pt.damaged"))
     return None
 
 
-def training(cfg: Config, run_dir: Path, arrays: tuple[ImageArrays, ImageArrays], resume: bool, outcome: dict[str, Any]) -> None:
-    rank, device = idist.get_rank(), idist.device()
-    started = time.time()
-    manual_seed(cfg.seed)
-    train_arrays, test_arrays = arrays
-    run = build_training(cfg, run_dir, train_arrays, test_arrays)
+def write_model_summary(cfg: Config, path: Path, num_classes: int, image_size: tuple[int, int]) -> None:
+    from torchinfo import summary
 
-    resumed_from = None
-    elapsed_before = 0.0
-    if resume:
-        found = load_resume_checkpoint(run_dir)
-        if found is not None:
-            resumed_from, state = found
-            if state["trainer"]["iteration"] >= run.iters_per_epoch * cfg.train.epochs:
-                outcome["already_done"] = True
-                return
-            run.load_state(state)
-            elapsed_before = float(atomic_io.read_json(run_dir / "summary.json").get("total_time_s") or 0.0)
-            if rank == 0:
-                print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
+    model = build_model(cfg.model, num_classes)
+    text = str(summary(model, input_size=(2, 3, *image_size), verbose=0, mode="eval", device="cpu"))
+    atomic_io.write_text(path, text + "\n")
 
-    summary: dict[str, Any] = {
+
+def start_summary(
+    cfg: Config, run: Training, arrays: tuple[ImageArrays, ImageArrays], run_dir: Path, resumed_from: Path | None
+) -> dict[str, Any]:
+    train, test = arrays
+    earlier = atomic_io.read_json(run_dir / "summary.json") if resumed_from else {}
+    return {
         "name": cfg.name,
         "status": "running",
-        "device": describe_device(device),
+        "device": describe_device(idist.device()),
         "world_size": idist.get_world_size(),
         "num_params": run.num_params,
         "num_workers": run.num_workers,
         "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
         "compiled": run.compiled,
-        "train_images": len(train_arrays),
-        "test_images": len(test_arrays),
-        "classes": train_arrays.classes,
+        "channels_last": run.channels_last,
+        "train_images": len(train),
+        "test_images": len(test),
+        "classes": train.classes,
         "iterations_per_epoch": run.iters_per_epoch,
-        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_utc": earlier.get("started_utc") or utc_now(),
         "resumed_from": str(resumed_from) if resumed_from else None,
         "git_commit": git_commit(),
         "versions": library_versions(),
     }
-    if rank == 0:
-        write_model_summary(cfg, run_dir / "model_summary.txt", len(train_arrays.classes))
-        atomic_io.write_json(run_dir / "summary.json", summary)
 
-    run.stop.install()
-    try:
-        run.trainer.run(run.train_loader, max_epochs=cfg.train.epochs)
-    finally:
-        run.stop.uninstall()
 
+def training_status(run: Training) -> dict[str, Any]:
     state = run.trainer.state
     loss = state.output["loss"] if state.output else None
     if loss is not None and not math.isfinite(float(loss)):
-        summary.update(status="diverged", diverged_at_iteration=state.iteration)
-    elif run.stop.signum is not None:
-        summary.update(status="interrupted", interrupted_at_iteration=state.iteration)
-    else:
-        summary["status"] = "completed"
+        return {"status": "diverged", "diverged_at_iteration": state.iteration}
+    if run.stop.signum is not None:
+        return {"status": "interrupted", "interrupted_at_iteration": state.iteration}
+    return {"status": "completed"}
+
+
+def training(
+    cfg: Config, run_dir: Path, arrays: tuple[ImageArrays, ImageArrays], resume: bool, outcome: Outcome
+) -> None:
+    rank = idist.get_rank()
+    started = time.time()
+    manual_seed(cfg.seed)
+    found = load_resume_checkpoint(run_dir) if resume else None
+    resumed_from, state = found or (None, None)
+    run = build_training(cfg, run_dir, *arrays, start_iteration=state["trainer"]["iteration"] if state else 0)
+    if state is not None:
+        run.load_state(state)
+        if rank == 0:
+            print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
+    elapsed_before = (
+        float(atomic_io.read_json(run_dir / "summary.json").get("total_time_s") or 0.0) if resumed_from else 0.0
+    )
+    summary = start_summary(cfg, run, arrays, run_dir, resumed_from)
+    if rank == 0:
+        write_model_summary(cfg, run_dir / "model_summary.txt", len(arrays[0].classes), arrays[0].images.shape[1:3])
+        atomic_io.write_json(run_dir / "summary.json", summary)
+
+    # A kill after the last checkpoint but before the final summary leaves nothing to train:
+    # running the engine again would start it over (ignite restarts a finished state from epoch 0).
+    run.stop.install()
+    try:
+        if run.trainer.state.iteration < run.iters_per_epoch * cfg.train.epochs:
+            run.trainer.run(run.train_loader, max_epochs=cfg.train.epochs)
+    except HarnessError as error:
+        if rank == 0:
+            record_failure(run_dir, summary, str(error))
+        raise
+    finally:
+        run.stop.uninstall()
+        run.close()
+
+    summary.update(training_status(run))
     best_acc, best_epoch = run.log.best()
     summary.update(
         epochs_completed=len(run.log.metrics_rows),
@@ -159,27 +207,85 @@ def training(cfg: Config, run_dir: Path, arrays: tuple[ImageArrays, ImageArrays]
         best_epoch=best_epoch,
         final_val_acc=float(run.log.metrics_rows[-1]["val_acc"]) if run.log.metrics_rows else None,
         total_time_s=round(elapsed_before + time.time() - started, 2),
-        finished_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        finished_utc=utc_now(),
     )
     if rank == 0:
         atomic_io.write_json(run_dir / "summary.json", summary)
-    outcome.update(status=summary["status"], signum=run.stop.signum)
+    outcome.status, outcome.signum = summary["status"], run.stop.signum
 
 
-def write_model_summary(cfg: Config, path: Path, num_classes: int) -> None:
-    from torchinfo import summary
+def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None:
+    """Mark the run failed in summary.json if the disk still takes it; ``--resume`` continues it."""
+    try:
+        atomic_io.write_json(run_dir / "summary.json", {**summary, "status": "failed", "error": message})
+    except OSError:
+        pass
 
-    text = str(summary(build_model(cfg.model, num_classes), input_size=(2, 3, 32, 32), verbose=0, mode="eval", device="cpu"))
-    atomic_io.write_text(path, text + "\n")
+
+def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome) -> None:
+    resume = args.resume is not None
+    world_size = idist.get_world_size()
+    # Data first: a missing folder or a corrupt image fails before the run folder exists.
+    with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
+        arrays = load_arrays(cfg)
+    check_before_run(cfg, arrays, world_size)
+    if resume:
+        run_dir = args.resume
+    else:
+        run_dir, outcome.lock = open_run_dir(cfg, args.out)
+    outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
+    if outcome.rank == 0:
+        print(f"run folder: {run_dir}", flush=True)
+    training(cfg, run_dir, arrays, resume, outcome)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m harness.run", description="Train ResNet18 from a YAML experiment.")
+# ---------------------------------------------------------------- after training (one process)
+
+
+def finish(run_dir: Path, cfg: Config) -> None:
+    """Analysis (unless done already or switched off) and the report, for a run whose training completed.
+
+    The process group is gone by now: the analysis is one process's job, and Ignite's metrics in it
+    must not wait for ranks that have left.
+    """
+    summary = atomic_io.read_json(run_dir / "summary.json")
+    if cfg.analysis.enabled and not summary.get("analysis_completed_utc"):
+        from harness.analyze import analyze_run
+
+        analyze_run(run_dir, idist.device())
+        print(f"analysis: {run_dir / 'analysis'}", flush=True)
+    render_report(run_dir, cfg)
+
+
+def render_report(run_dir: Path, cfg: Config) -> None:
+    if cfg.report.enabled:
+        from harness.report import render_run_report
+
+        print(f"report: {render_run_report(run_dir)}", flush=True)  # shows whatever exists, whatever the status
+
+
+# ---------------------------------------------------------------- the command
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    parser = ArgumentParser(prog="python -m harness.run", description="Train ResNet18 from a YAML experiment.")
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. experiments/resnet18.yaml")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. --set train.epochs=5 data.batch_size=256")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.epochs=5 data.batch_size=256",
+    )
     parser.add_argument("--out", type=Path, help="run folder (default: results/<name>/<UTC timestamp>)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run: training from its newest checkpoint, then whatever stage is missing",
+    )
     args = parser.parse_args(argv)
     if args.resume is None and args.config is None:
         parser.error("give a CONFIG file, or --resume RUN_DIR")
@@ -192,82 +298,72 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it, readable before (and after) the process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_backend(cfg: Config) -> str | None:
     if not launched_by_torchrun():
         return None
     return cfg.train.backend or ("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def open_run_dir(cfg: Config, out: Path | None) -> Path:
-    """Rank 0 creates the run folder and its locked config.yaml; every rank gets the same path."""
-    message = ""
-    run_dir = out or default_run_dir(cfg)
-    if idist.get_rank() == 0:
-        try:
-            prepare_run_dir(run_dir)
-            atomic_io.write_text(run_dir / "config.yaml", dump_config(cfg)).chmod(0o444)  # what this run used
-        except HarnessError as error:
-            message = f"error:{error}"
-    shared = idist.broadcast(message or str(run_dir), src=0, safe_mode=True) if idist.get_world_size() > 1 else (message or str(run_dir))
-    if shared.startswith("error:"):
-        raise HarnessError(shared[len("error:"):])
-    return Path(shared)
+def exit_code(outcome: Outcome) -> int:
+    if outcome.status == "interrupted":
+        return 128 + (outcome.signum or 0)
+    if outcome.status == "diverged":
+        return EXIT_DIVERGED
+    return 0
 
 
-def run_in_process(local_rank: int, cfg: Config, args: argparse.Namespace, outcome: dict[str, Any]) -> None:
-    resume = args.resume is not None
-    # Data first: a missing folder or a corrupt image fails before the run folder exists.
-    with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
-        arrays = load_arrays(cfg)
-    check_batch_size(cfg.data, len(arrays[0]), idist.get_world_size())
-    run_dir = args.resume if resume else open_run_dir(cfg, args.out)
-    if idist.get_rank() == 0:
-        print(f"run folder: {run_dir}", flush=True)
-    outcome["run_dir"] = run_dir
-    training(cfg, run_dir, arrays, resume, outcome)
-    if outcome.get("status") == "completed" and idist.get_rank() == 0 and cfg.analysis.enabled:
-        from harness.analyze import analyze_run
-
-        analyze_run(run_dir, idist.device())
-        print(f"analysis: {run_dir / 'analysis'}", flush=True)
-    if idist.get_rank() == 0 and cfg.report.enabled:
-        from harness.report import render_run_report
-
-        print(f"report: {render_run_report(run_dir)}", flush=True)  # renders whatever exists, whatever the status
-    outcome["rank"] = idist.get_rank()
+def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
+    """The run's own config, its lock (held by rank 0), and whether its training already completed."""
+    if not (run_dir / "config.yaml").is_file():
+        raise HarnessError(f"--resume {run_dir}: not a run folder (no config.yaml there)")
+    lock = None
+    if launch_rank() == 0:
+        lock = RunLock(run_dir)
+        lock.acquire()
+    cfg = load_config(run_dir / "config.yaml")
+    return cfg, lock, atomic_io.read_json(run_dir / "summary.json").get("status") == "completed"
 
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.resume is not None:
-        if not (args.resume / "config.yaml").is_file():
-            raise HarnessError(f"--resume {args.resume}: not a run folder (no config.yaml there)")
-        if atomic_io.read_json(args.resume / "summary.json").get("status") == "completed":
-            print(f"{args.resume}: this run already completed; nothing to resume")
-            return 0
-        cfg = load_config(args.resume / "config.yaml")
-    else:
-        cfg = load_config(args.config, args.overrides)
-    check_augment(cfg.data)  # a bad transform fails here, before anything is written
-    outcome: dict[str, Any] = {}
-    parallel = idist.Parallel(backend=resolve_backend(cfg))
-    # Its INFO lines ("Run ... in 1 processes") would precede any one-line error on stderr.
-    logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-    with parallel:
-        parallel.run(run_in_process, cfg, args, outcome)
-    run_dir = outcome.get("run_dir")
-    if outcome.get("already_done"):
-        print(f"{run_dir}: training already finished; nothing to resume")
-        return 0
-    status = outcome.get("status")
-    if outcome.get("rank", 0) == 0:  # the process group is gone by now: idist.get_rank() says 0 everywhere
-        print(f"run folder: {run_dir} ({status})", flush=True)
-    if status == "interrupted":
-        return 128 + outcome["signum"]
-    if status == "diverged":
-        return EXIT_DIVERGED
-    return 0
+    lock, outcome = None, Outcome()
+    try:
+        if args.resume is not None:
+            cfg, lock, trained = open_for_resume(args.resume)
+            if trained:
+                if launch_rank() == 0:
+                    print(
+                        f"{args.resume}: training already completed; finishing the analysis and the report", flush=True
+                    )
+                    finish(args.resume, cfg)
+                return 0
+        else:
+            cfg = load_config(args.config, args.overrides)
+        check_augment(cfg.data)  # a bad transform fails here, before the data is read
+        parallel = idist.Parallel(backend=resolve_backend(cfg))
+        # Their log lines ("Run ... in 1 processes", "Engine run is terminating due to exception")
+        # would surround the one line that reports an error.
+        logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
+        logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
+        with parallel:
+            parallel.run(run_in_process, cfg, args, outcome)
+        if outcome.rank == 0:  # the process group is gone by now: idist.get_rank() says 0 everywhere
+            if outcome.status == "completed":
+                finish(outcome.run_dir, cfg)
+            else:
+                render_report(outcome.run_dir, cfg)
+            print(f"run folder: {outcome.run_dir} ({outcome.status})", flush=True)
+        return exit_code(outcome)
+    finally:
+        for held in (lock, outcome.lock):
+            if held is not None:
+                held.release()
 
 
 def exit_worker(code: int) -> NoReturn:
@@ -287,10 +383,10 @@ def exit_worker(code: int) -> NoReturn:
 
 def cli() -> NoReturn:
     """``python -m harness.run`` and ``python -m harness``, alone or under torchrun."""
-    exit_code = main()
+    code = main()
     if launched_by_torchrun():
-        exit_worker(exit_code)
-    sys.exit(exit_code)
+        exit_worker(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,23 @@ Each run is its own process (``python -m harness.run``), so one failed run never
 ``--set`` applies to every run, e.g. narrow, short versions for a CPU:
 ``python -m harness.sweep experiments/resnet18_*.yaml --set model.width=16 train.epochs=3``.
 """
+
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NoReturn
 
 from harness.config import load_config
-from harness.errors import exit_on_harness_error
+from harness.errors import ArgumentParser, exit_on_harness_error
 from harness.report import render_comparison
 
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep", description="Run experiments in turn and compare them.")
+    parser = ArgumentParser(prog="python -m harness.sweep", description="Run experiments in turn and compare them.")
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/sweep/<UTC timestamp>)")
@@ -45,5 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """The console script ``harness-sweep``, and ``python -m harness.sweep``."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

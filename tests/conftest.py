@@ -1,28 +1,93 @@
+"""Shared test data and configs.
+
+End-to-end tests start from the shipped ``experiments/*.yaml`` and change only their size (data
+subset, model width, epochs, warm-up, batch) and where the data is: a small generated copy of the
+real data's layout (``<root>/{train,test}/<class>/*.jpg``), since CI has no CIFAR-10.
+"""
+
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
+
+from harness.config import read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "experiments"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# A config small enough for a 2-core CI machine: synthetic 32x32 images, an 8-channel ResNet18.
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "data": {"dataset": "synthetic", "synthetic_train_size": 256, "synthetic_test_size": 128,
-             "batch_size": 32, "eval_batch_size": 64, "num_workers": 0},
-    "model": {"width": 8},
-    "optimizer": {"lr": 0.05},
-    "scheduler": {"name": "onecycle", "warmup_epochs": 0.5},
-    "train": {"epochs": 1, "channels_last": False, "amp": "off"},
-    "analysis": {"enabled": False},
-    "report": {"enabled": False},
-}
+# What a CPU test may change in a shipped experiment: its size, nothing it does.
+SMALL = [
+    "model.width=8",
+    "train.epochs=2",
+    "scheduler.warmup_epochs=0",
+    "data.batch_size=32",
+    "data.eval_batch_size=50",
+]
+
+
+def make_image_folder(
+    root: Path,
+    train_per_class: int = 3,
+    test_per_class: int = 3,
+    classes: tuple[str, ...] = ("cat", "dog"),
+    suffix: str = ".png",
+) -> Path:
+    """A learnable image folder: each class a bright square at its own place, on its own colour, plus noise."""
+    rng = np.random.default_rng(1)
+    palette = rng.integers(40, 200, size=(len(classes), 3))
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.normal(0, 20, size=(32, 32, 3)) + palette[label]
+                top, left = 4 + (label // 4) * 8, 4 + (label % 4) * 7
+                pixels[top : top + 8, left : left + 8] += 70
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                image.save(root / split / name / f"{i:04d}{suffix}", **({"quality": 95} if suffix == ".jpg" else {}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_like(tmp_path_factory) -> Path:
+    """A CIFAR-10-shaped JPEG folder: 10 classes, 16 training and 5 test images each."""
+    return make_image_folder(tmp_path_factory.mktemp("cifar_like"), 16, 5, CIFAR10_CLASSES, ".jpg")
+
+
+def data_overrides(root: Path) -> list[str]:
+    return ["data.dataset=image_folder", f"data.root={root}", f"data.cache_dir={root / '.cache'}"]
+
+
+def experiment_args(name: str, data_root: Path, *more: str) -> list[str]:
+    """``harness.run`` arguments for a shipped experiment on the small folder, at test size."""
+    return [str(EXPERIMENTS / f"{name}.yaml"), "--set", *data_overrides(data_root), *SMALL, *more]
+
+
+# A config small enough for unit tests on a 2-core machine: the CPU experiment at test size on
+# synthetic images. Analysis and report are left to the end-to-end tests (test_e2e.py).
+TINY = read_yaml(EXPERIMENTS / "resnet18_cpu.yaml")
+TINY.update(name="tiny", seed=0)
+TINY["data"].update(
+    dataset="synthetic",
+    synthetic_train_size=256,
+    synthetic_test_size=128,
+    batch_size=32,
+    eval_batch_size=64,
+    num_workers=0,
+)
+TINY["model"]["width"] = 8
+TINY["scheduler"]["warmup_epochs"] = 0.5
+TINY["train"]["epochs"] = 1
+TINY["analysis"] = {"enabled": False}
+TINY["report"] = {"enabled": False}
 
 
 def deep_update(base: dict, changes: dict) -> dict:
@@ -42,19 +107,43 @@ def write_config(tmp_path):
     return write
 
 
-def run_cli(*args: str, timeout: float = 300, module: str = "harness.run") -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+def subprocess_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def run_cli(
+    *args: str, timeout: float = 300, module: str = "harness.run", cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=subprocess_env(),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's TensorBoard files as TensorBoard itself reads them: (step, value) per tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="session")
-def analyzed_run(tmp_path_factory) -> Path:
-    """One tiny run, analyzed and reported, shared by the report tests."""
+def analyzed_run(tmp_path_factory, cifar_like) -> Path:
+    """The CPU experiment at test size, trained, analyzed and reported as a user runs it; shared by the report tests."""
     from harness.run import main as run_main
 
-    root = tmp_path_factory.mktemp("report")
-    config = root / "exp.yaml"
-    config.write_text(yaml.safe_dump(deep_update(TINY, {"analysis": {"enabled": True, "misclassified": 4},
-                                                        "report": {"enabled": True}})))
-    assert run_main([str(config), "--out", str(root / "run")]) == 0
-    return root / "run"
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert run_main([*experiment_args("resnet18_cpu", cifar_like), "--out", str(out)]) == 0
+    return out

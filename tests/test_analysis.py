@@ -62,15 +62,33 @@ def test_all_zero_attribution_does_not_crash():
 
 def test_analyze_an_existing_run_folder(write_config, tmp_path):
     run_dir = tmp_path / "run"
-    config = write_config({"analysis": {"enabled": False, "misclassified": 6, "order": "confident",
-                                        "gradcam_layers": ["layer3", "layer4"]}})
+    config = write_config(
+        {
+            "analysis": {
+                "enabled": False,
+                "misclassified": 6,
+                "order": "confident",
+                "gradcam_layers": ["layer3", "layer4"],
+            }
+        }
+    )
     assert run_main([str(config), "--out", str(run_dir)]) == 0
     assert not (run_dir / "analysis").exists()
     assert analyze_main([str(run_dir)]) == 0
     out = run_dir / "analysis"
-    for name in ("per_class.csv", "confusion.csv", "misclassified.csv", "misclassified.png", "gradcam_predicted.png",
-                 "gradcam_true.png", "gradcam.npz", "per_class_accuracy.png", "confusion_matrix.png",
-                 "train_samples.png", "augmentation_preview.png"):
+    for name in (
+        "per_class.csv",
+        "confusion.csv",
+        "misclassified.csv",
+        "misclassified.png",
+        "gradcam_predicted.png",
+        "gradcam_true.png",
+        "gradcam.npz",
+        "per_class_accuracy.png",
+        "confusion_matrix.png",
+        "train_samples.png",
+        "augmentation_preview.png",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["per_class_acc"]) == 10
@@ -96,7 +114,9 @@ def test_grid_figures_place_every_cell_in_order(tmp_path):
     solid = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     for index in range(3):
         solid[index, ..., index] = 255  # red, green, blue
-    pixels = np.asarray(Image.open(image_grid(solid, ["r", "g", "b"], tmp_path / "grid.png", columns=2, footer="footer")).convert("RGB"))
+    pixels = np.asarray(
+        Image.open(image_grid(solid, ["r", "g", "b"], tmp_path / "grid.png", columns=2, footer="footer")).convert("RGB")
+    )
 
     def centre_of(colour: tuple[int, int, int]) -> np.ndarray:
         rows, cols = np.nonzero(np.all(np.abs(pixels.astype(int) - colour) < 30, axis=-1))

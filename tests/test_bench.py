@@ -1,4 +1,5 @@
 """The benchmark command runs end to end on tiny settings and records what it measured."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,30 @@ from harness.bench import main as bench_main
 def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys):
     config = write_config()
     out = tmp_path / "bench"
-    code = bench_main(["overhead", "throughput", "data", "gradcam", "--config", str(config), "--width", "4",
-                       "--batch", "16", "--iterations", "2", "--repeats", "2", "--workers", "0",
-                       "--gradcam-images", "2", "--out", str(out)])
+    code = bench_main(
+        [
+            "overhead",
+            "throughput",
+            "data",
+            "gradcam",
+            "--config",
+            str(config),
+            "--width",
+            "4",
+            "--batch",
+            "16",
+            "--iterations",
+            "2",
+            "--repeats",
+            "2",
+            "--workers",
+            "0",
+            "--gradcam-images",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     [written] = list(out.glob("*.json"))
     results = json.loads(written.read_text())

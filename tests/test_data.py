@@ -15,10 +15,10 @@ from harness.data import (
     build_eval_transform,
     build_train_dataset,
     build_train_transform,
-    load_arrays,
-    stratified_subset,
 )
 from harness.errors import HarnessError
+from harness.sources import load_arrays, stratified_subset
+from tests.conftest import make_image_folder
 
 
 def write_cifar_pickles(root: Path, per_batch: int = 20) -> None:
@@ -51,23 +51,15 @@ def test_cifar10_missing_without_download_names_the_folder(tmp_path):
         load_arrays(cfg)
 
 
-def make_image_folder(root: Path, per_class: int = 3, classes=("cat", "dog")) -> None:
-    rng = np.random.default_rng(1)
-    for split in ("train", "test"):
-        for name in classes:
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-
-
 def test_image_folder_decodes_and_caches(tmp_path):
     make_image_folder(tmp_path / "data")
-    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}})
+    cfg = config_from_dict(
+        {"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}}
+    )
     train, test = load_arrays(cfg)
     assert train.classes == ["cat", "dog"]
     assert train.images.shape == (6, 32, 32, 3) and list(train.labels) == [0, 0, 0, 1, 1, 1]
-    expected = np.asarray(Image.open(tmp_path / "data/train/dog/2.png"))
+    expected = np.asarray(Image.open(tmp_path / "data/train/dog/0002.png"))
     assert np.array_equal(train.images[5], expected)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     again, _ = load_arrays(cfg)  # from the cache
@@ -77,7 +69,9 @@ def test_image_folder_decodes_and_caches(tmp_path):
 def test_image_folder_corrupt_image_is_named(tmp_path):
     make_image_folder(tmp_path)
     (tmp_path / "train/dog/bad.jpg").write_bytes(b"not an image")
-    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path), "cache_dir": str(tmp_path / "c")}})
+    cfg = config_from_dict(
+        {"data": {"dataset": "image_folder", "root": str(tmp_path), "cache_dir": str(tmp_path / "c")}}
+    )
     with pytest.raises(HarnessError, match=r"train/dog/bad.jpg: unreadable image"):
         load_arrays(cfg)
 
@@ -119,9 +113,18 @@ def test_padded_random_crop_stays_32x32_and_moves():
 
 def test_cutout_alone_cuts_one_16x16_square():
     cfg = DataConfig(
-        augment=[{"name": "CoarseDropout", "num_holes_range": [1, 1], "hole_height_range": [16, 16],
-                  "hole_width_range": [16, 16], "fill": 0, "p": 1.0}],
-        mean=[0, 0, 0], std=[1 / 255] * 3,
+        augment=[
+            {
+                "name": "CoarseDropout",
+                "num_holes_range": [1, 1],
+                "hole_height_range": [16, 16],
+                "hole_width_range": [16, 16],
+                "fill": 0,
+                "p": 1.0,
+            }
+        ],
+        mean=[0, 0, 0],
+        std=[1 / 255] * 3,
     )
     transform = build_train_transform(cfg)
     image = np.full((32, 32, 3), 200, dtype=np.uint8)
@@ -166,3 +169,22 @@ def test_eval_sampler_shards_cover_every_image_once():
     shards = [EpochBatchSampler(103, 10, seed=0, shuffle=False, rank=r, world_size=3) for r in range(3)]
     seen = sorted(i for s in shards for batch in s for i in batch)
     assert seen == list(range(103))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "stale"])
+def test_damaged_or_stale_cache_warns_and_decodes_again(damage, tmp_path, capsys):
+    make_image_folder(tmp_path / "data")
+    cfg = config_from_dict(
+        {"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "c")}}
+    )
+    decoded, _ = load_arrays(cfg)
+    cache = next((tmp_path / "c").glob("train-*.npz"))
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:500])
+    else:  # another folder's arrays under this folder's key: fewer images than files
+        np.savez(cache, images=decoded.images[:2], labels=decoded.labels[:2])
+    again, _ = load_arrays(cfg)
+    assert np.array_equal(again.images, decoded.images) and np.array_equal(again.labels, decoded.labels)
+    assert f"warning: image cache {cache} is damaged or stale" in capsys.readouterr().err
+    assert np.array_equal(load_arrays(cfg)[0].images, decoded.images)  # the rewritten cache is good
+    assert capsys.readouterr().err == ""

@@ -1,4 +1,5 @@
 """data.augment_on=device follows the albumentations path's distributions."""
+
 from __future__ import annotations
 
 import random
@@ -13,11 +14,21 @@ from harness.device_augment import DeviceAugment, plan_from_augment
 from harness.errors import HarnessError
 
 SAMPLES = 1500
-PAD_CROP = [{"name": "PadIfNeeded", "min_height": 40, "min_width": 40, "border_mode": 0, "fill": 0, "p": 1.0},
-            {"name": "RandomCrop", "height": 32, "width": 32, "p": 1.0}]
+PAD_CROP = [
+    {"name": "PadIfNeeded", "min_height": 40, "min_width": 40, "border_mode": 0, "fill": 0, "p": 1.0},
+    {"name": "RandomCrop", "height": 32, "width": 32, "p": 1.0},
+]
 FLIP = [{"name": "HorizontalFlip", "p": 0.5}]
-CUTOUT = [{"name": "CoarseDropout", "num_holes_range": [1, 1], "hole_height_range": [16, 16],
-           "hole_width_range": [16, 16], "fill": 0, "p": 1.0}]
+CUTOUT = [
+    {
+        "name": "CoarseDropout",
+        "num_holes_range": [1, 1],
+        "hole_height_range": [16, 16],
+        "hole_width_range": [16, 16],
+        "fill": 0,
+        "p": 1.0,
+    }
+]
 # Normalizing with mean 0 and std 1/255 leaves pixel values as they are, so both paths can be read alike.
 IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3}
 
@@ -39,7 +50,9 @@ def albumentations_outputs(augment: list) -> torch.Tensor:
 
 
 def device_outputs(augment: list) -> torch.Tensor:
-    augmenter = DeviceAugment(plan_from_augment(augment), IDENTITY["mean"], IDENTITY["std"], seed=0, device=torch.device("cpu"))
+    augmenter = DeviceAugment(
+        plan_from_augment(augment), IDENTITY["mean"], IDENTITY["std"], seed=0, device=torch.device("cpu")
+    )
     batch = torch.from_numpy(coordinate_image()).permute(2, 0, 1).float()[None].repeat(SAMPLES, 1, 1, 1)
     return augmenter(batch, iteration=7)
 
@@ -80,15 +93,22 @@ def test_cutout_hole_size_and_position_match():
         assert torch.all(rows.sum(1) == 16) and torch.all(cols.sum(1) == 16)
         top, left = rows.float().argmax(1), cols.float().argmax(1)
         corners[name] = (frequencies(top, 17), frequencies(left, 17))
-    for a, b in zip(corners["albumentations"], corners["device"]):
+    for a, b in zip(corners["albumentations"], corners["device"], strict=True):
         assert np.all(a > 0) and np.all(b > 0), "every corner position in [0, 16] occurs"
         assert np.all(np.abs(a - b) < 0.04)
 
 
 def test_device_augment_is_replayable_and_varies_by_iteration_and_rank():
     def augmenter(rank: int = 0, world_size: int = 1) -> DeviceAugment:
-        return DeviceAugment(plan_from_augment(PAD_CROP + FLIP + CUTOUT), [0.5] * 3, [0.25] * 3, seed=3,
-                             device=torch.device("cpu"), rank=rank, world_size=world_size)
+        return DeviceAugment(
+            plan_from_augment(PAD_CROP + FLIP + CUTOUT),
+            [0.5] * 3,
+            [0.25] * 3,
+            seed=3,
+            device=torch.device("cpu"),
+            rank=rank,
+            world_size=world_size,
+        )
 
     batch = torch.randn(8, 3, 32, 32)
     single = augmenter()
@@ -100,11 +120,14 @@ def test_device_augment_is_replayable_and_varies_by_iteration_and_rank():
     assert not torch.equal(first, single(batch, 5)) and not torch.equal(second, single(batch, 5))
 
 
-@pytest.mark.parametrize("augment, message", [
-    ([{"name": "Rotate", "limit": 10}], "not available with data.augment_on=device"),
-    ([{**CUTOUT[0], "hole_height_range": [8, 16]}], "one fixed size"),
-    ([{**PAD_CROP[0], "border_mode": 4}], "border_mode: 0"),
-])
+@pytest.mark.parametrize(
+    "augment, message",
+    [
+        ([{"name": "Rotate", "limit": 10}], "not available with data.augment_on=device"),
+        ([{**CUTOUT[0], "hole_height_range": [8, 16]}], "one fixed size"),
+        ([{**PAD_CROP[0], "border_mode": 4}], "border_mode: 0"),
+    ],
+)
 def test_unsupported_augmentations_are_named(augment, message):
     with pytest.raises(HarnessError, match=message):
         plan_from_augment(augment)

@@ -1,9 +1,11 @@
 """The README stays true: its two commands, and a reference line for every config key."""
+
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from harness.config import Config
 
@@ -11,12 +13,11 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 CI = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
 
 
-def config_keys(node: object = None, prefix: str = "") -> list[str]:
-    node = Config() if node is None else node
+def config_keys(node: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     keys = []
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        keys += config_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    for name, info in node.model_fields.items():
+        section = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        keys += config_keys(info.annotation, f"{prefix}{name}.") if section else [prefix + name]
     return keys
 
 

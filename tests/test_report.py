@@ -3,10 +3,21 @@ from __future__ import annotations
 import json
 import shutil
 
+from harness.report import describe_evaluation, differing_keys, load_run, render_run_report
+from harness.report import main as report_main
 
-from harness.report import describe_evaluation, differing_keys, load_run, main as report_main, render_run_report
-
-SECTION_IDS = ["summary", "config", "data", "model", "curves", "per-class", "misclassified", "gradcam", "timings", "environment"]
+SECTION_IDS = [
+    "summary",
+    "config",
+    "data",
+    "model",
+    "curves",
+    "per-class",
+    "misclassified",
+    "gradcam",
+    "timings",
+    "environment",
+]
 
 
 def test_run_writes_a_self_contained_report(analyzed_run):
@@ -17,12 +28,15 @@ def test_run_writes_a_self_contained_report(analyzed_run):
     assert html.count("data:image/png;base64,") >= 10
     assert "not available" not in html
     assert (analyzed_run / "report.html").stat().st_size < 5_000_000
-    assert "<b>trained weights</b>" in html  # what the test accuracy was measured on
+    assert "<b>trained weights + flip TTA</b>" in html  # what the test accuracy was measured on
 
 
 def test_report_says_which_weights_were_evaluated():
     assert describe_evaluation({}) == "trained weights"
-    assert describe_evaluation({"ema_decay": 0.999, "tta_flip": True}) == "average of the weights (ema_decay 0.999) + flip TTA"
+    assert (
+        describe_evaluation({"ema_decay": 0.999, "tta_flip": True})
+        == "average of the weights (ema_decay 0.999) + flip TTA"
+    )
 
 
 def test_report_of_a_run_with_missing_pieces(analyzed_run, tmp_path):
@@ -48,7 +62,7 @@ def test_report_of_a_run_with_missing_pieces(analyzed_run, tmp_path):
 def test_comparison_lists_differing_keys_and_marks_incomplete_runs(analyzed_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(analyzed_run, other)
-    config = (other / "config.yaml")
+    config = other / "config.yaml"
     config.chmod(0o644)
     config.write_text(config.read_text().replace("name: sgd", "name: adamw"))
     shutil.rmtree(other / "analysis")

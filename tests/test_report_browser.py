@@ -1,4 +1,5 @@
 """The report in a real browser: Debian's Chromium, driven by Playwright."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,8 +19,14 @@ def test_report_renders_in_headless_chromium(analyzed_run, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)

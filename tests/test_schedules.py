@@ -7,7 +7,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from harness.config import SchedulerConfig
-from harness.optim import attach_lr_scheduler
+from harness.schedules import attach_lr_scheduler
 
 ITERS_PER_EPOCH = 10
 EPOCHS = 6
@@ -51,3 +51,23 @@ def test_cosine_with_warmup_and_constant():
     assert cosine[halfway + 1] == pytest.approx(0.5, abs=0.04)
     assert cosine[60] < 0.01
     assert set(lrs_applied(SchedulerConfig(name="constant"))[1:]) == {1.0}
+
+
+def test_plateau_multiplies_by_gamma_after_patience_evaluations_without_a_better_accuracy():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    trainer, evaluator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    cfg = SchedulerConfig(name="plateau", gamma=0.5, plateau_patience=1)
+    attach_lr_scheduler(cfg, optimizer, trainer, evaluator, ITERS_PER_EPOCH, EPOCHS)
+    accuracies = iter([0.5, 0.6, 0.6, 0.6, 0.7])
+    seen = []
+
+    @evaluator.on(Events.STARTED)
+    def fake_accuracy(engine):
+        engine.state.metrics["accuracy"] = next(accuracies)
+
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: seen.append(optimizer.param_groups[0]["lr"]))
+    for _ in range(5):
+        evaluator.run([0])
+    # better, better, same (patience 1 used up), same -> halved, better
+    assert seen == [1.0, 1.0, 1.0, 0.5, 0.5]

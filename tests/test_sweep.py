@@ -10,7 +10,9 @@ def test_sweep_runs_each_config_and_writes_the_comparison(tmp_path):
     paths = []
     for optimizer in ("sgd", "adamw"):
         path = tmp_path / f"{optimizer}.yaml"
-        path.write_text(yaml.safe_dump(deep_update(TINY, {"name": f"tiny_{optimizer}", "optimizer": {"name": optimizer}})))
+        path.write_text(
+            yaml.safe_dump(deep_update(TINY, {"name": f"tiny_{optimizer}", "optimizer": {"name": optimizer}}))
+        )
         paths.append(str(path))
     out = tmp_path / "sweep"
     assert sweep_main([*paths, "--set", "train.epochs=1", "--out", str(out)]) == 0

@@ -3,9 +3,11 @@
 ``build_training`` returns everything ``harness.run`` needs to start or resume, and what
 ``harness.bench`` needs to time the harness against a plain loop.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,6 @@ from harness.config import Config
 from harness.data import (
     AugmentedArrayDataset,
     EpochBatchSampler,
-    ImageArrays,
     build_eval_transform,
     build_loader,
     build_train_dataset,
@@ -33,7 +34,6 @@ from harness.data import (
 from harness.device_augment import DeviceAugment, plan_from_augment
 from harness.handlers import (
     RNGState,
-    RunLog,
     StopRequest,
     attach_checkpoints,
     attach_epoch_timer,
@@ -42,12 +42,16 @@ from harness.handlers import (
     attach_nan_guard,
     attach_progress_bars,
     attach_stop_on_signal,
+    attach_tensorboard,
     attach_weight_average,
     build_best_checkpoint,
 )
-from harness.models import build_model, count_parameters
-from harness.optim import attach_lr_scheduler, build_optimizer
-from harness.trainers import create_evaluator, create_trainer, make_train_step, resolve_amp_dtype
+from harness.models import build_model, compile_or_fall_back, count_parameters, place_model, resolve_channels_last
+from harness.optim import build_optimizer
+from harness.run_folder import RunLog
+from harness.schedules import attach_lr_scheduler
+from harness.sources import ImageArrays
+from harness.steps import cpu_has_native_bf16, create_evaluator, create_trainer, make_train_step, resolve_amp_dtype
 
 
 @dataclass
@@ -66,57 +70,52 @@ class Training:
     num_workers: int
     amp_dtype: torch.dtype | None
     compiled: bool
+    channels_last: bool
     pending_metric_state: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release what the run holds open (TensorBoard's event file)."""
+        for close in self.closers:
+            close()
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint; the running train metrics are restored when the epoch restarts."""
+        """Restore a checkpoint. A checkpoint from inside an epoch also carries that epoch's running
+        train metrics, restored when the epoch restarts; one from an epoch's end does not: the next
+        epoch starts its averages afresh."""
         Checkpoint.load_objects({k: v for k, v in self.to_save.items() if not k.startswith("metric_")}, state)
-        self.pending_metric_state.update({name: state[f"metric_{name}"] for name in self.train_metrics})
+        if self.trainer.state.iteration % self.iters_per_epoch:
+            self.pending_metric_state.update({name: state[f"metric_{name}"] for name in self.train_metrics})
         self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
 
 
-def compile_or_fall_back(model: nn.Module, device: torch.device, channels_last: bool,
-                         batch_shape: tuple[int, ...]) -> tuple[nn.Module, bool]:
-    """torch.compile, tried once on a batch of ``batch_shape`` (N, C, H, W); on failure say why and keep the eager model.
-
-    The try-out uses the training batch's own shape: a different one makes the training graph's
-    second compilation mark the batch size dynamic (automatic dynamic shapes), and the training
-    step then runs shape-generic kernels for the whole run.
-    """
-    try:
-        compiled = torch.compile(model)
-        sample = torch.randn(*batch_shape, device=device)
-        if channels_last:
-            sample = sample.contiguous(memory_format=torch.channels_last)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            compiled(sample)
-        model.train(was_training)
-        return compiled, True
-    except Exception as error:  # compilers fail in many ways; eager mode always works
-        print(f"warning: train.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-              "training without torch.compile", file=sys.stderr)
-        return model, False
-
-
-def build_loaders(cfg: Config, train_arrays: ImageArrays, test_arrays: ImageArrays, device: torch.device
-                  ) -> tuple[DataLoader, DataLoader, EpochBatchSampler, int]:
+def build_loaders(
+    cfg: Config, train_arrays: ImageArrays, test_arrays: ImageArrays, device: torch.device
+) -> tuple[DataLoader, DataLoader, EpochBatchSampler, int]:
     rank, world_size = idist.get_rank(), idist.get_world_size()
     check_batch_size(cfg.data, len(train_arrays), world_size)
     batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
-    train_sampler = EpochBatchSampler(len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size)
+    train_sampler = EpochBatchSampler(
+        len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size
+    )
     eval_batch = max(1, cfg.data.eval_batch_size // world_size)
-    eval_sampler = EpochBatchSampler(len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size)
+    eval_sampler = EpochBatchSampler(
+        len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size
+    )
     num_workers = resolve_num_workers(cfg.data, device, idist.get_nproc_per_node())
     # Our own batch sampler, not idist.auto_dataloader's DistributedSampler: it shards per rank
     # itself, replays an interrupted epoch, and never pads the test set (no image counted twice).
     train_loader = build_loader(build_train_dataset(train_arrays, cfg.data), train_sampler, num_workers, device)
-    eval_loader = build_loader(AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device)
+    eval_loader = build_loader(
+        AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device
+    )
     return train_loader, eval_loader, train_sampler, num_workers
 
 
-def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_arrays: ImageArrays) -> Training:
+def build_training(
+    cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_arrays: ImageArrays, start_iteration: int = 0
+) -> Training:
+    """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load."""
     device = idist.device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
@@ -125,37 +124,67 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
 
     model = build_model(cfg.model, len(train_arrays.classes))
     num_params = count_parameters(model)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = idist.auto_model(model)
+    train_cfg = cfg.train.model_copy(
+        update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)}
+    )
+    model = idist.auto_model(place_model(model, device, train_cfg.channels_last))
     optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
     height, width = train_arrays.images.shape[1:3]
     batch_shape = (train_sampler.batch_size, 3, height, width)
-    step_model, compiled = (compile_or_fall_back(model, device, cfg.train.channels_last, batch_shape) if cfg.train.compile
-                            else (model, False))
+    step_model, compiled = (
+        compile_or_fall_back(model, device, train_cfg.channels_last, batch_shape)
+        if cfg.train.compile
+        else (model, False)
+    )
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    if amp_dtype is not None and device.type == "cpu" and not cpu_has_native_bf16() and idist.get_rank() == 0:
+        print(
+            f"warning: train.amp = {cfg.train.amp}: this CPU has no AVX512-BF16 or AMX, so {amp_dtype} is emulated and "
+            "about 10x slower than fp32; train.amp=auto uses fp32 here",
+            file=sys.stderr,
+        )
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
     batch_augment = None
     if cfg.data.augment_on == "device":
         plan = plan_from_augment(cfg.data.augment, image_size=height)
-        batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device,
-                                      idist.get_rank(), idist.get_world_size())
-    train_step = make_train_step(step_model, optimizer, loss_fn, device, cfg.train, scaler, batch_augment)
+        batch_augment = DeviceAugment(
+            plan, cfg.data.mean, cfg.data.std, cfg.seed, device, idist.get_rank(), idist.get_world_size()
+        )
+    train_step = make_train_step(step_model, optimizer, loss_fn, device, train_cfg, scaler, batch_augment)
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
     # Attached first, so that every other handler sees this iteration's average.
-    eval_model = model if cfg.train.ema_decay is None else attach_weight_average(trainer, model, cfg.train.ema_decay)
+    eval_model = model if train_cfg.ema_decay is None else attach_weight_average(trainer, model, train_cfg.ema_decay)
     if eval_model is model:
         eval_step_model = step_model
     else:
-        eval_step_model = compile_or_fall_back(eval_model, device, cfg.train.channels_last, batch_shape)[0] if compiled else eval_model
-    evaluator = create_evaluator(eval_step_model, device, cfg.train)
+        eval_step_model = (
+            compile_or_fall_back(eval_model, device, train_cfg.channels_last, batch_shape)[0]
+            if compiled
+            else eval_model
+        )
+    evaluator = create_evaluator(eval_step_model, device, train_cfg)
 
     # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.
-    log = RunLog(run_dir)
-    run = Training(trainer, evaluator, model, train_loader, eval_loader, log, StopRequest(), {}, train_metrics,
-                   iters_per_epoch, num_params, num_workers, amp_dtype, compiled)
+    log = RunLog(run_dir, write=idist.get_rank() == 0)
+    run = Training(
+        trainer,
+        evaluator,
+        model,
+        train_loader,
+        eval_loader,
+        log,
+        StopRequest(),
+        {},
+        train_metrics,
+        iters_per_epoch,
+        num_params,
+        num_workers,
+        amp_dtype,
+        compiled,
+        train_cfg.channels_last,
+    )
 
     @trainer.on(Events.EPOCH_STARTED)
     def start_epoch(engine: Engine) -> None:
@@ -169,24 +198,44 @@ def build_training(cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_a
     attach_lr_logging(trainer, optimizer, log)
     sync_every = 1 if device.type == "cpu" else 10  # reading the loss back stalls a GPU's queue
     attach_nan_guard(trainer, sync_every)
-    lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, cfg.train.epochs)
+    lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, train_cfg.epochs)
     attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
+    flushers = [log.flush]
+    if cfg.logging.tensorboard and idist.get_rank() == 0:
+        tensorboard = attach_tensorboard(trainer, evaluator, optimizer, run_dir / "tensorboard", start_iteration)
+        flushers.append(tensorboard.writer.flush)  # with each checkpoint: a resumed run continues from there
+        run.closers.append(tensorboard.close)
+
+    def flush_logs() -> None:
+        for flush in flushers:
+            flush()
+
     best = build_best_checkpoint(eval_model, evaluator, trainer, run_dir / "checkpoints")
-    run.to_save.update({
-        "model": model,
-        "optimizer": optimizer,
-        "lr_scheduler": lr_scheduler,
-        "trainer": trainer,
-        "best_checkpointer": best,
-        "rng": RNGState(),
-        **{f"metric_{name}": metric for name, metric in train_metrics.items()},
-    })
+    run.to_save.update(
+        {
+            "model": model,
+            "optimizer": optimizer,
+            "lr_scheduler": lr_scheduler,
+            "trainer": trainer,
+            "best_checkpointer": best,
+            "rng": RNGState(),
+            **{f"metric_{name}": metric for name, metric in train_metrics.items()},
+        }
+    )
     if scaler is not None:
         run.to_save["scaler"] = scaler
     if eval_model is not model:
         run.to_save["ema_model"] = eval_model
-    save = attach_checkpoints(trainer, run.to_save, run_dir / "checkpoints", cfg.checkpoint.every_epochs,
-                              cfg.checkpoint.every_iters, cfg.checkpoint.n_saved, best, log)
+    save = attach_checkpoints(
+        trainer,
+        run.to_save,
+        run_dir / "checkpoints",
+        cfg.checkpoint.every_epochs,
+        cfg.checkpoint.every_iters,
+        cfg.checkpoint.n_saved,
+        best,
+        flush_logs,
+    )
     attach_stop_on_signal(trainer, run.stop, save)
     attach_progress_bars(trainer, evaluator, sync_every)
     return run

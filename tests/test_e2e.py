@@ -1,0 +1,205 @@
+"""What users run, as they run it: the shipped experiments at test size with analysis and report on,
+under torchrun, killed with kill -9 at every stage and resumed, against a full disk and a second run
+on the same folder."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.run import main
+from harness.run_folder import list_checkpoints
+from tests.conftest import REPO, experiment_args, free_port, run_cli, subprocess_env, tensorboard_scalars
+
+TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
+# What differs between any two runs of the same config, interrupted or not.
+VOLATILE_SUMMARY = {"started_utc", "finished_utc", "total_time_s", "resumed_from", "analysis_completed_utc"}
+
+
+def read_rows(path: Path, drop: set[str] = frozenset()) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def comparable_summary(run_dir: Path) -> dict:
+    text = (run_dir / "summary.json").read_text().replace(str(run_dir), "RUN_DIR")
+    return {k: v for k, v in json.loads(text).items() if k not in VOLATILE_SUMMARY}
+
+
+def assert_run_complete(run_dir: Path, test_images: int) -> None:
+    """Trained, analyzed over every test image once, and reported."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["analysis_completed_utc"], summary
+    confusion = pd.read_csv(run_dir / "analysis" / "confusion.csv", index_col=0).to_numpy()
+    assert confusion.sum() == test_images
+    html = (run_dir / "report.html").read_text()
+    assert 'id="gradcam"' in html and "not available" not in html and "status-completed" in html
+
+
+def test_main_job_at_test_size(cifar_like, tmp_path):
+    """`python -m harness.run experiments/resnet18.yaml`, the README's first command, smaller."""
+    out = tmp_path / "run"
+    result = run_cli(*experiment_args("resnet18", cifar_like, "train.epochs=1"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"run folder: {out} (completed)" in result.stdout
+    assert_run_complete(out, test_images=50)
+
+
+def test_cpu_experiment_in_process_is_complete(analyzed_run):
+    assert_run_complete(analyzed_run, test_images=50)
+
+
+def test_torchrun_two_processes_with_analysis_and_report(cifar_like, analyzed_run, tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "harness.run",
+        *experiment_args("resnet18_cpu", cifar_like),
+        "--out",
+        str(out),
+    ]
+    env = dict(subprocess_env(), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("(completed)") == 1, "rank 0 alone reports the outcome"
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert_run_complete(out, test_images=50)
+    # The same global batches and learning rates as the one-process run of the same config.
+    assert read_rows(out / "lr.csv") == read_rows(analyzed_run / "lr.csv")
+
+
+# ---------------------------------------------------------------- kill -9 anywhere, then --resume
+
+KILL_ARGS = ["train.epochs=3"]  # 160 images / batch 32 = 5 iterations an epoch, checkpoints at 5, 10, 15
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cifar_like, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    result = run_cli(*experiment_args("resnet18_cpu", cifar_like, *KILL_ARGS), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def tensors(state, prefix: str = ""):
+    """Every tensor or number in a nested state dict, by its path: what 'bit for bit' compares."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from tensors(value, f"{prefix}.{key}")
+    elif isinstance(state, (list, tuple)):
+        for index, value in enumerate(state):
+            yield from tensors(value, f"{prefix}[{index}]")
+    elif isinstance(state, (torch.Tensor, int, float)):
+        yield prefix, torch.as_tensor(state)
+
+
+def assert_same_as_uninterrupted(run_dir: Path, reference: Path) -> None:
+    assert read_rows(run_dir / "metrics.csv", TIMING_COLUMNS) == read_rows(reference / "metrics.csv", TIMING_COLUMNS)
+    assert read_rows(run_dir / "lr.csv") == read_rows(reference / "lr.csv")
+    assert comparable_summary(run_dir) == comparable_summary(reference)
+    assert tensorboard_scalars(run_dir) == tensorboard_scalars(reference), "each step once, as in one run"
+    mine = torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)
+    theirs = torch.load(list_checkpoints(reference / "checkpoints")[0], map_location="cpu", weights_only=False)
+    for part in ("model", "optimizer", "lr_scheduler"):
+        a, b = dict(tensors(mine[part])), dict(tensors(theirs[part]))
+        assert a.keys() == b.keys() and a, part
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{part}{key}"
+    assert_run_complete(run_dir, test_images=50)
+
+
+@pytest.mark.parametrize(
+    "point, extra",
+    [
+        ("iteration:7", []),  # mid-epoch, default checkpoints: epoch 2 restarts, its averages afresh
+        ("iteration:8", ["checkpoint.every_iters=3"]),  # mid-epoch from a mid-epoch checkpoint (iteration 6)
+        ("evaluation:2", []),  # during the evaluation that ends epoch 2
+        ("checkpoint:10", []),  # halfway through writing epoch 2's checkpoint
+        ("summary", []),  # after the last checkpoint, before the final summary.json
+        ("analysis", []),
+        ("report", []),
+    ],
+)
+def test_kill_9_then_resume_matches_an_uninterrupted_run(point, extra, cifar_like, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    args = [*experiment_args("resnet18_cpu", cifar_like, *KILL_ARGS, *extra), "--out", str(out)]
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.kill_at", point, *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_cli("--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert_same_as_uninterrupted(out, uninterrupted)
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(cifar_like, uninterrupted, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    save = torch.save
+
+    def disk_full_at_iteration_10(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("trainer", {}).get("iteration") == 10:
+            f.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_iteration_10)
+    assert main([*experiment_args("resnet18_cpu", cifar_like, *KILL_ARGS), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and "--resume" in err, err
+    [kept] = list_checkpoints(out / "checkpoints")
+    assert kept.name == "checkpoint_5.pt" and torch.load(kept, weights_only=False)["trainer"]["iteration"] == 5
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith("tmp")], "no half-written file left"
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.undo()
+    assert main(["--resume", str(out)]) == 0
+    assert_same_as_uninterrupted(out, uninterrupted)
+
+
+def test_a_second_run_on_a_busy_folder_is_refused(cifar_like, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *experiment_args("resnet18_cpu", cifar_like), "--out", str(out)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (out / "config.yaml").exists():  # written under the lock
+        assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)  # holds the folder for as long as the test needs
+    try:
+        for args in ([*experiment_args("resnet18_cpu", cifar_like), "--out", str(out)], ["--resume", str(out)]):
+            second = run_cli(*args)
+            assert second.returncode == 2 and "Traceback" not in second.stderr
+            assert second.stderr.strip().splitlines() == [
+                f"error: {out}: in use by another harness.run (pid {first.pid}); wait for it to finish or stop it first"
+            ]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert_run_complete(out, test_images=50)
