@@ -2,7 +2,9 @@
 
 Per-class accuracy and the confusion matrix (Ignite's ConfusionMatrix) over the whole test set,
 the misclassified images, Grad-CAM on them for each layer and target, and the data figures.
-Runs at the end of every training run and on any existing run folder (best checkpoint).
+Runs at the end of every training run and on any existing run folder, on the final weights (the
+newest checkpoint): the weights the final test accuracy belongs to. The best epoch's weights were
+chosen on the test set itself, which flatters them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from harness.steps import make_eval_step
 def load_trained_model(
     run_dir: Path, cfg: Config, num_classes: int, device: torch.device
 ) -> tuple[torch.nn.Module, Path]:
-    path = find_best_checkpoint(run_dir) or next(iter(list_checkpoints(run_dir / "checkpoints")), None)
+    path = next(iter(list_checkpoints(run_dir / "checkpoints")), None) or find_best_checkpoint(run_dir)
     if path is None:
         raise HarnessError(f"{run_dir}: no checkpoint to analyze in {run_dir / 'checkpoints'}")
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -137,6 +139,16 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
         }
     )
     atomic_io.write_text(out_dir / "misclassified.csv", rows.to_csv(index=False))
+    # Every test image's prediction: what paired tests between runs (McNemar) compare.
+    predictions = pd.DataFrame(
+        {
+            "index": np.arange(len(predicted)),
+            "label": test_arrays.labels,
+            "predicted": predicted,
+            "confidence": probabilities.max(axis=1).round(6),
+        }
+    )
+    atomic_io.write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
 
     maps_saved: dict[str, np.ndarray] = {}
     if len(wrong):
@@ -167,6 +179,7 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
     per_class = {name: round(float(a), 6) for name, a in zip(classes, accuracy, strict=True)}
     summary.update(
         per_class_acc=per_class,
+        analysis_accuracy=round(float(np.trace(confusion) / max(confusion.sum(), 1)), 6),
         analysis_checkpoint=str(checkpoint),
         class_counts={
             "train": np.bincount(train_arrays.labels, minlength=len(classes)).tolist(),

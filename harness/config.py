@@ -221,6 +221,10 @@ class LoggingConfig(Section):
     tensorboard: bool = True  # event files in RUN_DIR/tensorboard/: tensorboard --logdir results
 
 
+class DiagnosticsConfig(Section):
+    samples_per_epoch: int = Field(20, ge=0)  # weight-update samples in weights.csv per epoch; 0 turns them off
+
+
 class Config(Section):
     # The run folder is results/<name>/...: a name, not a path.
     name: str = Field("resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
@@ -234,6 +238,7 @@ class Config(Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

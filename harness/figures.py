@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -183,5 +184,92 @@ def curves(
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def band_curves(
+    groups: dict[str, list[tuple[Sequence[float], Sequence[float]]]],
+    ylabel: str,
+    path: Path,
+    xlabel: str = "epoch",
+    log_y: bool = False,
+    footer: str | None = None,
+) -> Path:
+    """Per group, the mean over its runs as a line and the min-max over its runs as a shaded band.
+
+    Runs of a group share their x values (epochs, iterations); where one run stopped early, the
+    band covers the runs that got there.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for label, runs in groups.items():
+        frame = pd.concat([pd.Series(np.asarray(y, dtype=float), index=np.asarray(x)) for x, y in runs], axis=1)
+        mean, low, high = frame.mean(axis=1), frame.min(axis=1), frame.max(axis=1)
+        (line,) = ax.plot(mean.index, mean.values, linewidth=1.6, label=f"{label} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(mean.index, low.values, high.values, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def spread_plot(
+    groups: dict[str, Sequence[float]], intervals: dict[str, tuple[float, float]], path: Path, footer: str | None = None
+) -> Path:
+    """Each run's final accuracy as a dot, with its group's mean and 95% interval: the spread at a glance."""
+    labels = list(groups)
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(labels)))
+    for row, label in enumerate(labels):
+        values = 100 * np.asarray(groups[label], dtype=float)
+        ax.scatter(values, np.full(len(values), row), s=22, color="#4C72B0", zorder=3)
+        low, high = intervals[label]
+        ax.plot([100 * low, 100 * high], [row, row], color="#222222", linewidth=1.2, zorder=2)
+        ax.plot([values.mean()] * 2, [row - 0.25, row + 0.25], color="#C44E52", linewidth=2, zorder=4)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("final test accuracy (%): runs (dots), mean (red), 95% interval (line)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def update_ratio_figure(weights: pd.DataFrame, lr: pd.DataFrame, path: Path, footer: str | None = None) -> Path:
+    """Update/weight ratio per block over the iterations (log scale, a line per block, the healthy
+    1e-3 marked) above the learning rate on the same x axis. ``weights`` has weights.csv's columns."""
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08}
+    )
+    for layer, rows in weights.groupby("layer", sort=False):
+        top.plot(rows["iteration"], rows["update_ratio"], linewidth=1.3, marker=".", markersize=3, label=layer)
+    top.axhline(1e-3, color="#333333", linestyle=":", linewidth=1, label="1e-3 (healthy)")
+    top.set_yscale("log")
+    top.set_ylabel("‖update‖ / ‖weights‖")
+    top.grid(alpha=0.3, which="both")
+    top.legend(fontsize=7, ncol=2)
+    if not lr.empty:
+        bottom.plot(lr["iteration"], lr["lr"], color="#555555", linewidth=1.2)
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("iteration")
+    bottom.grid(alpha=0.3)
+    return save_figure(fig, path, footer)
+
+
+def norms_figure(weights: pd.DataFrame, path: Path, footer: str | None = None) -> Path:
+    """Gradient norm and weight norm per block over the iterations, side by side, log scale."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    for ax, column, label in zip(axes, ("grad_norm", "weight_norm"), ("gradient norm", "weight norm"), strict=True):
+        for layer, rows in weights.groupby("layer", sort=False):
+            ax.plot(rows["iteration"], rows[column], linewidth=1.3, label=layer)
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path, footer)

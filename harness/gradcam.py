@@ -6,10 +6,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel, whose layers Captum must hook."""
-    return model.module if hasattr(model, "module") else model
+from harness.models import unwrap
 
 
 def normalize_per_image(maps: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ignite.handlers import (
 )
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler
 
+from harness.diagnostics import UpdateDiagnostics
 from harness.errors import HarnessError
 from harness.run_folder import BEST_PREFIX, RunLog
 
@@ -259,6 +260,30 @@ def attach_tensorboard(
         evaluator, Events.COMPLETED, tag="test", metric_names=["loss", "accuracy"], global_step_transform=at_iteration
     )
     return logger
+
+
+def attach_update_diagnostics(
+    trainer: Engine, diagnostics: UpdateDiagnostics, log: RunLog, tensorboard: TensorboardLogger | None
+) -> Callable[[], None]:
+    """Move the sampled weight-update diagnostics into weights.csv (and TensorBoard's
+    ``updates/<block>``, the update/weight ratio) at each epoch's end, before its log is written, and
+    when training stops early (a diverged run's last samples show where it blew up). Returns the
+    collect function, which each checkpoint also calls: its rows are on disk with it."""
+
+    def collect() -> None:
+        rows = diagnostics.take_rows()  # one device-to-host transfer for the epoch's samples
+        log.add_weights(rows)
+        if tensorboard is not None:
+            for row in rows:
+                tensorboard.writer.add_scalar(f"updates/{row['layer']}", float(row["update_ratio"]), row["iteration"])
+
+    def collect_and_flush() -> None:
+        collect()
+        log.flush()
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, collect)
+    trainer.add_event_handler(Events.TERMINATE, collect_and_flush)
+    return collect
 
 
 def attach_stop_on_signal(trainer: Engine, stop: StopRequest, save: Callable[[Engine], None]) -> None:

@@ -85,6 +85,11 @@ for _name in torchvision.models.list_models(module=torchvision.models):
     MODELS.add(f"torchvision/{_name}", _torchvision_builder(_name))
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel: the one whose layers have names."""
+    return model.module if hasattr(model, "module") else model
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return MODELS[cfg.name](cfg, num_classes)
 

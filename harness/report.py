@@ -10,10 +10,8 @@ that lacks pieces (crashed, not analyzed) shows what it has and says what is mis
 from __future__ import annotations
 
 import base64
-import json
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,8 +21,9 @@ import yaml
 
 from harness import atomic_io, figures
 from harness.config import parse_yaml
+from harness.diagnostics import first_blow_up
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.run_folder import read_csv_rows
+from harness.run_folder import read_csv_rows, utc_now
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"
 
@@ -38,6 +37,7 @@ class RunRecord:
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     lr: pd.DataFrame = field(default_factory=pd.DataFrame)
+    weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # weights.csv: per-block update diagnostics
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -82,6 +82,10 @@ def load_run(run_dir: Path) -> RunRecord:
             setattr(record, attr, pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce"))
         else:
             record.missing.append(name)
+    weights = read_csv_rows(run_dir / "weights.csv")
+    if weights:
+        numeric = ["iteration", "epoch", "grad_norm", "weight_norm", "update_norm", "update_ratio"]
+        record.weights = pd.DataFrame(weights).astype({column: float for column in numeric})
     if not (run_dir / "analysis" / "per_class.csv").is_file():
         record.missing.append("analysis")
     return record
@@ -98,7 +102,7 @@ def training_figures(record: RunRecord) -> dict[str, str | None]:
     out_dir = record.run_dir / "figures"
     footer = figures.provenance(record.run_dir, record.summary)
     m = record.metrics
-    made: dict[str, str | None] = {"loss": None, "accuracy": None, "lr": None, "timing": None}
+    made: dict[str, str | None] = dict.fromkeys(["loss", "accuracy", "lr", "timing", "updates", "norms"])
     if not m.empty:
         epochs = m["epoch"]
         made["loss"] = embed_png(
@@ -135,6 +139,11 @@ def training_figures(record: RunRecord) -> dict[str, str | None]:
                 footer=footer,
             )
         )
+    if not record.weights.empty:
+        made["updates"] = embed_png(
+            figures.update_ratio_figure(record.weights, record.lr, out_dir / "updates.png", footer)
+        )
+        made["norms"] = embed_png(figures.norms_figure(record.weights, out_dir / "norms.png", footer))
     return made
 
 
@@ -142,7 +151,7 @@ def _table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
     return frame.to_html(index=False, border=0, classes="table", float_format=float_format.format, escape=True)
 
 
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -188,6 +197,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         },
         "config_yaml": (record.run_dir / "config.yaml").read_text(encoding="utf-8") if record.config else None,
         "curves": training_figures(record),
+        "blow_up": first_blow_up(record.weights) if record.status == "diverged" and not record.weights.empty else None,
         "images": {
             name: embed_png(record.analysis(f"{name}.png"))
             for name in (
@@ -206,7 +216,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         "timings": timings,
         "model_summary": summary_text.read_text(encoding="utf-8") if summary_text.is_file() else None,
         "versions": s.get("versions") or {},
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": utc_now(),
     }
 
 
@@ -224,83 +234,8 @@ def _percent(value: Any) -> str:
 
 def render_run_report(run_dir: Path, out: Path | None = None) -> Path:
     record = load_run(run_dir)
-    html = _environment().get_template("run.html.j2").render(**run_context(record))
+    html = environment().get_template("run.html.j2").render(**run_context(record))
     return atomic_io.write_text(out or record.run_dir / "report.html", html)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
-        else:
-            flat[path] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    return flat
-
-
-def differing_keys(records: list[RunRecord]) -> list[str]:
-    flats = [_flatten(r.config) for r in records if r.config]
-    keys = sorted({k for f in flats for k in f})
-    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
-
-
-def comparison_context(records: list[RunRecord], out: Path) -> dict[str, Any]:
-    keys = differing_keys(records)
-    rows = []
-    for r in records:
-        row: dict[str, Any] = {
-            "run": r.label,
-            "status": r.status + (" (no analysis)" if "analysis" in r.missing else ""),
-        }
-        flat = _flatten(r.config)
-        row.update({k: str(flat.get(k, "")) for k in keys})  # as written in the config, not reformatted
-        row["best acc (%)"] = (
-            round(100 * r.summary["best_val_acc"], 2) if isinstance(r.summary.get("best_val_acc"), float) else None
-        )
-        row["final acc (%)"] = (
-            round(100 * r.summary["final_val_acc"], 2) if isinstance(r.summary.get("final_val_acc"), float) else None
-        )
-        row["time (s)"] = r.summary.get("total_time_s")
-        row["images/s"] = round(float(r.metrics["train_images_per_s"].median()), 1) if not r.metrics.empty else None
-        row["device"] = r.summary.get("device", "?")
-        rows.append(row)
-    leaderboard = pd.DataFrame(rows).sort_values("best acc (%)", ascending=False, na_position="last")
-
-    figure_dir = out.parent / (out.stem + "_figures")
-    footer = f"{len(records)} runs | {out}"
-    curves = {r.label: (r.metrics["epoch"], 100 * r.metrics["val_acc"]) for r in records if not r.metrics.empty}
-    accuracy_png = (
-        embed_png(figures.curves(curves, "test accuracy (%)", figure_dir / "test_accuracy.png", footer=footer))
-        if curves
-        else None
-    )
-
-    per_class_columns = {}
-    for r in records:
-        if r.summary.get("per_class_acc"):
-            per_class_columns[r.label] = {k: round(100 * v, 2) for k, v in r.summary["per_class_acc"].items()}
-    per_class = None
-    if per_class_columns:
-        frame = pd.DataFrame(per_class_columns)
-        per_class = frame.rename_axis("class").reset_index().to_html(index=False, border=0, classes="table")
-    return {
-        "title": f"Comparison of {len(records)} runs",
-        "records": records,
-        "differing": keys,
-        "leaderboard": leaderboard.to_html(
-            index=False, border=0, classes="table", na_rep="-", float_format="{:.2f}".format
-        ),
-        "accuracy_png": accuracy_png,
-        "per_class": per_class,
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def render_comparison(run_dirs: list[Path], out: Path) -> Path:
-    records = [load_run(d) for d in run_dirs]
-    html = _environment().get_template("compare.html.j2").render(**comparison_context(records, out))
-    return atomic_io.write_text(out, html)
 
 
 def find_run_dirs(paths: list[Path]) -> list[Path]:
@@ -320,12 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="output HTML (default: RUN_DIR/report.html, or results/compare.html for several runs)"
     )
+    parser.add_argument(
+        "--layer",
+        default="layer4",
+        help="comparison: the block whose weight-update ratios are overlaid (default: layer4)",
+    )
     args = parser.parse_args(argv)
     run_dirs = find_run_dirs(args.run_dirs)
     if len(run_dirs) == 1:
         path = render_run_report(run_dirs[0], args.out)
     else:
-        path = render_comparison(run_dirs, args.out or Path("results") / "compare.html")
+        from harness.compare import render_comparison
+
+        path = render_comparison(run_dirs, args.out or Path("results") / "compare.html", args.layer)
     print(f"report: {path}")
     return 0
 

@@ -31,6 +31,7 @@ METRICS_COLUMNS = [
     "train_images_per_s",
 ]
 LR_COLUMNS = ["iteration", "epoch", "lr"]
+WEIGHTS_COLUMNS = ["iteration", "epoch", "layer", "grad_norm", "weight_norm", "update_norm", "update_ratio"]
 CHECKPOINT_PREFIX = "checkpoint"  # ignite names the files checkpoint_<iteration>.pt
 BEST_PREFIX = "best"
 LOCK_NAME = ".lock"
@@ -63,29 +64,37 @@ def csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 class RunLog:
-    """metrics.csv (a row per epoch) and lr.csv (a row per iteration), rewritten atomically.
+    """metrics.csv (a row per epoch), lr.csv (a row per iteration) and, with ``weights=True``,
+    weights.csv (a row per block of the model and sampled iteration), rewritten atomically.
 
     On resume the rows past the checkpoint are dropped, so a crash never leaves a row twice or a gap.
     Only the process that owns the run folder writes (``write=False`` on the other ranks).
     """
 
-    def __init__(self, run_dir: Path, write: bool = True) -> None:
+    def __init__(self, run_dir: Path, write: bool = True, weights: bool = False) -> None:
         self.metrics_path = run_dir / "metrics.csv"
         self.lr_path = run_dir / "lr.csv"
+        self.weights_path = run_dir / "weights.csv" if weights else None
         self.write = write
         self.metrics_rows: list[dict[str, Any]] = []
         self.lr_rows: list[dict[str, Any]] = []
+        self.weights_rows: list[dict[str, Any]] = []
 
     def restore(self, iteration: int, epoch_length: int) -> None:
         finished_epochs = iteration // epoch_length
         self.metrics_rows = [r for r in read_csv_rows(self.metrics_path) if int(r["epoch"]) <= finished_epochs]
         self.lr_rows = [r for r in read_csv_rows(self.lr_path) if int(r["iteration"]) <= iteration]
+        if self.weights_path is not None:
+            self.weights_rows = [r for r in read_csv_rows(self.weights_path) if int(r["iteration"]) <= iteration]
 
     def add_lr(self, iteration: int, epoch: int, lr: float) -> None:
         self.lr_rows.append({"iteration": iteration, "epoch": epoch, "lr": f"{lr:.8g}"})
 
     def add_epoch(self, row: dict[str, Any]) -> None:
         self.metrics_rows.append(row)
+
+    def add_weights(self, rows: list[dict[str, Any]]) -> None:
+        self.weights_rows.extend(rows)
 
     def best(self) -> tuple[float, int]:
         if not self.metrics_rows:
@@ -98,6 +107,8 @@ class RunLog:
             return
         atomic_io.write_text(self.metrics_path, csv_text(METRICS_COLUMNS, self.metrics_rows))
         atomic_io.write_text(self.lr_path, csv_text(LR_COLUMNS, self.lr_rows))
+        if self.weights_path is not None:
+            atomic_io.write_text(self.weights_path, csv_text(WEIGHTS_COLUMNS, self.weights_rows))
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -16,6 +16,7 @@ from ignite.metrics import Accuracy, Average, Loss, Metric
 from torch import nn
 
 from harness.config import TrainConfig
+from harness.diagnostics import UpdateDiagnostics
 
 
 def cpu_has_native_bf16() -> bool:
@@ -59,15 +60,18 @@ def make_train_step(
     cfg: TrainConfig,
     scaler: torch.amp.GradScaler | None,
     batch_augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    diagnostics: UpdateDiagnostics | None = None,
 ) -> Callable[[Engine | None, Any], dict[str, torch.Tensor]]:
-    """One optimization step; ``batch_augment(images, iteration)`` is data.augment_on=device."""
+    """One optimization step; ``batch_augment(images, iteration)`` is data.augment_on=device;
+    ``diagnostics`` looks at the gradients before the optimizer step and at the update after it."""
     amp_dtype = resolve_amp_dtype(cfg.amp, device)
 
     def train_step(engine: Engine | None, batch: Any) -> dict[str, torch.Tensor]:
         model.train()
+        iteration, epoch = (engine.state.iteration, engine.state.epoch) if engine else (0, 0)
         images, labels = prepare_batch(batch, device, cfg.channels_last)
         if batch_augment is not None:
-            images = batch_augment(images, engine.state.iteration if engine else 0)
+            images = batch_augment(images, iteration)
             if cfg.channels_last:  # the batched gathers return the default memory format
                 images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
@@ -78,14 +82,21 @@ def make_train_step(
             scaler.scale(loss).backward()
             if cfg.grad_clip:
                 scaler.unscale_(optimizer)
+            if diagnostics is not None:  # the gradient as computed, before any clipping
+                diagnostics.before_step(iteration, None if cfg.grad_clip else scaler._get_scale_async())
+            if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if diagnostics is not None:
+                diagnostics.before_step(iteration)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+        if diagnostics is not None:
+            diagnostics.after_step(iteration, epoch)
         # Tensors, not floats: reading them back every iteration would stall a GPU.
         return {"loss": loss.detach(), "y_pred": logits.detach(), "y": labels}
 

@@ -32,6 +32,7 @@ from harness.data import (
     resolve_num_workers,
 )
 from harness.device_augment import DeviceAugment, plan_from_augment
+from harness.diagnostics import UpdateDiagnostics
 from harness.handlers import (
     RNGState,
     StopRequest,
@@ -43,6 +44,7 @@ from harness.handlers import (
     attach_progress_bars,
     attach_stop_on_signal,
     attach_tensorboard,
+    attach_update_diagnostics,
     attach_weight_average,
     build_best_checkpoint,
 )
@@ -151,7 +153,13 @@ def build_training(
         batch_augment = DeviceAugment(
             plan, cfg.data.mean, cfg.data.std, cfg.seed, device, idist.get_rank(), idist.get_world_size()
         )
-    train_step = make_train_step(step_model, optimizer, loss_fn, device, train_cfg, scaler, batch_augment)
+    # Rank 0 alone: the gradients are all-reduced, so every rank would measure the same.
+    diagnostics = (
+        UpdateDiagnostics(model, cfg.diagnostics.samples_per_epoch, iters_per_epoch)
+        if cfg.diagnostics.samples_per_epoch and idist.get_rank() == 0
+        else None
+    )
+    train_step = make_train_step(step_model, optimizer, loss_fn, device, train_cfg, scaler, batch_augment, diagnostics)
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
     # Attached first, so that every other handler sees this iteration's average.
@@ -167,7 +175,7 @@ def build_training(
     evaluator = create_evaluator(eval_step_model, device, train_cfg)
 
     # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.
-    log = RunLog(run_dir, write=idist.get_rank() == 0)
+    log = RunLog(run_dir, write=idist.get_rank() == 0, weights=diagnostics is not None)
     run = Training(
         trainer,
         evaluator,
@@ -199,12 +207,15 @@ def build_training(
     sync_every = 1 if device.type == "cpu" else 10  # reading the loss back stalls a GPU's queue
     attach_nan_guard(trainer, sync_every)
     lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, train_cfg.epochs)
-    attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
     flushers = [log.flush]
+    tensorboard = None
     if cfg.logging.tensorboard and idist.get_rank() == 0:
         tensorboard = attach_tensorboard(trainer, evaluator, optimizer, run_dir / "tensorboard", start_iteration)
         flushers.append(tensorboard.writer.flush)  # with each checkpoint: a resumed run continues from there
         run.closers.append(tensorboard.close)
+    if diagnostics is not None:  # before the evaluation, which writes the epoch's logs
+        flushers.insert(0, attach_update_diagnostics(trainer, diagnostics, log, tensorboard))
+    attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
 
     def flush_logs() -> None:
         for flush in flushers:

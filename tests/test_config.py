@@ -7,14 +7,20 @@ from tests.conftest import EXPERIMENTS
 
 
 def test_every_experiment_file_is_valid_and_named_after_itself():
-    files = sorted(EXPERIMENTS.glob("*.yaml"))
-    assert len(files) >= 8
+    files = sorted(EXPERIMENTS.rglob("*.yaml"))  # the study's files in experiments/study/ too
+    assert len(files) >= 16
     for path in files:
         assert load_config(path).name == path.stem, path
     cfg = load_config(EXPERIMENTS / "resnet18.yaml")
     assert cfg.train.epochs == 20 and cfg.model.width == 64
     variant = load_config(EXPERIMENTS / "resnet18_adamw.yaml")  # base: resnet18.yaml, one change
     assert variant.optimizer.name == "adamw" and variant.train.epochs == 20 and variant.data.augment == cfg.data.augment
+    # Each study file changes one thing of sgd_onecycle.yaml: the optimizer or the schedule.
+    study = {path.stem: load_config(path).to_dict() for path in (EXPERIMENTS / "study").glob("*.yaml")}
+    base = study.pop("sgd_onecycle")
+    for name, other in study.items():
+        changed = {section for section in base if section != "name" and other[section] != base[section]}
+        assert changed in ({"optimizer"}, {"scheduler"}, {"optimizer", "scheduler"}), name
 
 
 def test_defaults_and_overrides():

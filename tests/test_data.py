@@ -19,6 +19,7 @@ from harness.data import (
 from harness.errors import HarnessError
 from harness.sources import load_arrays, stratified_subset
 from tests.conftest import make_image_folder
+from tests.test_device_augment import CUTOUT
 
 
 def write_cifar_pickles(root: Path, per_batch: int = 20) -> None:
@@ -112,20 +113,7 @@ def test_padded_random_crop_stays_32x32_and_moves():
 
 
 def test_cutout_alone_cuts_one_16x16_square():
-    cfg = DataConfig(
-        augment=[
-            {
-                "name": "CoarseDropout",
-                "num_holes_range": [1, 1],
-                "hole_height_range": [16, 16],
-                "hole_width_range": [16, 16],
-                "fill": 0,
-                "p": 1.0,
-            }
-        ],
-        mean=[0, 0, 0],
-        std=[1 / 255] * 3,
-    )
+    cfg = DataConfig(augment=CUTOUT, mean=[0, 0, 0], std=[1 / 255] * 3)
     transform = build_train_transform(cfg)
     image = np.full((32, 32, 3), 200, dtype=np.uint8)
     for seed in range(20):

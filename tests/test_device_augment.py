@@ -14,21 +14,8 @@ from harness.device_augment import DeviceAugment, plan_from_augment
 from harness.errors import HarnessError
 
 SAMPLES = 1500
-PAD_CROP = [
-    {"name": "PadIfNeeded", "min_height": 40, "min_width": 40, "border_mode": 0, "fill": 0, "p": 1.0},
-    {"name": "RandomCrop", "height": 32, "width": 32, "p": 1.0},
-]
-FLIP = [{"name": "HorizontalFlip", "p": 0.5}]
-CUTOUT = [
-    {
-        "name": "CoarseDropout",
-        "num_holes_range": [1, 1],
-        "hole_height_range": [16, 16],
-        "hole_width_range": [16, 16],
-        "fill": 0,
-        "p": 1.0,
-    }
-]
+# The default data.augment (the seed's recipe): pad 4 + crop 32, flip, Cutout 16x16.
+PAD_CROP, FLIP, CUTOUT = DataConfig().augment[:2], DataConfig().augment[2:3], DataConfig().augment[3:]
 # Normalizing with mean 0 and std 1/255 leaves pixel values as they are, so both paths can be read alike.
 IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3}
 

@@ -111,6 +111,7 @@ def tensors(state, prefix: str = ""):
 def assert_same_as_uninterrupted(run_dir: Path, reference: Path) -> None:
     assert read_rows(run_dir / "metrics.csv", TIMING_COLUMNS) == read_rows(reference / "metrics.csv", TIMING_COLUMNS)
     assert read_rows(run_dir / "lr.csv") == read_rows(reference / "lr.csv")
+    assert read_rows(run_dir / "weights.csv") == read_rows(reference / "weights.csv")
     assert comparable_summary(run_dir) == comparable_summary(reference)
     assert tensorboard_scalars(run_dir) == tensorboard_scalars(reference), "each step once, as in one run"
     mine = torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)

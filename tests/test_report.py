@@ -3,8 +3,14 @@ from __future__ import annotations
 import json
 import shutil
 
-from harness.report import describe_evaluation, differing_keys, load_run, render_run_report
+import numpy as np
+import pandas as pd
+
+from harness.compare import differing_keys
+from harness.diagnostics import first_blow_up
+from harness.report import describe_evaluation, load_run, render_run_report
 from harness.report import main as report_main
+from harness.run_folder import WEIGHTS_COLUMNS
 
 SECTION_IDS = [
     "summary",
@@ -12,6 +18,7 @@ SECTION_IDS = [
     "data",
     "model",
     "curves",
+    "updates",
     "per-class",
     "misclassified",
     "gradcam",
@@ -72,10 +79,40 @@ def test_comparison_lists_differing_keys_and_marks_incomplete_runs(analyzed_run,
     assert report_main([str(analyzed_run), str(other), str(tmp_path / "not-a-run"), "--out", str(out)]) == 0
     html = out.read_text()
     assert "optimizer.name" in html and "adamw" in html
-    assert "(no analysis)" in html
-    assert 'id="leaderboard"' in html and html.count("data:image/png;base64,") == 1
+    assert "analysis" in html  # the run without it says so in the runs table
+    assert 'id="leaderboard"' in html
+    assert (
+        "Weight updates of layer4" in html and "Weight-update ratios of layer4 (weights.csv) not available" not in html
+    )
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert list(board.columns[:8]) == ["group", "n_runs", "mean_acc", "std_acc", "min_acc", "max_acc", "ci95_low",
+                                       "ci95_high"]  # fmt: skip
+    assert board["interval"].tolist() == ["Wilson (one run)"] * 2
+    assert board["test"].iloc[1].startswith("- (no predictions.csv")  # the copy lost its analysis
 
 
 def test_report_cli_rejects_non_runs(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_weights_csv_is_finite_per_block_and_reported(analyzed_run):
+    weights = pd.read_csv(analyzed_run / "weights.csv")
+    assert list(weights.columns) == WEIGHTS_COLUMNS
+    numbers = weights[["grad_norm", "weight_norm", "update_norm", "update_ratio"]].to_numpy()
+    assert np.isfinite(numbers).all() and (numbers >= 0).all()
+    assert list(dict.fromkeys(weights["layer"])) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert weights["iteration"].nunique() >= 3 and (weights["update_ratio"] > 0).all()
+    html = (analyzed_run / "report.html").read_text()
+    assert "Weight updates" in html and "The first block to blow up" not in html
+
+
+def test_first_blow_up_names_the_layer_that_went_first():
+    healthy = [(i, layer, ratio) for i in (1, 2, 3, 4) for layer, ratio in (("head", 0.2), ("layer1", 1e-3))]
+    weights = pd.DataFrame(healthy, columns=["iteration", "layer", "update_ratio"])
+    assert first_blow_up(weights) is None  # a large but steady ratio is the block's normal
+    later = pd.DataFrame(
+        [(5, "head", 0.3), (5, "layer1", 0.02), (6, "head", float("nan")), (6, "layer1", float("nan"))],
+        columns=weights.columns,
+    )
+    assert first_blow_up(pd.concat([weights, later])) == {"layer": "layer1", "iteration": 5, "update_ratio": 0.02}

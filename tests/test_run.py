@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from harness.config import config_from_dict
+from harness.diagnostics import first_blow_up
 from harness.models import build_model
+from harness.report import render_run_report
 from harness.run import main
 from harness.run_folder import METRICS_COLUMNS, checkpoint_iteration, list_checkpoints
 from harness.sources import make_synthetic
@@ -159,6 +162,7 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
     assert "resuming from" in resumed.stdout
     assert without_timing(read_rows(broken / "metrics.csv")) == without_timing(read_rows(whole / "metrics.csv"))
     assert read_rows(broken / "lr.csv") == read_rows(whole / "lr.csv")
+    assert read_rows(broken / "weights.csv") == read_rows(whole / "weights.csv")
     for weights in ("model", "ema_model"):
         a, b = final_weights(whole, weights), final_weights(broken, weights)
         assert a.keys() == b.keys()
@@ -218,6 +222,11 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(write_config, tmp_path)
     assert checkpoint_iteration(kept) < summary["diverged_at_iteration"]
     weights = torch.load(kept, map_location="cpu", weights_only=False)["model"]
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    # The report points at the block whose update blew up first among the sampled steps.
+    blow_up = first_blow_up(pd.read_csv(run_dir / "weights.csv"))
+    assert blow_up is not None and blow_up["iteration"] <= summary["diverged_at_iteration"]
+    html = render_run_report(run_dir).read_text()
+    assert f"The first block to blow up among the samples: <b>{blow_up['layer']}</b>" in html
 
 
 def test_bad_output_folders_and_resume_targets(write_config, tmp_path, capsys):

@@ -1,25 +1,45 @@
+"""The sweep: experiments x seeds in one folder, a comparison after every run, re-runs skip what finished."""
+
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import yaml
 
 from harness.sweep import main as sweep_main
-from tests.conftest import TINY, deep_update
+from tests.conftest import EXPERIMENTS, SMALL, TINY, data_overrides
+
+LEADERBOARD_COLUMNS = ["group", "n_runs", "mean_acc", "std_acc", "min_acc", "max_acc", "ci95_low", "ci95_high",
+                       "p_value_vs_best", "mean_time_s"]  # fmt: skip
 
 
-def test_sweep_runs_each_config_and_writes_the_comparison(tmp_path):
-    paths = []
-    for optimizer in ("sgd", "adamw"):
-        path = tmp_path / f"{optimizer}.yaml"
-        path.write_text(
-            yaml.safe_dump(deep_update(TINY, {"name": f"tiny_{optimizer}", "optimizer": {"name": optimizer}}))
-        )
-        paths.append(str(path))
+def test_two_configs_times_two_seeds(cifar_like, tmp_path, capsys):
+    files = [str(EXPERIMENTS / "resnet18_adam.yaml"), str(EXPERIMENTS / "resnet18_adamw.yaml")]
     out = tmp_path / "sweep"
-    assert sweep_main([*paths, "--set", "train.epochs=1", "--out", str(out)]) == 0
-    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert runs == ["01-tiny_sgd", "02-tiny_adamw"]
+    command = [*files, "--seeds", "0", "1", "--set", *data_overrides(cifar_like), *SMALL, "--out", str(out)]
+    assert sweep_main(command) == 0
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.endswith("_figures"))
+    assert runs == ["resnet18_adam-seed0", "resnet18_adam-seed1", "resnet18_adamw-seed0", "resnet18_adamw-seed1"]
+    for run in runs:
+        summary = json.loads((out / run / "summary.json").read_text())
+        assert summary["status"] == "completed" and (out / run / "report.html").is_file()
+        assert yaml.safe_load((out / run / "config.yaml").read_text())["seed"] == int(run[-1])
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(LEADERBOARD_COLUMNS) <= set(board.columns)
+    assert sorted(board["group"]) == ["resnet18_adam", "resnet18_adamw"] and list(board["n_runs"]) == [2, 2]
+    assert board["test"].tolist()[1] == "Welch t" and 0 <= board["p_value_vs_best"].iloc[1] <= 1
     html = (out / "compare.html").read_text()
-    assert "optimizer.name" in html and "tiny_adamw" in html
+    assert "optimizer.name" in html and "Welch" in html and html.count("data:image/png;base64,") >= 4
+
+    # A run cut short (its report lost) is finished on the next call; the others are skipped.
+    (out / "resnet18_adamw-seed1" / "report.html").unlink()
+    capsys.readouterr()
+    assert sweep_main(command) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier; skipped") == 3
+    assert (out / "resnet18_adamw-seed1" / "report.html").is_file()
+    assert pd.read_csv(out / "leaderboard.csv").equals(board)
 
 
 def test_sweep_validates_every_config_before_running_any(tmp_path, capsys):
@@ -30,3 +50,5 @@ def test_sweep_validates_every_config_before_running_any(tmp_path, capsys):
     assert sweep_main([str(good), str(bad), "--out", str(tmp_path / "sweep")]) == 2
     assert "train.epochs = 'zero'" in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+    assert sweep_main([str(good), str(good), "--out", str(tmp_path / "sweep")]) == 2
+    assert "give each experiment of a sweep its own name" in capsys.readouterr().err

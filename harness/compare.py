@@ -1,0 +1,297 @@
+"""Comparison of runs: grouped by config, with how sure each difference is.
+
+Runs whose configs differ only in ``seed`` (and in keys that do not change training: checkpoints,
+analysis, report, logging, worker count, cache folder) form a group. Each group gets its mean final
+test accuracy (the last epoch's, not the best one: picking the best epoch on the test set is
+optimistic), spread, a 95% interval and a p-value against the best group (``harness.stats``).
+Written as ``compare.html`` (``report_templates/compare.html.j2``) and ``leaderboard.csv`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import atomic_io, figures, stats
+from harness.report import RunRecord, embed_png, environment, load_run, utc_now
+
+# Keys that do not change what is trained or measured: runs that differ only in these are replicates.
+NOT_THE_EXPERIMENT = (
+    "seed", "checkpoint.", "analysis.", "report.", "logging.", "diagnostics.", "data.num_workers", "data.cache_dir"
+)  # fmt: skip
+DEFAULT_LAYER = "layer4"  # the block whose update/weight ratio the comparison overlays
+SIGNIFICANCE = 0.05
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = json.dumps(value) if isinstance(value, list | dict) else value
+    return flat
+
+
+def experiment_key(config: dict[str, Any]) -> str:
+    flat = flatten(config)
+    return json.dumps({k: v for k, v in flat.items() if not k.startswith(NOT_THE_EXPERIMENT)}, sort_keys=True)
+
+
+def differing_keys(records: list[RunRecord]) -> list[str]:
+    """Config keys whose values differ between runs (besides the name), as written in the configs."""
+    flats = [flatten(r.config) for r in records if r.config]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if k != "name" and len({repr(f.get(k)) for f in flats}) > 1]
+
+
+@dataclass
+class Group:
+    label: str
+    records: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        """The runs whose training completed: only their final accuracy is a result."""
+        return [
+            r for r in self.records if r.status == "completed" and isinstance(r.summary.get("final_val_acc"), float)
+        ]
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [r.summary["final_val_acc"] for r in self.finished]
+
+
+def group_runs(records: list[RunRecord]) -> list[Group]:
+    """Replicates together, in the order of their first run; labelled by config name, and by the
+    keys that tell them apart when two groups share a name."""
+    by_key: dict[str, Group] = {}
+    for record in records:
+        by_key.setdefault(experiment_key(record.config), Group(record.name)).records.append(record)
+    groups = list(by_key.values())
+    names = [g.label for g in groups]
+    suffixes = {}
+    for group in groups:
+        if names.count(group.label) > 1:
+            namesakes = [g.records[0] for g in groups if g.label == group.label]
+            keys = [k for k in differing_keys(namesakes) if not k.startswith(NOT_THE_EXPERIMENT)]
+            flat = flatten(group.records[0].config)
+            suffixes[id(group)] = " (" + ", ".join(f"{k}={flat.get(k)}" for k in keys) + ")"
+    for group in groups:  # relabelled after all are compared: a new label must not hide a namesake
+        group.label += suffixes.get(id(group), "")
+    return groups
+
+
+def correctness(record: RunRecord) -> np.ndarray | None:
+    """Per test image, whether the analyzed (final) weights got it right; None without predictions.csv."""
+    path = record.analysis("predictions.csv")
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    return (frame["label"] == frame["predicted"]).to_numpy()
+
+
+def interval(group: Group) -> tuple[float, float, str]:
+    accuracies = group.accuracies
+    if len(accuracies) >= 2:
+        return (*stats.t_interval(accuracies), "t over seeds")
+    run = group.finished[0]
+    total = int(run.summary.get("test_images") or 0)
+    if not total:
+        return math.nan, math.nan, "-"
+    return (*stats.wilson_interval(round(accuracies[0] * total), total), "Wilson (one run)")
+
+
+def p_value_against(group: Group, best: Group) -> tuple[float, str]:
+    """The p-value of the difference from the best group, and the test that gave it."""
+    a, b = group.accuracies, best.accuracies
+    if len(a) >= 2 and len(b) >= 2:
+        return stats.welch_p_value(a, b), "Welch t"
+    if len(a) == 1 and len(b) == 1:
+        mine, theirs = correctness(group.finished[0]), correctness(best.finished[0])
+        if mine is None or theirs is None or mine.shape != theirs.shape:
+            return math.nan, "- (no predictions.csv on the same test set)"
+        return stats.mcnemar_exact_p_value(mine, theirs), "McNemar exact"
+    many, single = (a, b[0]) if len(a) > 1 else (b, a[0])
+    return stats.one_sample_p_value(many, single), "one-sample t"
+
+
+def leaderboard(groups: list[Group]) -> pd.DataFrame:
+    """One row per group that has a finished run, best mean accuracy first."""
+    scored = sorted((g for g in groups if g.finished), key=lambda g: -np.mean(g.accuracies))
+    rows = []
+    for group in scored:
+        accuracies = group.accuracies
+        low, high, how = interval(group)
+        p_value, test = (math.nan, "best") if group is scored[0] else p_value_against(group, scored[0])
+        eces = [r.summary["ece"] for r in group.finished if isinstance(r.summary.get("ece"), float)]
+        rows.append({
+            "group": group.label,
+            "n_runs": len(accuracies),
+            "mean_acc": np.mean(accuracies),
+            "std_acc": stats.sample_std(accuracies),
+            "min_acc": min(accuracies),
+            "max_acc": max(accuracies),
+            "ci95_low": low,
+            "ci95_high": high,
+            "interval": how,
+            "p_value_vs_best": p_value,
+            "test": test,
+            "significant_at_5pct": "" if group is scored[0] else ("yes" if p_value < SIGNIFICANCE else "no"),
+            "mean_time_s": np.mean([r.summary.get("total_time_s") or math.nan for r in group.finished]),
+            "mean_ece": np.mean(eces) if eces else math.nan,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
+    """Per group: how many of its runs reached ``target`` test accuracy, after how many epochs and
+    seconds of training (mean over those that did)."""
+    rows = []
+    for group in groups:
+        epochs, seconds = [], []
+        for record in group.records:
+            m = record.metrics
+            if m.empty:
+                continue
+            reached = m.index[m["val_acc"] >= target]
+            if len(reached):
+                epochs.append(int(m.loc[reached[0], "epoch"]))
+                seconds.append(float(m.loc[: reached[0], "epoch_time_s"].sum()))
+        rows.append({
+            "group": group.label,
+            "reached": f"{len(epochs)}/{len(group.records)}",
+            "epochs": np.mean(epochs) if epochs else math.nan,
+            "training seconds": np.mean(seconds) if seconds else math.nan,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def per_class_heat(groups: list[Group], best_label: str | None) -> str | None:
+    """Mean per-class accuracy (%) per group as a heat table, and each group's difference to the best."""
+    columns = {}
+    for group in groups:
+        analyzed = [r.summary["per_class_acc"] for r in group.records if r.summary.get("per_class_acc")]
+        if analyzed:
+            columns[group.label] = 100 * pd.DataFrame(analyzed).mean()
+    if not columns:
+        return None
+    frame = pd.DataFrame(columns).rename_axis("class")
+    if best_label in frame:
+        for label in [c for c in frame.columns if c != best_label]:
+            frame[f"{label} - best"] = frame[label] - frame[best_label]
+    accuracy_cols = list(columns)
+    diff_cols = [c for c in frame.columns if c not in columns]
+    styler = frame.style.format("{:.1f}").background_gradient(cmap="RdYlGn", subset=accuracy_cols, axis=None)
+    if diff_cols:
+        limit = max(1.0, float(np.nanmax(np.abs(frame[diff_cols].to_numpy()))))
+        styler = styler.background_gradient(cmap="RdBu", subset=diff_cols, vmin=-limit, vmax=limit)
+    return styler.set_table_attributes('class="table"').to_html()
+
+
+def _number(value: float, form: str) -> str:
+    return format(value, form) if value == value else "-"  # NaN: not available
+
+
+def _format_leaderboard(board: pd.DataFrame) -> str:
+    """The leaderboard as people read it: percentages, mean ± std, the interval, the test's verdict."""
+    rows = []
+    for r in board.itertuples():
+        rows.append(
+            {
+                "group": r.group,
+                "runs": r.n_runs,
+                "final acc (%) mean ± std": f"{100 * r.mean_acc:.2f}"
+                + (f" ± {100 * r.std_acc:.2f}" if r.n_runs > 1 else ""),
+                "95% interval (%)": f"{_number(100 * r.ci95_low, '.2f')} to {_number(100 * r.ci95_high, '.2f')}",
+                "interval": r.interval,
+                "min / max (%)": f"{100 * r.min_acc:.2f} / {100 * r.max_acc:.2f}",
+                "p vs best": _number(r.p_value_vs_best, ".3g"),
+                "test": r.test,
+                "significant at 5%?": r.significant_at_5pct,
+                "ECE": _number(r.mean_ece, ".4f"),
+                "mean time (s)": _number(r.mean_time_s, ".0f"),
+            }
+        )
+    return pd.DataFrame(rows).to_html(index=False, border=0, classes="table", escape=True)
+
+
+def update_ratios(groups: list[Group], layer: str) -> dict[str, list]:
+    """Per group, each run's (iteration, update/weight ratio) of ``layer`` from weights.csv."""
+    found = {
+        g.label: [(w["iteration"], w["update_ratio"]) for w in (r.weights[r.weights["layer"] == layer]
+                  for r in g.records if not r.weights.empty) if not w.empty]
+        for g in groups
+    }  # fmt: skip
+    return {label: runs for label, runs in found.items() if runs}
+
+
+def comparison_context(
+    records: list[RunRecord], groups: list[Group], board: pd.DataFrame, out: Path, layer: str = DEFAULT_LAYER
+) -> dict[str, Any]:
+    best = board["group"].iloc[0] if len(board) else None
+    figure_dir = out.parent / (out.stem + "_figures")
+    footer = f"{len(records)} runs in {len(groups)} groups | {out}"
+
+    def bands(column: str, scale: float, source: str = "metrics") -> dict[str, list]:
+        x_column = "epoch" if source == "metrics" else "iteration"
+        found = {
+            g.label: [(getattr(r, source)[x_column], scale * getattr(r, source)[column]) for r in g.records
+                      if not getattr(r, source).empty]
+            for g in groups
+        }  # fmt: skip
+        return {label: runs for label, runs in found.items() if runs}
+
+    def figure(name: str, make: Any, *args: Any, **kwargs: Any) -> str | None:
+        return embed_png(make(*args, figure_dir / f"{name}.png", footer=footer, **kwargs)) if args[0] else None
+
+    target = math.floor(90 * board["mean_acc"].iloc[0]) / 100 if len(board) else None
+    intervals = {row.group: (row.ci95_low, row.ci95_high) for row in board.itertuples()}
+    spread = {g.label: g.accuracies for g in groups if g.label in intervals}
+    return {
+        "title": f"Comparison of {len(records)} runs in {len(groups)} groups",
+        "records": records,
+        "groups": groups,
+        "differing": differing_keys(records),
+        "leaderboard": _format_leaderboard(board) if len(board) else None,
+        "spread_png": figure("spread", figures.spread_plot, spread, intervals),
+        "accuracy_png": figure("test_accuracy", figures.band_curves, bands("val_acc", 100), "test accuracy (%)"),
+        "loss_png": figure("train_loss", figures.band_curves, bands("train_loss", 1), "train loss"),
+        "lr_png": figure("lr", figures.band_curves, bands("lr", 1, "lr"), "learning rate", xlabel="iteration"),
+        "layer": layer,
+        "updates_png": figure(
+            "update_ratio",
+            figures.band_curves,
+            update_ratios(groups, layer),
+            f"{layer}: ‖update‖ / ‖weights‖",
+            xlabel="iteration",
+            log_y=True,
+        ),  # fmt: skip
+        "target": target,
+        "time_to_target": time_to_target(groups, target).to_html(
+            index=False, border=0, classes="table", na_rep="-", float_format="{:.1f}".format
+        )
+        if target
+        else None,
+        "per_class": per_class_heat(groups, best),
+        "generated": utc_now(),
+    }
+
+
+def render_comparison(run_dirs: list[Path], out: Path, layer: str = DEFAULT_LAYER) -> Path:
+    """``out`` (HTML) and ``leaderboard.csv`` beside it; ``layer``'s update/weight ratios overlaid."""
+    records = [load_run(d) for d in run_dirs]
+    groups = group_runs(records)
+    board = leaderboard(groups)
+    atomic_io.write_text(out.parent / "leaderboard.csv", board.to_csv(index=False))
+    html = (
+        environment().get_template("compare.html.j2").render(**comparison_context(records, groups, board, out, layer))
+    )
+    return atomic_io.write_text(out, html)
