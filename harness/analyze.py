@@ -1,7 +1,10 @@
 """``python -m harness.analyze RUN_DIR``: look inside a trained model.
 
-Per-class accuracy and the confusion matrix (Ignite's ConfusionMatrix) over the whole test set,
-the misclassified images, Grad-CAM on them for each layer and target, and the data figures.
+Per-class accuracy, precision, recall and F1 and the confusion matrix (Ignite's ConfusionMatrix)
+over the whole test set, the most-confused class pairs, the misclassified images and Grad-CAM on
+them for each layer and target; then whether those maps and the confidences can be trusted:
+deletion/insertion faithfulness (``harness.faithfulness``), the model-randomization sanity check
+(``harness.sanity``) and calibration (``harness.calibration``); and the data figures.
 Runs at the end of every training run and on any existing run folder, on the final weights (the
 newest checkpoint): the weights the final test accuracy belongs to. The best epoch's weights were
 chosen on the test set itself, which flatters them.
@@ -10,6 +13,7 @@ chosen on the test set itself, which flatters them.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,12 +25,20 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 
 from harness import atomic_io, figures
+from harness.calibration import (
+    calibration_bins,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_diagram,
+)
 from harness.config import Config, load_config
 from harness.data import AugmentedArrayDataset, build_eval_transform, build_train_transform
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.faithfulness import faithfulness, faithfulness_figure
 from harness.gradcam import gradcam_maps
 from harness.models import build_model
 from harness.run_folder import find_best_checkpoint, list_checkpoints, utc_now
+from harness.sanity import cascading_randomization, sanity_examples_figure, sanity_figure
 from harness.sources import load_arrays
 from harness.steps import make_eval_step
 
@@ -100,86 +112,268 @@ def write_data_figures(cfg: Config, train_arrays: Any, out_dir: Path, footer: st
     )
 
 
+@dataclass
+class Analysis:
+    """What the steps of an analysis share: the run, its trained model and its test-set predictions."""
+
+    cfg: Config
+    out_dir: Path
+    footer: str
+    classes: list[str]
+    test_set: AugmentedArrayDataset
+    labels: np.ndarray
+    model: torch.nn.Module
+    probabilities: np.ndarray
+    confusion: np.ndarray
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def inputs(self, indices: np.ndarray) -> torch.Tensor:
+        return torch.stack([self.test_set[int(i)][0] for i in indices])
+
+    def shown(self, inputs: torch.Tensor) -> np.ndarray:
+        return figures.denormalize(inputs, self.cfg.data.mean, self.cfg.data.std)
+
+    def tile_titles(self, indices: np.ndarray) -> list[str]:
+        """``predicted confidence / true``, e.g. ``cat 0.93 / dog``."""
+        return [
+            f"{self.classes[self.predicted[i]]} {self.probabilities[i, self.predicted[i]]:.2f} / "
+            f"{self.classes[self.labels[i]]}"
+            for i in indices
+        ]
+
+    def targets(self, indices: np.ndarray, target_name: str) -> torch.Tensor:
+        return torch.as_tensor(self.predicted[indices] if target_name == "predicted" else self.labels[indices])
+
+
+def write_class_metrics(a: Analysis) -> np.ndarray:
+    """per_class.csv (accuracy = recall, precision, F1), confusion.csv and their figures; returns the accuracy."""
+    correct, total, called = np.diag(a.confusion), a.confusion.sum(axis=1), a.confusion.sum(axis=0)
+    recall = per_class_accuracy(a.confusion)
+    precision = correct / np.maximum(called, 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    table = pd.DataFrame(
+        {
+            "class": a.classes,
+            "accuracy": recall.round(6),
+            "precision": precision.round(6),
+            "recall": recall.round(6),
+            "f1": f1.round(6),
+            "correct": correct,
+            "total": total,
+        }
+    )
+    atomic_io.write_text(a.out_dir / "per_class.csv", table.to_csv(index=False))
+    frame = pd.DataFrame(a.confusion, index=a.classes, columns=a.classes)
+    atomic_io.write_text(a.out_dir / "confusion.csv", frame.to_csv())
+    figures.per_class_bars(a.classes, recall, a.out_dir / "per_class_accuracy.png", footer=a.footer)
+    figures.confusion_heatmap(a.classes, a.confusion, a.out_dir / "confusion_matrix.png", footer=a.footer)
+    return recall
+
+
+def write_predictions(a: Analysis) -> None:
+    """Every test image's prediction: what paired tests between runs (McNemar) compare."""
+    predictions = pd.DataFrame(
+        {
+            "index": np.arange(len(a.labels)),
+            "label": a.labels,
+            "predicted": a.predicted,
+            "confidence": a.probabilities.max(axis=1).round(6),
+        }
+    )
+    atomic_io.write_text(a.out_dir / "predictions.csv", predictions.to_csv(index=False))
+
+
+def write_confused_pairs(a: Analysis, pairs: int = 5, examples: int = 8) -> None:
+    """The most frequent (true, predicted) mistakes, with their most confident examples."""
+    off_diagonal = a.confusion * (1 - np.eye(len(a.classes), dtype=np.int64))
+    order = np.argsort(-off_diagonal, axis=None, kind="stable")[:pairs]
+    found = [
+        (int(t), int(p))
+        for t, p in zip(*np.unravel_index(order, a.confusion.shape), strict=True)
+        if off_diagonal[t, p] > 0
+    ]
+    table = pd.DataFrame(
+        {
+            "true": [a.classes[t] for t, _ in found],
+            "predicted": [a.classes[p] for _, p in found],
+            "count": [int(a.confusion[t, p]) for t, p in found],
+            "share_of_true_class": [round(a.confusion[t, p] / max(a.confusion[t].sum(), 1), 4) for t, p in found],
+        }
+    )
+    atomic_io.write_text(a.out_dir / "confused_pairs.csv", table.to_csv(index=False))
+    rows, titles = [], []
+    for t, p in found:
+        members = np.flatnonzero((a.labels == t) & (a.predicted == p))
+        picked = members[np.argsort(-a.probabilities[members, p], kind="stable")[:examples]]
+        rows.append(list(a.shown(a.inputs(picked))))
+        titles.append(a.tile_titles(picked))
+    if rows:
+        figures.titled_mosaic(
+            rows,
+            titles,
+            a.out_dir / "confused_pairs.png",
+            footer=f"a row per confused pair, most confident first: pred conf / true | {a.footer}",
+        )
+
+
+def write_misclassified(a: Analysis, wrong: np.ndarray) -> None:
+    rows = pd.DataFrame(
+        {
+            "index": wrong,
+            "true": [a.classes[a.labels[i]] for i in wrong],
+            "predicted": [a.classes[a.predicted[i]] for i in wrong],
+            "confidence": a.probabilities[wrong, a.predicted[wrong]].round(4),
+        }
+    )
+    atomic_io.write_text(a.out_dir / "misclassified.csv", rows.to_csv(index=False))
+    if len(wrong):
+        figures.image_grid(
+            a.shown(a.inputs(wrong)),
+            a.tile_titles(wrong),
+            a.out_dir / "misclassified.png",
+            footer=f"pred confidence / true | {a.footer}",
+        )
+
+
+def write_gradcam(a: Analysis, wrong: np.ndarray) -> dict[str, dict[str, torch.Tensor]]:
+    """Grad-CAM of every configured layer and target on the misclassified images: figures and gradcam.npz."""
+    maps: dict[str, dict[str, torch.Tensor]] = {}
+    if len(wrong):
+        inputs, shown = a.inputs(wrong), a.shown(a.inputs(wrong))
+        titles = [f"P={a.classes[a.predicted[i]]} A={a.classes[a.labels[i]]}" for i in wrong]
+        for target_name in a.cfg.analysis.gradcam_targets:
+            maps[target_name] = gradcam_maps(
+                a.model, inputs, a.targets(wrong, target_name), a.cfg.analysis.gradcam_layers
+            )
+            figures.gradcam_grid(
+                shown,
+                {k: v.numpy() for k, v in maps[target_name].items()},
+                titles,
+                a.out_dir / f"gradcam_{target_name}.png",
+                footer=f"Grad-CAM for the {target_name} class | {a.footer}",
+            )
+    saved = {f"{target}/{layer}": heat.numpy() for target, by_layer in maps.items() for layer, heat in by_layer.items()}
+    atomic_io.write_npz(a.out_dir / "gradcam.npz", indices=wrong, **saved)
+    return maps
+
+
+def correct_sample(a: Analysis, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of correctly classified test images, in test-set order."""
+    right = np.flatnonzero(a.predicted == a.labels)
+    return np.sort(np.random.default_rng(seed).choice(right, size=min(size, len(right)), replace=False))
+
+
+def write_faithfulness(
+    a: Analysis, wrong: np.ndarray, wrong_maps: dict[str, dict[str, torch.Tensor]], right: np.ndarray
+) -> pd.DataFrame | None:
+    """faithfulness.csv: deletion/insertion AUCs per subset, target and layer against random maps;
+    a figure of the mean curves per subset (target: the predicted class)."""
+    frames = []
+    for subset, indices in (("misclassified", wrong), ("correct", right)):
+        if not len(indices):
+            continue
+        inputs = a.inputs(indices)
+        measured: dict[str, pd.DataFrame] = {}  # on correct images both targets are the same class: measured once
+        for target_name in a.cfg.analysis.gradcam_targets:
+            same_as = next((t for t in measured if subset == "correct"), None)
+            if same_as is not None:
+                frames.append(measured[same_as].assign(target=target_name))
+                continue
+            targets = a.targets(indices, target_name)
+            maps = (
+                wrong_maps[target_name]
+                if subset == "misclassified"
+                else gradcam_maps(a.model, inputs, targets, a.cfg.analysis.gradcam_layers)
+            )
+            table, curves = faithfulness(a.model, inputs, targets, maps, seed=a.cfg.seed)
+            measured[target_name] = table.assign(subset=subset, target=target_name)
+            frames.append(measured[target_name])
+            if target_name == a.cfg.analysis.gradcam_targets[0]:
+                title = f"{subset} test images ({len(indices)}), Grad-CAM of the {target_name} class"
+                faithfulness_figure(curves, a.out_dir / f"faithfulness_{subset}.png", a.footer, title)
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    table = table[["subset", "target", *[c for c in table.columns if c not in ("subset", "target")]]]
+    atomic_io.write_text(a.out_dir / "faithfulness.csv", table.to_csv(index=False, float_format="%.6g"))
+    return table
+
+
+def write_sanity(a: Analysis, right: np.ndarray, examples: int = 6) -> pd.DataFrame | None:
+    """sanity.csv, the correlation figure and a row of example maps under cascading randomization,
+    on the correctly classified sample with the predicted class as the target."""
+    if not len(right):
+        return None
+    inputs = a.inputs(right)
+    layers = a.cfg.analysis.gradcam_layers
+    table, maps = cascading_randomization(a.model, inputs, a.targets(right, "predicted"), layers, seed=a.cfg.seed)
+    atomic_io.write_text(a.out_dir / "sanity.csv", table.to_csv(index=False, float_format="%.6g"))
+    sanity_figure(table, a.out_dir / "sanity.png", a.footer)
+    shown_maps = {stage: {layers[-1]: by_layer[layers[-1]][:examples]} for stage, by_layer in maps.items()}
+    sanity_examples_figure(
+        a.shown(inputs[:examples]), shown_maps, layers[-1], a.out_dir / "sanity_examples.png", a.footer
+    )
+    return table
+
+
+def write_calibration(a: Analysis) -> dict[str, float]:
+    bins = calibration_bins(a.probabilities, a.labels)
+    atomic_io.write_text(a.out_dir / "calibration.csv", bins.to_csv(index=False, float_format="%.6g"))
+    reliability_diagram(bins, a.out_dir / "reliability.png", a.footer)
+    return {
+        "ece": round(expected_calibration_error(bins), 6),
+        "nll": round(negative_log_likelihood(a.probabilities, a.labels), 6),
+    }
+
+
 def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, Any]:
-    """Write ``RUN_DIR/analysis/`` and add per-class accuracy to summary.json; return what was found."""
+    """Write ``RUN_DIR/analysis/`` and add what it found to summary.json; return the highlights."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise HarnessError(f"{run_dir}: not a run folder (no config.yaml there)")
     cfg = load_config(run_dir / "config.yaml")
     device = device or idist.device()
-    out_dir = run_dir / "analysis"
     summary_path = run_dir / "summary.json"
     summary = atomic_io.read_json(summary_path)
-    footer = figures.provenance(run_dir, summary)
     train_arrays, test_arrays = load_arrays(cfg)
     classes = test_arrays.classes
     model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device)
-
     test_set = AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data))
     loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.eval_batch_size, shuffle=False)
     probabilities, confusion = predict(model, loader, len(classes), cfg, device)
-    accuracy = per_class_accuracy(confusion)
-
-    per_class_table = pd.DataFrame(
-        {"class": classes, "accuracy": accuracy.round(6), "correct": np.diag(confusion), "total": confusion.sum(axis=1)}
+    a = Analysis(
+        cfg,
+        run_dir / "analysis",
+        figures.provenance(run_dir, summary),
+        classes,
+        test_set,
+        test_arrays.labels,
+        model,
+        probabilities,
+        confusion,
     )
-    atomic_io.write_text(out_dir / "per_class.csv", per_class_table.to_csv(index=False))
-    atomic_io.write_text(out_dir / "confusion.csv", pd.DataFrame(confusion, index=classes, columns=classes).to_csv())
-    figures.per_class_bars(classes, accuracy, out_dir / "per_class_accuracy.png", footer=footer)
-    figures.confusion_heatmap(classes, confusion, out_dir / "confusion_matrix.png", footer=footer)
 
-    wrong = select_misclassified(probabilities, test_arrays.labels, cfg.analysis.misclassified, cfg.analysis.order)
-    predicted = probabilities.argmax(axis=1)
-    rows = pd.DataFrame(
-        {
-            "index": wrong,
-            "true": [classes[test_arrays.labels[i]] for i in wrong],
-            "predicted": [classes[predicted[i]] for i in wrong],
-            "confidence": probabilities[wrong, predicted[wrong]].round(4),
-        }
-    )
-    atomic_io.write_text(out_dir / "misclassified.csv", rows.to_csv(index=False))
-    # Every test image's prediction: what paired tests between runs (McNemar) compare.
-    predictions = pd.DataFrame(
-        {
-            "index": np.arange(len(predicted)),
-            "label": test_arrays.labels,
-            "predicted": predicted,
-            "confidence": probabilities.max(axis=1).round(6),
-        }
-    )
-    atomic_io.write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    accuracy = write_class_metrics(a)
+    write_predictions(a)
+    write_confused_pairs(a)
+    wrong = select_misclassified(probabilities, a.labels, cfg.analysis.misclassified, cfg.analysis.order)
+    write_misclassified(a, wrong)
+    maps = write_gradcam(a, wrong)
+    right = correct_sample(a, len(wrong) or cfg.analysis.misclassified, cfg.seed)
+    if cfg.analysis.gradcam_layers and cfg.analysis.gradcam_targets:
+        write_faithfulness(a, wrong, maps, right)
+        write_sanity(a, right)
+    calibration = write_calibration(a)
+    write_data_figures(cfg, train_arrays, a.out_dir, a.footer)
 
-    maps_saved: dict[str, np.ndarray] = {}
-    if len(wrong):
-        inputs = torch.stack([test_set[int(i)][0] for i in wrong])
-        shown = figures.denormalize(inputs, cfg.data.mean, cfg.data.std)
-        figures.image_grid(
-            shown,
-            [f"{p} / {t}" for p, t in zip(rows["predicted"], rows["true"], strict=True)],
-            out_dir / "misclassified.png",
-            footer=f"pred / true | {footer}",
-        )
-        titles = [f"P={p} A={t}" for p, t in zip(rows["predicted"], rows["true"], strict=True)]
-        for target_name in cfg.analysis.gradcam_targets:
-            target = torch.as_tensor(predicted[wrong] if target_name == "predicted" else test_arrays.labels[wrong])
-            maps = gradcam_maps(model, inputs, target, cfg.analysis.gradcam_layers)
-            for layer, heat in maps.items():
-                maps_saved[f"{target_name}/{layer}"] = heat.numpy()
-            figures.gradcam_grid(
-                shown,
-                {k: v.numpy() for k, v in maps.items()},
-                titles,
-                out_dir / f"gradcam_{target_name}.png",
-                footer=f"Grad-CAM for the {target_name} class | {footer}",
-            )
-    atomic_io.write_npz(out_dir / "gradcam.npz", indices=wrong, **maps_saved)
-    write_data_figures(cfg, train_arrays, out_dir, footer)
-
-    per_class = {name: round(float(a), 6) for name, a in zip(classes, accuracy, strict=True)}
+    per_class = {name: round(float(value), 6) for name, value in zip(classes, accuracy, strict=True)}
     summary.update(
         per_class_acc=per_class,
         analysis_accuracy=round(float(np.trace(confusion) / max(confusion.sum(), 1)), 6),
+        **calibration,
         analysis_checkpoint=str(checkpoint),
         class_counts={
             "train": np.bincount(train_arrays.labels, minlength=len(classes)).tolist(),
@@ -188,7 +382,7 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
         analysis_completed_utc=utc_now(),
     )  # written last: --resume redoes an analysis that lacks it
     atomic_io.write_json(summary_path, summary)
-    return {"per_class_acc": per_class, "misclassified": wrong.tolist(), "checkpoint": str(checkpoint)}
+    return {"per_class_acc": per_class, "misclassified": wrong.tolist(), "checkpoint": str(checkpoint), **calibration}
 
 
 @exit_on_harness_error

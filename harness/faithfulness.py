@@ -26,7 +26,7 @@ from scipy import integrate, stats
 from torch import nn
 
 from harness.figures import plt, save_figure
-from harness.gradcam import unwrap
+from harness.models import unwrap
 
 RANDOM = "random"  # the name of the random-map baseline in the curves and figures
 MAX_FORWARD_IMAGES = 1024  # perturbed images in one forward pass: bounds memory on any device

@@ -164,8 +164,9 @@ def run_context(record: RunRecord) -> dict[str, Any]:
     per_class = None
     if record.analysis("per_class.csv").is_file():
         frame = pd.read_csv(record.analysis("per_class.csv"))
+        rates = [c for c in ("accuracy", "precision", "recall", "f1") if c in frame]
         per_class = _table(
-            frame.assign(accuracy=100 * frame["accuracy"]).rename(columns={"accuracy": "accuracy (%)"}), "{:.2f}"
+            frame.assign(**{c: 100 * frame[c] for c in rates}).rename(columns={c: f"{c} (%)" for c in rates}), "{:.2f}"
         )
     class_counts = None
     if s.get("class_counts") and s.get("classes"):
@@ -192,6 +193,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "best test accuracy": _percent(s.get("best_val_acc"))
             + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
             "final test accuracy": _percent(s.get("final_val_acc")),
+            "calibration error (ECE)": _percent(s.get("ece")),
             "evaluated": describe_evaluation(record.config.get("train") or {}),
             "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
         },
@@ -208,9 +210,22 @@ def run_context(record: RunRecord) -> dict[str, Any]:
                 "misclassified",
                 "gradcam_predicted",
                 "gradcam_true",
+                "confused_pairs",
+                "faithfulness_misclassified",
+                "faithfulness_correct",
+                "sanity",
+                "sanity_examples",
+                "reliability",
             )
         },
         "class_counts": class_counts,
+        "confused_pairs": _csv_table(record.analysis("confused_pairs.csv")),
+        "faithfulness": _csv_table(record.analysis("faithfulness.csv")),
+        "sanity": _sanity_table(record.analysis("sanity.csv")),
+        "calibration": {
+            "ECE": _percent(s.get("ece")),
+            "NLL": f"{s['nll']:.4f}" if isinstance(s.get("nll"), float) else "?",
+        },
         "per_class": per_class,
         "misclassified": misclassified,
         "timings": timings,
@@ -218,6 +233,22 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         "versions": s.get("versions") or {},
         "generated": utc_now(),
     }
+
+
+def _csv_table(path: Path) -> str | None:
+    return _table(pd.read_csv(path), "{:.4g}") if path.is_file() else None
+
+
+def _sanity_table(path: Path) -> str | None:
+    """Spearman correlation with the trained maps: a row per randomization stage, a column per layer."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    wide = frame.pivot(index="randomized_from", columns="layer", values="spearman")
+    wide = wide.reindex(
+        index=list(dict.fromkeys(frame["randomized_from"])), columns=list(dict.fromkeys(frame["layer"]))
+    )
+    return _table(wide.reset_index(), "{:.3f}")
 
 
 def describe_evaluation(train: dict[str, Any]) -> str:

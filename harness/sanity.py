@@ -27,7 +27,8 @@ from scipy import stats
 from torch import nn
 
 from harness.figures import OVERLAY_ALPHA, plt, save_figure, titled_mosaic
-from harness.gradcam import gradcam_maps, unwrap
+from harness.gradcam import gradcam_maps
+from harness.models import unwrap
 
 TRAINED = "none"  # the stage where nothing is randomized yet
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -88,6 +89,17 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
         "confusion_matrix.png",
         "train_samples.png",
         "augmentation_preview.png",
+        "predictions.csv",
+        "confused_pairs.csv",
+        "confused_pairs.png",
+        "faithfulness.csv",
+        "faithfulness_misclassified.png",
+        "faithfulness_correct.png",
+        "sanity.csv",
+        "sanity.png",
+        "sanity_examples.png",
+        "calibration.csv",
+        "reliability.png",
     ):
         assert (out / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -96,6 +108,38 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
     assert confusion.sum() == 128
     expected = np.diag(confusion) / confusion.sum(axis=1)
     assert np.allclose(list(summary["per_class_acc"].values()), expected, atol=1e-6)
+    per_class = pd.read_csv(out / "per_class.csv")
+    precision = np.diag(confusion) / np.maximum(confusion.sum(axis=0), 1)
+    assert np.allclose(per_class["precision"], precision, atol=1e-6)
+    assert np.allclose(per_class["recall"], expected, atol=1e-6)
+    assert ((per_class["f1"] >= 0) & (per_class["f1"] <= 1)).all()
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 128 and (predictions["label"] == predictions["predicted"]).mean() == pytest.approx(
+        summary["analysis_accuracy"], abs=1e-6
+    )
+    # The trust measures: what the issue asks each CSV to hold, with values in range.
+    faithful = pd.read_csv(out / "faithfulness.csv")
+    assert {"layer", "target", "deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc"} <= set(
+        faithful.columns
+    )
+    assert set(faithful["subset"]) == {"misclassified", "correct"} and set(faithful["layer"]) == {"layer3", "layer4"}
+    assert faithful[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()
+    sanity = pd.read_csv(out / "sanity.csv")
+    assert list(dict.fromkeys(sanity["randomized_from"])) == [
+        "none",
+        "head",
+        "layer4",
+        "layer3",
+        "layer2",
+        "layer1",
+        "stem",
+    ]
+    calibration = pd.read_csv(out / "calibration.csv")
+    assert list(calibration.columns) == ["bin_low", "bin_high", "count", "accuracy", "confidence"]
+    assert calibration["count"].sum() == 128 and len(calibration) == 15
+    assert 0 <= summary["ece"] <= 1 and summary["nll"] > 0
+    wrong = pd.read_csv(out / "misclassified.csv")
+    assert (wrong["true"] != wrong["predicted"]).all()
     with np.load(out / "gradcam.npz") as saved:
         assert set(saved.files) == {"indices", "predicted/layer3", "predicted/layer4", "true/layer3", "true/layer4"}
         assert saved["predicted/layer4"].shape == (len(saved["indices"]), 32, 32)

@@ -42,6 +42,10 @@ def assert_run_complete(run_dir: Path, test_images: int) -> None:
     assert summary["status"] == "completed" and summary["analysis_completed_utc"], summary
     confusion = pd.read_csv(run_dir / "analysis" / "confusion.csv", index_col=0).to_numpy()
     assert confusion.sum() == test_images
+    # The analysis is of the final weights, the ones final_val_acc was measured on (one image of slack
+    # for a borderline logit: the analysis does not run the model in channels_last).
+    assert abs(summary["analysis_accuracy"] - summary["final_val_acc"]) <= 1 / test_images + 1e-9
+    assert len(pd.read_csv(run_dir / "analysis" / "predictions.csv")) == test_images
     html = (run_dir / "report.html").read_text()
     assert 'id="gradcam"' in html and "not available" not in html and "status-completed" in html
 

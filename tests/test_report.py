@@ -22,6 +22,9 @@ SECTION_IDS = [
     "per-class",
     "misclassified",
     "gradcam",
+    "faithfulness",
+    "sanity",
+    "calibration",
     "timings",
     "environment",
 ]
