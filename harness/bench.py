@@ -2,6 +2,8 @@
 
 - overhead:   images/s of the Ignite trainer with every handler attached vs a plain PyTorch loop,
               same model, loader, batch and precision, alternating repetitions, medians.
+- diagnostics: images/s of the harness with the weight-update diagnostics at their default rate
+              vs off, back-to-back pairs in ABBA order, median ratio.
 - data:       images/s of the albumentations training loader for 0, 1, 2, ... workers, next to
               the model's own training images/s.
 - throughput: training and evaluation images/s of a config on this device, and the projected
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from harness import atomic_io
-from harness.config import Config, config_from_dict, load_config
+from harness.config import Config, DiagnosticsConfig, config_from_dict, load_config
 from harness.data import (
     AugmentedArrayDataset,
     EpochBatchSampler,
@@ -35,6 +37,7 @@ from harness.data import (
     build_loader,
     build_train_dataset,
 )
+from harness.diagnostics import UpdateDiagnostics
 from harness.errors import ArgumentParser, exit_on_harness_error
 from harness.gradcam import gradcam_maps
 from harness.models import build_model, compile_or_fall_back, place_model, resolve_channels_last
@@ -131,32 +134,94 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     loader = build_loader(build_train_dataset(train, cfg.data), sampler, 0, device)
     eval_set = AugmentedArrayDataset(test, build_eval_transform(cfg.data))
     eval_batch = next(iter(build_loader(eval_set, EpochBatchSampler(len(test), batch, 0, shuffle=False), 0, device)))
-    plain, harness = [], []
     with tempfile.TemporaryDirectory() as tmp:
         plain_loop_images_per_s(cfg, loader, eval_batch, 2, device)  # warm-up: allocator, kernels
-
-        def measure_plain(_: int) -> None:
-            plain.append(plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device))
-
-        def measure_harness(repeat: int) -> None:
-            harness.append(harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"))
-
-        for repeat in range(repeats):
-            for measure in (measure_plain, measure_harness)[:: 1 if repeat % 2 == 0 else -1]:
-                measure(repeat)
+        plain, harness = paired(
+            lambda _: plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device),
+            lambda repeat: harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"),
+            repeats,
+        )
     ratios = [h / p for h, p in zip(harness, plain, strict=True)]
     return {
-        "width": width,
-        "batch": batch,
-        "amp": amp,
-        "iterations": iterations,
-        "repeats": repeats,
+        **_setting(width, batch, amp, iterations, repeats),
         "plain_images_per_s": plain,
         "harness_images_per_s": harness,
         "pair_ratios": ratios,
         "plain_median": statistics.median(plain),
         "harness_median": statistics.median(harness),
         "harness_over_plain": statistics.median(ratios),
+    }
+
+
+def _setting(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
+    return {"width": width, "batch": batch, "amp": amp, "iterations": iterations, "repeats": repeats}
+
+
+def paired(
+    measure_a: Callable[[int], float], measure_b: Callable[[int], float], repeats: int
+) -> tuple[list[float], list[float]]:
+    """``repeats`` pairs of one A and one B measurement back to back, in ABBA order."""
+    a, b = [], []
+    for repeat in range(repeats):
+        for measure, into in ((measure_a, a), (measure_b, b))[:: 1 if repeat % 2 == 0 else -1]:
+            into.append(measure(repeat))
+    return a, b
+
+
+def diagnostics_sample_seconds(cfg: Config, repeats: int) -> float:
+    """Median seconds of one diagnostics sample (gradient norms, weight copy, update norms) on the model of ``cfg``."""
+    device = idist.device()
+    model = place_model(build_model(cfg.model, 10), device, channels_last=False)
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    diagnostics = UpdateDiagnostics(model, samples_per_epoch=1, iters_per_epoch=1)
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        diagnostics.before_step(1)
+        diagnostics.after_step(1, 1)
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    diagnostics.take_rows()
+    return statistics.median(times)
+
+
+def bench_diagnostics(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
+    """Harness images/s with the weight-update diagnostics at their default rate vs off, in pairs.
+
+    The default is ``samples_per_epoch`` samples in an epoch of full CIFAR-10; a repetition of
+    ``iterations`` steps samples at that same rate (every k-th step), so the ratio is a real run's.
+    """
+    default = DiagnosticsConfig().samples_per_epoch
+    real_epoch = CIFAR_TRAIN // batch
+    samples = max(1, round(default * iterations / real_epoch))
+    base = _bench_config(width, batch, amp, images=batch * iterations)
+    on = base.model_copy(update={"diagnostics": DiagnosticsConfig(samples_per_epoch=samples)})
+    off = base.model_copy(update={"diagnostics": DiagnosticsConfig(samples_per_epoch=0)})
+    with tempfile.TemporaryDirectory() as tmp:
+        harness_images_per_s(off, 2, Path(tmp) / "warm-up")
+        rates_on, rates_off = paired(
+            lambda repeat: harness_images_per_s(on, iterations, Path(tmp) / f"on{repeat}"),
+            lambda repeat: harness_images_per_s(off, iterations, Path(tmp) / f"off{repeat}"),
+            repeats,
+        )
+    ratios = [a / b for a, b in zip(rates_on, rates_off, strict=True)]
+    # The cost of one sample measured alone, without the noise of whole epochs: what it adds to a step.
+    sample_s = diagnostics_sample_seconds(base, repeats=20)
+    step_s = batch / statistics.median(rates_off)
+    every = max(1, iterations // samples)
+    return {
+        **_setting(width, batch, amp, iterations, repeats),
+        "sample_ms": 1000 * sample_s,
+        "step_ms": 1000 * step_s,
+        "estimated_overhead": sample_s / (every * step_s),
+        "samples_per_repetition": samples,
+        "sampled_every": every,
+        "on_images_per_s": rates_on,
+        "off_images_per_s": rates_off,
+        "pair_ratios": ratios,
+        "on_over_off": statistics.median(ratios),
     }
 
 
@@ -287,6 +352,14 @@ def print_table(results: dict[str, Any]) -> None:
         for row in d["loaders"]:
             ratio = f" = {row['loader_over_model']:.2f} x the model's {model:.0f} img/s" if model else ""
             print(f"data      {row['num_workers']} workers: {row['loader_images_per_s']:.0f} img/s{ratio}")
+    if "diagnostics" in results:
+        d = results["diagnostics"]
+        print(
+            f"diagnostics width {d['width']} batch {d['batch']} amp {d['amp']}: on/off = {d['on_over_off']:.3f} "
+            f"(sampled every {d['sampled_every']} steps, as in a CIFAR-10 epoch; median of {d['repeats']} ABBA pairs, "
+            f"pairs {min(d['pair_ratios']):.3f}-{max(d['pair_ratios']):.3f}); one sample {d['sample_ms']:.2f} ms "
+            f"alone, a step {d['step_ms']:.0f} ms -> {100 * d['estimated_overhead']:.2f}% expected"
+        )
     if "throughput" in results:
         t = results["throughput"]
         print(
@@ -307,12 +380,15 @@ def print_table(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "which", nargs="*", metavar="{overhead,data,throughput,gradcam}", help="benchmarks to run (default: all)"
+        "which",
+        nargs="*",
+        metavar="{overhead,diagnostics,data,throughput,gradcam}",
+        help="benchmarks to run (default: all)",
     )
     parser.add_argument(
         "--config", type=Path, default=Path("experiments/resnet18.yaml"), help="config for throughput and data"
     )
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_overrides()
     parser.add_argument("--width", type=int, default=16, help="model width for the overhead benchmark")
     parser.add_argument("--batch", type=int, default=128, help="batch for the overhead benchmark")
     parser.add_argument(
@@ -324,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradcam-images", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("results") / "bench")
     args = parser.parse_args(argv)
-    known = ["overhead", "data", "throughput", "gradcam"]
+    known = ["overhead", "diagnostics", "data", "throughput", "gradcam"]
     unknown = [name for name in args.which if name not in known]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r} (expected some of: {', '.join(known)})")
@@ -340,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "overhead" in which:
         results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
+    if "diagnostics" in which:
+        results["diagnostics"] = bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats)
     train = load_arrays(cfg)[0] if {"throughput", "data"} & set(which) else None
     if "throughput" in which:
         results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])

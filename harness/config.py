@@ -195,6 +195,15 @@ class TrainConfig(Section):
     compile: bool = False
     tta_flip: bool = False
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    # Progressive resizing: the first low_res_epochs train on images scaled down to low_res_size; the
+    # last epoch always trains at full size (TrainConfig.low_res_epochs_used), so shortening a run stays valid.
+    low_res_size: int | None = Field(None, ge=8)
+    low_res_epochs: int = Field(0, ge=0)
+
+    @property
+    def low_res_epochs_used(self) -> int:
+        return min(self.low_res_epochs, self.epochs - 1) if self.low_res_size else 0
+
     backend: Literal["nccl", "gloo"] | None = None
 
 
@@ -399,6 +408,9 @@ def _check_consistency(cfg: Config, source: str) -> None:
             f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
             f"expected fewer than train.epochs ({cfg.train.epochs})"
         )
+    t = cfg.train
+    if t.low_res_epochs and t.low_res_size is None:
+        raise ConfigError(f"{source}: train.low_res_epochs = {t.low_res_epochs}: expected train.low_res_size as well")
     first_step = s.step_epochs if s.name == "step" else min(s.milestones, default=None)
     if s.name in ("step", "multistep") and first_step is not None and first_step <= s.warmup_epochs:
         raise ConfigError(

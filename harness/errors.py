@@ -23,6 +23,18 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise HarnessError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def add_overrides(self, example: str = "train.epochs=5 data.batch_size=256") -> None:
+        """``--set K=V ...`` into ``args.overrides``, as every command that reads a config takes it."""
+        self.add_argument(
+            "--set",
+            dest="overrides",
+            action="extend",
+            nargs="+",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"override config keys, e.g. --set {example}",
+        )
+
 
 def exit_on_harness_error(main: F) -> F:
     """Turn a HarnessError raised by a command's main() into one line on stderr and exit code 2."""

@@ -242,15 +242,7 @@ def parse_args(argv: list[str] | None) -> Any:
         prog="python -m harness.lr_find", description="LR range test for an experiment's model, data and optimizer."
     )
     parser.add_argument("config", help="experiment YAML, e.g. experiments/resnet18.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set data.batch_size=256",
-    )
+    parser.add_overrides("data.batch_size=256")
     parser.add_argument("--out", type=Path, help="output folder (default: results/lr_find/<name>/<UTC timestamp>)")
     parser.add_argument("--start-lr", type=float, default=1e-6, help="first lr of the sweep (default: 1e-6)")
     parser.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default: 10)")

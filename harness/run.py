@@ -270,15 +270,7 @@ def render_report(run_dir: Path, cfg: Config) -> None:
 def parse_args(argv: list[str] | None) -> Any:
     parser = ArgumentParser(prog="python -m harness.run", description="Train ResNet18 from a YAML experiment.")
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. experiments/resnet18.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set train.epochs=5 data.batch_size=256",
-    )
+    parser.add_overrides()
     parser.add_argument("--out", type=Path, help="run folder (default: results/<name>/<UTC timestamp>)")
     parser.add_argument(
         "--resume",

@@ -72,8 +72,12 @@ def make_train_step(
         images, labels = prepare_batch(batch, device, cfg.channels_last)
         if batch_augment is not None:
             images = batch_augment(images, iteration)
-            if cfg.channels_last:  # the batched gathers return the default memory format
-                images = images.contiguous(memory_format=torch.channels_last)
+        if cfg.low_res_size and epoch <= cfg.low_res_epochs_used:
+            # Antialiased bilinear, like a smaller photo; the model's global pooling takes any size.
+            size = (cfg.low_res_size, cfg.low_res_size)
+            images = nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        if cfg.channels_last:  # the batched gathers and the resize return the default memory format
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             logits = model(images)
             loss = loss_fn(logits, labels)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.sweep", description="Run experiments x seeds and compare them.")
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds for every config (default: each config's own)")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_overrides()
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/sweeps/<UTC timestamp>)")
     args = parser.parse_args(argv)
     sweep_dir = args.out or Path("results") / "sweeps" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

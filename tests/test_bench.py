@@ -14,6 +14,7 @@ def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys
     code = bench_main(
         [
             "overhead",
+            "diagnostics",
             "throughput",
             "data",
             "gradcam",
@@ -41,9 +42,12 @@ def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys
     overhead = results["overhead"]
     assert len(overhead["pair_ratios"]) == 2 and all(r > 0 for r in overhead["pair_ratios"])
     assert overhead["harness_over_plain"] == statistics.median(overhead["pair_ratios"])
+    diagnostics = results["diagnostics"]
+    assert len(diagnostics["pair_ratios"]) == 2 and diagnostics["on_over_off"] > 0
     assert results["throughput"]["train_images_per_s"] > 0 and results["throughput"]["projected_run_s"] > 0
     assert results["data"]["loaders"][0]["num_workers"] == 0
     assert results["gradcam"]["batched_s"] > 0
     printed = capsys.readouterr().out
     assert f"harness/plain = {overhead['harness_over_plain']:.3f}" in printed
+    assert f"on/off = {diagnostics['on_over_off']:.3f}" in printed
     assert str(written) in printed

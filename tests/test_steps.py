@@ -62,3 +62,27 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     norms_and_biases = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in (m.weight, m.bias)]
     assert {id(p) for p in decay["params"]} == {id(p) for p in weights}
     assert {id(p) for p in no_decay["params"]} == {id(p) for p in [*norms_and_biases, model.linear.bias]}
+
+
+class SizeRecorder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 10)
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return self.linear(x.mean(dim=(2, 3)))
+
+
+def test_progressive_resizing_trains_small_first_then_at_full_size():
+    model = SizeRecorder()
+    for epochs, expected in ((3, [20, 20, 32]), (2, [20, 32]), (1, [32])):  # the last epoch always at full size
+        model.sizes.clear()
+        cfg = TrainConfig(amp="off", channels_last=True, epochs=epochs, low_res_size=20, low_res_epochs=2)
+        optimizer = build_optimizer(OptimizerConfig(), model)
+        step = make_train_step(model, optimizer, nn.CrossEntropyLoss(), CPU, cfg, None)
+        for epoch in range(1, epochs + 1):
+            engine = type("E", (), {"state": type("S", (), {"iteration": epoch, "epoch": epoch})()})()
+            step(engine, batch())
+        assert model.sizes == [(size, size) for size in expected], epochs
