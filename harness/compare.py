@@ -238,7 +238,9 @@ def comparison_context(
 ) -> dict[str, Any]:
     best = board["group"].iloc[0] if len(board) else None
     figure_dir = out.parent / (out.stem + "_figures")
-    footer = f"{len(records)} runs in {len(groups)} groups | {out}"
+    devices = sorted({str(r.summary.get("device", "?")) for r in records})
+    commits = sorted({str(r.summary.get("git_commit") or "no git")[:12] for r in records})
+    footer = f"{len(records)} runs in {len(groups)} groups | {out} | {'; '.join(devices)} | commit {', '.join(commits)}"
 
     def bands(column: str, scale: float, source: str = "metrics") -> dict[str, list]:
         x_column = "epoch" if source == "metrics" else "iteration"
