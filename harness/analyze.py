@@ -242,7 +242,8 @@ def write_gradcam(a: Analysis, wrong: np.ndarray) -> dict[str, dict[str, torch.T
     """Grad-CAM of every configured layer and target on the misclassified images: figures and gradcam.npz."""
     maps: dict[str, dict[str, torch.Tensor]] = {}
     if len(wrong):
-        inputs, shown = a.inputs(wrong), a.shown(a.inputs(wrong))
+        inputs = a.inputs(wrong)
+        shown = a.shown(inputs)
         titles = [f"P={a.classes[a.predicted[i]]} A={a.classes[a.labels[i]]}" for i in wrong]
         for target_name in a.cfg.analysis.gradcam_targets:
             maps[target_name] = gradcam_maps(

@@ -50,16 +50,15 @@ from torch.utils.data import DataLoader
 from harness import atomic_io
 from harness.config import Config, load_config
 from harness.data import check_augment
-from harness.device_augment import DeviceAugment, plan_from_augment
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.figures import plt, provenance, save_figure
-from harness.models import build_model, place_model, resolve_channels_last
+from harness.models import build_model, place_model
 from harness.optim import build_optimizer
 from harness.provenance import describe_device, git_commit
 from harness.run_folder import csv_text, utc_now
 from harness.sources import ImageArrays, load_arrays
-from harness.steps import create_trainer, make_train_step, resolve_amp_dtype
-from harness.wiring import build_loaders
+from harness.steps import create_trainer
+from harness.wiring import build_loaders, build_train_step, resolve_train_config
 
 SMOOTH_F = 0.05  # Ignite's default
 DIVERGE_TH = 5.0  # Ignite's default: stop once the smoothed loss exceeds 5x the lowest so far
@@ -73,18 +72,10 @@ def build_finder_trainer(
     its training loader, model, optimizer and iterations per epoch."""
     train_loader, _, train_sampler, _ = build_loaders(cfg, train, test, device)
     model = build_model(cfg.model, len(train.classes))
-    train_cfg = cfg.train.model_copy(
-        update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)}
-    )
+    train_cfg = resolve_train_config(cfg, model, device)
     model = place_model(model, device, train_cfg.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
-    scaler = torch.amp.GradScaler(device.type) if resolve_amp_dtype(train_cfg.amp, device) == torch.float16 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing).to(device)
-    batch_augment = None
-    if cfg.data.augment_on == "device":
-        plan = plan_from_augment(cfg.data.augment, image_size=train.images.shape[1])
-        batch_augment = DeviceAugment(plan, cfg.data.mean, cfg.data.std, cfg.seed, device)
-    train_step = make_train_step(model, optimizer, loss_fn, device, train_cfg, scaler, batch_augment)
+    train_step, _ = build_train_step(cfg, train_cfg, model, optimizer, device, train.images.shape[1])
     trainer, _ = create_trainer(train_step, device)
     return trainer, train_loader, model, optimizer, len(train_sampler)
 

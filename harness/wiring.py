@@ -20,7 +20,7 @@ from ignite.metrics import Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.config import Config
+from harness.config import Config, TrainConfig
 from harness.data import (
     AugmentedArrayDataset,
     EpochBatchSampler,
@@ -114,6 +114,34 @@ def build_loaders(
     return train_loader, eval_loader, train_sampler, num_workers
 
 
+def resolve_train_config(cfg: Config, model: nn.Module, device: torch.device) -> TrainConfig:
+    """``cfg.train`` with ``channels_last`` decided for this model and device."""
+    return cfg.train.model_copy(update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)})
+
+
+def build_train_step(
+    cfg: Config,
+    train_cfg: TrainConfig,
+    step_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    image_size: int,
+    diagnostics: UpdateDiagnostics | None = None,
+) -> tuple[Callable[[Engine | None, Any], dict[str, torch.Tensor]], torch.amp.GradScaler | None]:
+    """The training step of a run (loss, precision, device augmentation) and its GradScaler (fp16 only):
+    what ``build_training`` and the LR finder share."""
+    scaler = torch.amp.GradScaler(device.type) if resolve_amp_dtype(train_cfg.amp, device) == torch.float16 else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing).to(device)
+    batch_augment = None
+    if cfg.data.augment_on == "device":
+        plan = plan_from_augment(cfg.data.augment, image_size=image_size)
+        batch_augment = DeviceAugment(
+            plan, cfg.data.mean, cfg.data.std, cfg.seed, device, idist.get_rank(), idist.get_world_size()
+        )
+    step = make_train_step(step_model, optimizer, loss_fn, device, train_cfg, scaler, batch_augment, diagnostics)
+    return step, scaler
+
+
 def build_training(
     cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_arrays: ImageArrays, start_iteration: int = 0
 ) -> Training:
@@ -126,9 +154,7 @@ def build_training(
 
     model = build_model(cfg.model, len(train_arrays.classes))
     num_params = count_parameters(model)
-    train_cfg = cfg.train.model_copy(
-        update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)}
-    )
+    train_cfg = resolve_train_config(cfg, model, device)
     model = idist.auto_model(place_model(model, device, train_cfg.channels_last))
     optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
     height, width = train_arrays.images.shape[1:3]
@@ -145,21 +171,13 @@ def build_training(
             "about 10x slower than fp32; train.amp=auto uses fp32 here",
             file=sys.stderr,
         )
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing).to(device)
-    batch_augment = None
-    if cfg.data.augment_on == "device":
-        plan = plan_from_augment(cfg.data.augment, image_size=height)
-        batch_augment = DeviceAugment(
-            plan, cfg.data.mean, cfg.data.std, cfg.seed, device, idist.get_rank(), idist.get_world_size()
-        )
     # Rank 0 alone: the gradients are all-reduced, so every rank would measure the same.
     diagnostics = (
         UpdateDiagnostics(model, cfg.diagnostics.samples_per_epoch, iters_per_epoch)
         if cfg.diagnostics.samples_per_epoch and idist.get_rank() == 0
         else None
     )
-    train_step = make_train_step(step_model, optimizer, loss_fn, device, train_cfg, scaler, batch_augment, diagnostics)
+    train_step, scaler = build_train_step(cfg, train_cfg, step_model, optimizer, device, height, diagnostics)
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
     # Attached first, so that every other handler sees this iteration's average.
