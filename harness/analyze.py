@@ -4,10 +4,10 @@ Per-class accuracy, precision, recall and F1 and the confusion matrix (Ignite's 
 over the whole test set, the most-confused class pairs, the misclassified images and Grad-CAM on
 them for each layer and target; then whether those maps and the confidences can be trusted:
 deletion/insertion faithfulness (``harness.faithfulness``), the model-randomization sanity check
-(``harness.sanity``) and calibration (``harness.calibration``); and the data figures.
+(``harness.sanity``) and calibration (``harness.calibration``: ECE and NLL on the test set, before
+and after a temperature fitted on the validation split); and the data figures.
 Runs at the end of every training run and on any existing run folder, on the final weights (the
-newest checkpoint): the weights the final test accuracy belongs to. The best epoch's weights were
-chosen on the test set itself, which flatters them.
+newest checkpoint): the weights the final test accuracy belongs to.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from harness import atomic_io, figures
 from harness.calibration import (
     calibration_bins,
     expected_calibration_error,
+    fit_temperature,
     negative_log_likelihood,
     reliability_diagram,
+    softmax,
 )
 from harness.config import Config, load_config
 from harness.data import AugmentedArrayDataset, build_eval_transform, build_train_transform
@@ -39,7 +41,7 @@ from harness.gradcam import gradcam_maps
 from harness.models import build_model
 from harness.run_folder import find_best_checkpoint, list_checkpoints, utc_now
 from harness.sanity import cascading_randomization, sanity_examples_figure, sanity_figure
-from harness.sources import load_arrays
+from harness.sources import ImageArrays, load_arrays
 from harness.steps import make_eval_step
 
 
@@ -62,18 +64,19 @@ def load_trained_model(
 
 
 def predict(
-    model: torch.nn.Module, loader: Any, num_classes: int, cfg: Config, device: torch.device
+    model: torch.nn.Module, arrays: ImageArrays, cfg: Config, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities for every test image and the confusion matrix, in one pass."""
+    """The logits of every image of ``arrays`` (evaluated as training evaluated them: TTA included)
+    and the confusion matrix, in one pass."""
+    dataset = AugmentedArrayDataset(arrays, build_eval_transform(cfg.data))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False)
     evaluator = Engine(make_eval_step(model, device, cfg.train))
-    confusion = ConfusionMatrix(num_classes=num_classes, device=device)
+    confusion = ConfusionMatrix(num_classes=len(arrays.classes), device=device)
     confusion.attach(evaluator, "confusion")
-    probabilities: list[torch.Tensor] = []
-    evaluator.add_event_handler(
-        Events.ITERATION_COMPLETED, lambda e: probabilities.append(torch.softmax(e.state.output[0], dim=1).cpu())
-    )
+    logits: list[torch.Tensor] = []
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: logits.append(e.state.output[0].cpu()))
     evaluator.run(loader)
-    return torch.cat(probabilities).numpy(), evaluator.state.metrics["confusion"].cpu().numpy().astype(np.int64)
+    return torch.cat(logits).numpy(), evaluator.state.metrics["confusion"].cpu().numpy().astype(np.int64)
 
 
 def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
@@ -320,13 +323,33 @@ def write_sanity(a: Analysis, right: np.ndarray, examples: int = 6) -> pd.DataFr
     return table
 
 
-def write_calibration(a: Analysis) -> dict[str, float]:
+def write_calibration(a: Analysis, test_logits: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """Test-set ECE and NLL (calibration.csv, reliability.png), and with a validation split
+    (``val``: its logits and labels) the temperature fitted there and the test figures after it
+    (calibration_scaled.csv, reliability_scaled.png)."""
     bins = calibration_bins(a.probabilities, a.labels)
     atomic_io.write_text(a.out_dir / "calibration.csv", bins.to_csv(index=False, float_format="%.6g"))
-    reliability_diagram(bins, a.out_dir / "reliability.png", a.footer)
+    ece = expected_calibration_error(bins)
+    reliability_diagram(bins, a.out_dir / "reliability.png", a.footer, f"Test set, as trained (ECE {100 * ece:.2f}%)")
+    found = {"ece": round(ece, 6), "nll": round(negative_log_likelihood(a.probabilities, a.labels), 6)}
+    if val is None:
+        return {**found, "temperature": None, "ece_scaled": None, "nll_scaled": None}
+    temperature = fit_temperature(*val)
+    scaled = softmax(test_logits, temperature)
+    scaled_bins = calibration_bins(scaled, a.labels)
+    atomic_io.write_text(a.out_dir / "calibration_scaled.csv", scaled_bins.to_csv(index=False, float_format="%.6g"))
+    ece_scaled = expected_calibration_error(scaled_bins)
+    reliability_diagram(
+        scaled_bins,
+        a.out_dir / "reliability_scaled.png",
+        a.footer,
+        f"Test set, temperature {temperature:.3f} fitted on validation (ECE {100 * ece_scaled:.2f}%)",
+    )
     return {
-        "ece": round(expected_calibration_error(bins), 6),
-        "nll": round(negative_log_likelihood(a.probabilities, a.labels), 6),
+        **found,
+        "temperature": round(temperature, 6),
+        "ece_scaled": round(ece_scaled, 6),
+        "nll_scaled": round(negative_log_likelihood(scaled, a.labels), 6),
     }
 
 
@@ -339,12 +362,14 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
     device = device or idist.device()
     summary_path = run_dir / "summary.json"
     summary = atomic_io.read_json(summary_path)
-    train_arrays, test_arrays = load_arrays(cfg)
+    splits = load_arrays(cfg)
+    train_arrays, test_arrays = splits.train, splits.test
     classes = test_arrays.classes
     model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device)
     test_set = AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data))
-    loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.eval_batch_size, shuffle=False)
-    probabilities, confusion = predict(model, loader, len(classes), cfg, device)
+    test_logits, confusion = predict(model, test_arrays, cfg, device)
+    probabilities = softmax(test_logits).astype(np.float32)
+    val = (predict(model, splits.val, cfg, device)[0], splits.val.labels) if splits.val is not None else None
     a = Analysis(
         cfg,
         run_dir / "analysis",
@@ -367,7 +392,7 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
     if cfg.analysis.gradcam_layers and cfg.analysis.gradcam_targets:
         write_faithfulness(a, wrong, maps, right)
         write_sanity(a, right)
-    calibration = write_calibration(a)
+    calibration = write_calibration(a, test_logits, val)
     write_data_figures(cfg, train_arrays, a.out_dir, a.footer)
 
     per_class = {name: round(float(value), 6) for name, value in zip(classes, accuracy, strict=True)}
@@ -378,6 +403,7 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
         analysis_checkpoint=str(checkpoint),
         class_counts={
             "train": np.bincount(train_arrays.labels, minlength=len(classes)).tolist(),
+            **({"val": np.bincount(splits.val.labels, minlength=len(classes)).tolist()} if splits.val else {}),
             "test": np.bincount(test_arrays.labels, minlength=len(classes)).tolist(),
         },
         analysis_completed_utc=utc_now(),

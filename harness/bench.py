@@ -58,6 +58,7 @@ def _bench_config(width: int, batch: int, amp: str, images: int, channels_last: 
                 "dataset": "synthetic",
                 "synthetic_train_size": images,
                 "synthetic_test_size": batch,
+                "val_size": 0,  # the plain loop evaluates one test batch; so does the harness
                 "batch_size": batch,
                 "eval_batch_size": batch,
                 "num_workers": 0,
@@ -104,11 +105,10 @@ def plain_loop_images_per_s(
 
 def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
     """The Ignite trainer built exactly as ``harness.run`` builds it, handlers and checkpoints included."""
-    train, test = make_synthetic(cfg.data, cfg.seed)
-    run = build_training(cfg, run_dir, train, test)
+    run = build_training(cfg, run_dir, load_arrays(cfg))
     seen = iterations * cfg.data.batch_size
     start = time.perf_counter()
-    run.trainer.run(run.train_loader, max_epochs=1, epoch_length=iterations)
+    run.trainer.run(run.loaders.train, max_epochs=1, epoch_length=iterations)
     _synchronize(idist.device())
     return seen / (time.perf_counter() - start)
 
@@ -129,7 +129,8 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     """
     device = idist.device()
     cfg = _bench_config(width, batch, amp, images=batch * iterations)
-    train, test = make_synthetic(cfg.data, cfg.seed)
+    source = make_synthetic(cfg.data, cfg.seed)
+    train, test = source.train, source.test
     sampler = EpochBatchSampler(len(train), batch, cfg.seed, shuffle=True)
     loader = build_loader(build_train_dataset(train, cfg.data), sampler, 0, device)
     eval_set = AugmentedArrayDataset(test, build_eval_transform(cfg.data))
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
     if "diagnostics" in which:
         results["diagnostics"] = bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats)
-    train = load_arrays(cfg)[0] if {"throughput", "data"} & set(which) else None
+    train = load_arrays(cfg).train if {"throughput", "data"} & set(which) else None
     if "throughput" in which:
         results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])
     if "data" in which:

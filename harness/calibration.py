@@ -1,9 +1,14 @@
-"""How far the softmax confidences over the test set can be trusted as probabilities.
+"""How far the softmax confidences over the test set can be trusted as probabilities, and
+temperature scaling to make them so.
 
 The maximum softmax probability of each image is binned into equal-width bins; a calibrated model
 is right in a bin as often as it is confident there. The expected calibration error (ECE, Guo et
 al. 2017) is the count-weighted mean gap between the two; the negative log-likelihood scores the
 whole probability vector, not only the top class.
+
+Temperature scaling (Guo et al. 2017) divides the logits by one number T, fitted to minimize the
+NLL of the **validation** split and then applied to the test set: fitted on the test set itself,
+its "after" figures would be a fit, not a measurement. It never changes a prediction (argmax).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, special, stats
 
 from harness.figures import plt, save_figure
 
@@ -61,7 +66,28 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
     return float(-np.log(np.clip(true_class, PROBABILITY_FLOOR, 1.0)).mean())
 
 
-def reliability_diagram(bins: pd.DataFrame, path: Path, footer: str | None = None) -> Path:
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 that minimizes the mean NLL of ``softmax(logits / T)`` on these images
+    (a bounded 1-D search over log T, T from 0.05 to 20: the NLL is convex in 1 / T)."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    if not len(labels):
+        raise ValueError("temperature scaling needs at least one image")
+
+    def nll(log_t: float) -> float:
+        log_p = special.log_softmax(logits / np.exp(log_t), axis=1)
+        return float(-log_p[np.arange(len(labels)), labels].mean())
+
+    found = optimize.minimize_scalar(
+        nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-5}
+    )
+    return float(np.exp(found.x))
+
+
+def reliability_diagram(bins: pd.DataFrame, path: Path, footer: str | None = None, title: str = "") -> Path:
     """Accuracy per confidence bin against the diagonal of perfect calibration, the gap to each bin's
     mean confidence hatched, and beneath it the number of images per bin."""
     ece = expected_calibration_error(bins)
@@ -91,7 +117,7 @@ def reliability_diagram(bins: pd.DataFrame, path: Path, footer: str | None = Non
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy in bin")
-    top.set_title(f"Reliability diagram (ECE = {100 * ece:.2f}%)", fontsize=10)
+    top.set_title(title or f"Reliability diagram (ECE = {100 * ece:.2f}%)", fontsize=10)
     top.legend(loc="upper left", fontsize=8, title=f"ECE {100 * ece:.2f}%, {len(bins)} bins", title_fontsize=8)
     top.grid(alpha=0.3)
     bottom.bar(centres, bins["count"], width=widths, color="#8C8C8C", edgecolor="white")

@@ -2,8 +2,9 @@
 
 Runs whose configs differ only in ``seed`` (and in keys that do not change training: checkpoints,
 analysis, report, logging, worker count, cache folder) form a group. Each group gets its mean final
-test accuracy (the last epoch's, not the best one: picking the best epoch on the test set is
-optimistic), spread, a 95% interval and a p-value against the best group (``harness.stats``).
+test accuracy (the last epoch's, what a run reports; never a best epoch), spread, a 95% interval, a
+p-value against the best group and that p-value Holm-corrected for the number of comparisons
+(``harness.stats``), and the comparison says the smallest difference its seeds could detect.
 Written as ``compare.html`` (``report_templates/compare.html.j2``) and ``leaderboard.csv`` beside it.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness import atomic_io, figures, stats
-from harness.report import RunRecord, embed_png, environment, load_run, utc_now
+from harness.report import PRE_VALIDATION_NOTE, RunRecord, embed_png, environment, load_run, utc_now
 
 # Keys that do not change what is trained or measured: runs that differ only in these are replicates.
 NOT_THE_EXPERIMENT = (
@@ -61,12 +62,17 @@ class Group:
     def finished(self) -> list[RunRecord]:
         """The runs whose training completed: only their final accuracy is a result."""
         return [
-            r for r in self.records if r.status == "completed" and isinstance(r.summary.get("final_val_acc"), float)
+            r for r in self.records if r.status == "completed" and isinstance(r.summary.get("final_test_acc"), float)
         ]
 
     @property
     def accuracies(self) -> list[float]:
-        return [r.summary["final_val_acc"] for r in self.finished]
+        """Final test accuracy of each finished run: what is compared and reported."""
+        return [r.summary["final_test_acc"] for r in self.finished]
+
+    def mean_of(self, key: str) -> float:
+        values = [r.summary[key] for r in self.finished if isinstance(r.summary.get(key), float)]
+        return float(np.mean(values)) if values else math.nan
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:
@@ -124,14 +130,32 @@ def p_value_against(group: Group, best: Group) -> tuple[float, str]:
 
 
 def leaderboard(groups: list[Group]) -> pd.DataFrame:
-    """One row per group that has a finished run, best mean accuracy first."""
+    """One row per group that has a finished run, best mean final test accuracy first.
+
+    ``p_holm`` is each p-value against the best group, Holm-corrected over those comparisons, and
+    ``significant_at_5pct`` reads it; ``detectable_diff_80pct`` is the smallest difference a t-test
+    of this group against the best, with their runs and the pooled spread of every group, would
+    detect at 80% power at Holm's strictest level (5% / comparisons).
+    """
     scored = sorted((g for g in groups if g.finished), key=lambda g: -np.mean(g.accuracies))
+    if not scored:
+        return pd.DataFrame()
+    best = scored[0]
+    tests = [p_value_against(g, best) for g in scored[1:]]
+    holm = stats.holm_adjusted([p for p, _ in tests])
+    comparisons = sum(1 for p, _ in tests if p == p)
+    spread = stats.pooled_std([g.accuracies for g in scored])
     rows = []
-    for group in scored:
+    for i, group in enumerate(scored):
         accuracies = group.accuracies
         low, high, how = interval(group)
-        p_value, test = (math.nan, "best") if group is scored[0] else p_value_against(group, scored[0])
-        eces = [r.summary["ece"] for r in group.finished if isinstance(r.summary.get("ece"), float)]
+        p_value, test = (math.nan, "best") if i == 0 else tests[i - 1]
+        p_holm = math.nan if i == 0 else holm[i - 1]
+        detectable = (
+            stats.detectable_difference(spread, len(accuracies), len(best.accuracies), SIGNIFICANCE / comparisons)
+            if i and comparisons
+            else math.nan
+        )
         rows.append({
             "group": group.label,
             "n_runs": len(accuracies),
@@ -143,12 +167,34 @@ def leaderboard(groups: list[Group]) -> pd.DataFrame:
             "ci95_high": high,
             "interval": how,
             "p_value_vs_best": p_value,
+            "p_holm": p_holm,
             "test": test,
-            "significant_at_5pct": "" if group is scored[0] else ("yes" if p_value < SIGNIFICANCE else "no"),
+            "significant_at_5pct": "" if i == 0 else ("yes" if p_holm < SIGNIFICANCE else "no"),
+            "detectable_diff_80pct": detectable,
+            "mean_val_acc": group.mean_of("final_val_acc"),
             "mean_time_s": np.mean([r.summary.get("total_time_s") or math.nan for r in group.finished]),
-            "mean_ece": np.mean(eces) if eces else math.nan,
+            "mean_ece": group.mean_of("ece"),
+            "mean_ece_scaled": group.mean_of("ece_scaled"),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def power_statement(board: pd.DataFrame, groups: list[Group]) -> str | None:
+    """One sentence: how small a difference these seeds could tell apart, and at what level."""
+    comparisons = int(board["p_holm"].notna().sum()) if len(board) else 0
+    seeded = [g for g in groups if len(g.accuracies) >= 2]
+    if not comparisons or not seeded:
+        return None
+    spread = stats.pooled_std([g.accuracies for g in seeded])
+    n = min(len(g.accuracies) for g in seeded)
+    strict = stats.detectable_difference(spread, n, n, SIGNIFICANCE / comparisons)
+    loose = stats.detectable_difference(spread, n, n, SIGNIFICANCE)
+    return (
+        f"With {n} runs per group and a pooled seed-to-seed standard deviation of {100 * spread:.2f} points, "
+        f"a t-test detects (at 80% power) a true difference of {100 * strict:.2f} points or more at Holm's strictest "
+        f"level (5% / {comparisons} comparisons), {100 * loose:.2f} points at an uncorrected 5%. Smaller differences "
+        "may well be real; these runs cannot tell them."
+    )
 
 
 def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
@@ -161,7 +207,7 @@ def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
             m = record.metrics
             if m.empty:
                 continue
-            reached = m.index[m["val_acc"] >= target]
+            reached = m.index[m["test_acc"] >= target]
             if len(reached):
                 epochs.append(int(m.loc[reached[0], "epoch"]))
                 seconds.append(float(m.loc[: reached[0], "epoch_time_s"].sum()))
@@ -214,9 +260,13 @@ def _format_leaderboard(board: pd.DataFrame) -> str:
                 "interval": r.interval,
                 "min / max (%)": f"{100 * r.min_acc:.2f} / {100 * r.max_acc:.2f}",
                 "p vs best": _number(r.p_value_vs_best, ".3g"),
+                "p Holm": _number(r.p_holm, ".3g"),
                 "test": r.test,
-                "significant at 5%?": r.significant_at_5pct,
-                "ECE": _number(r.mean_ece, ".4f"),
+                "significant at 5% (Holm)?": r.significant_at_5pct,
+                "detectable at 80% power (points)": _number(100 * r.detectable_diff_80pct, ".2f"),
+                "final val acc (%)": _number(100 * r.mean_val_acc, ".2f"),
+                "test ECE": _number(r.mean_ece, ".4f"),
+                "test ECE, temperature-scaled": _number(r.mean_ece_scaled, ".4f"),
                 "mean time (s)": _number(r.mean_time_s, ".0f"),
             }
         )
@@ -244,9 +294,13 @@ def comparison_context(
 
     def bands(column: str, scale: float, source: str = "metrics") -> dict[str, list]:
         x_column = "epoch" if source == "metrics" else "iteration"
+
+        def has(frame: pd.DataFrame) -> bool:  # a run without a validation split has no val_acc to draw
+            return column in frame and frame[column].notna().any()
+
         found = {
             g.label: [(getattr(r, source)[x_column], scale * getattr(r, source)[column]) for r in g.records
-                      if not getattr(r, source).empty]
+                      if has(getattr(r, source))]
             for g in groups
         }  # fmt: skip
         return {label: runs for label, runs in found.items() if runs}
@@ -264,7 +318,13 @@ def comparison_context(
         "differing": differing_keys(records),
         "leaderboard": _format_leaderboard(board) if len(board) else None,
         "spread_png": figure("spread", figures.spread_plot, spread, intervals),
-        "accuracy_png": figure("test_accuracy", figures.band_curves, bands("val_acc", 100), "test accuracy (%)"),
+        "accuracy_png": figure("test_accuracy", figures.band_curves, bands("test_acc", 100), "test accuracy (%)"),
+        "val_accuracy_png": figure(
+            "val_accuracy", figures.band_curves, bands("val_acc", 100), "validation accuracy (%)"
+        ),
+        "power": power_statement(board, groups),
+        "pre_validation": [r.label for r in records if r.pre_validation],
+        "pre_validation_note": PRE_VALIDATION_NOTE,
         "loss_png": figure("train_loss", figures.band_curves, bands("train_loss", 1), "train loss"),
         "lr_png": figure("lr", figures.band_curves, bands("lr", 1, "lr"), "learning rate", xlabel="iteration"),
         "layer": layer,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from harness.errors import HarnessError
 from harness.models import MODELS
@@ -115,6 +115,15 @@ def _positive_rgb(values: list[float]) -> list[float]:
     return values
 
 
+def _image_count_or_fraction(value: Any) -> int | float:
+    """An integer >= 0 (images) or a float in [0, 1) (a fraction); one check, so one message for both."""
+    is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    is_fraction = isinstance(value, float) and 0.0 <= value < 1.0  # NaN fails both comparisons
+    if not (is_count or is_fraction):
+        raise ValueError("expected an image count (an integer >= 0) or a fraction of the training images in [0, 1)")
+    return value
+
+
 def _named_transform(item: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(item.get("name"), str):
         raise ValueError("expected a 'name' key with an albumentations transform name")
@@ -148,6 +157,10 @@ class DataConfig(Section):
     root: str = "data/cifar10"
     download: bool = True
     cache_dir: str | None = None
+    # The validation split decides (best checkpoint, plateau, pruning, search); the test set only reports.
+    # Held out of the whole training split with its own seed, so every run of a study holds out the same images.
+    val_size: Annotated[int | float, PlainValidator(_image_count_or_fraction)] = 0.1
+    val_seed: int = Field(0, ge=0, lt=2**32)
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
     synthetic_train_size: int = Field(512, ge=10)
@@ -399,6 +412,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 def _check_consistency(cfg: Config, source: str) -> None:
     """Rules that involve more than one key."""
     s = cfg.scheduler
+    if s.name == "plateau" and cfg.data.val_size == 0:
+        raise ConfigError(
+            f"{source}: scheduler.name = 'plateau': expected a validation split to watch (data.val_size > 0); "
+            "it must not watch the test set"
+        )
     if s.name == "plateau" and s.warmup_epochs > 0:
         raise ConfigError(
             f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: expected 0 with the plateau scheduler"

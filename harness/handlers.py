@@ -104,7 +104,7 @@ def attach_weight_average(trainer: Engine, model: torch.nn.Module, decay: float)
     return ema.ema_model
 
 
-def attach_progress_bars(trainer: Engine, evaluator: Engine, update_every: int) -> None:
+def attach_progress_bars(trainer: Engine, evaluators: list[Engine], update_every: int) -> None:
     """tqdm bars on an interactive terminal; logs and CI get the one line per epoch instead."""
     if idist.get_rank() != 0 or not sys.stderr.isatty():
         return
@@ -113,7 +113,8 @@ def attach_progress_bars(trainer: Engine, evaluator: Engine, update_every: int) 
         output_transform=lambda out: {"loss": out["loss"]},
         event_name=Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(update_every)),
     )
-    ProgressBar(persist=False, desc="eval").attach(evaluator)
+    for evaluator in evaluators:
+        ProgressBar(persist=False, desc="eval").attach(evaluator)
 
 
 def attach_epoch_timer(trainer: Engine) -> Timer:
@@ -131,29 +132,36 @@ def attach_lr_logging(trainer: Engine, optimizer: torch.optim.Optimizer, log: Ru
 
 def attach_evaluation(
     trainer: Engine,
-    evaluator: Engine,
-    eval_loader: Any,
+    evaluations: dict[str, tuple[Engine, Any]],
     log: RunLog,
     timer: Timer,
     optimizer: torch.optim.Optimizer,
     images_per_epoch: int,
 ) -> None:
-    """Evaluate on the test set after every epoch and write the epoch's metrics row."""
+    """After every epoch, evaluate on each split of ``evaluations`` (``val``, when there is one, then
+    ``test``: an engine and its loader) and write the epoch's metrics row; a missing split's columns stay empty."""
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def evaluate_and_log(engine: Engine) -> None:
         epoch_time = timer.value()
-        evaluator.run(eval_loader)
-        train, val = engine.state.metrics, evaluator.state.metrics
+        train = engine.state.metrics
+        measured, shown = (
+            {},
+            [f"train_loss {float(train['train_loss']):.4f}", f"train_acc {float(train['train_acc']):.4f}"],
+        )
+        for split, (evaluator, loader) in evaluations.items():
+            evaluator.run(loader)
+            loss, accuracy = float(evaluator.state.metrics["loss"]), float(evaluator.state.metrics["accuracy"])
+            measured.update({f"{split}_loss": f"{loss:.6f}", f"{split}_acc": f"{accuracy:.6f}"})
+            shown += [f"{split}_loss {loss:.4f}", f"{split}_acc {accuracy:.4f}"]
         log.add_epoch(
             {
                 "epoch": engine.state.epoch,
                 "iteration": engine.state.iteration,
-                "lr": f"{optimizer.param_groups[0]['lr']:.8g}",
+                "lr": f"{optimizer.param_groups[0]['lr']:.8g}",  # after a plateau schedule has reacted
                 "train_loss": f"{float(train['train_loss']):.6f}",
                 "train_acc": f"{float(train['train_acc']):.6f}",
-                "val_loss": f"{float(val['loss']):.6f}",
-                "val_acc": f"{float(val['accuracy']):.6f}",
+                **measured,
                 "epoch_time_s": f"{epoch_time:.3f}",
                 "train_images_per_s": f"{images_per_epoch / max(epoch_time, 1e-9):.1f}",
             }
@@ -161,9 +169,7 @@ def attach_evaluation(
         log.flush()
         if idist.get_rank() == 0:
             print(
-                f"epoch {engine.state.epoch}/{engine.state.max_epochs}: train_loss {float(train['train_loss']):.4f} "
-                f"train_acc {float(train['train_acc']):.4f} val_loss {float(val['loss']):.4f} "
-                f"val_acc {float(val['accuracy']):.4f} ({epoch_time:.1f}s)",
+                f"epoch {engine.state.epoch}/{engine.state.max_epochs}: {' '.join(shown)} ({epoch_time:.1f}s)",
                 flush=True,
             )
 
@@ -180,13 +186,14 @@ class DiskSaverKeepingGoing(DiskSaver):
 
 
 def build_best_checkpoint(
-    model: torch.nn.Module, evaluator: Engine, trainer: Engine, checkpoint_dir: Path
+    model: torch.nn.Module, val_evaluator: Engine, trainer: Engine, checkpoint_dir: Path
 ) -> Checkpoint:
+    """Keeps the weights of the epoch with the best validation accuracy (never the test set's)."""
     return Checkpoint(
         {"model": model},
         DiskSaverKeepingGoing(str(checkpoint_dir), require_empty=False, atomic=True),
         filename_prefix=BEST_PREFIX,
-        score_function=lambda _: float(evaluator.state.metrics["accuracy"]),
+        score_function=lambda _: float(val_evaluator.state.metrics["accuracy"]),
         score_name="val_acc",
         n_saved=1,
         global_step_transform=lambda *_: trainer.state.epoch,
@@ -200,7 +207,7 @@ def attach_checkpoints(
     every_epochs: int,
     every_iters: int | None,
     n_saved: int,
-    best: Checkpoint,
+    best: Checkpoint | None,
     flush_logs: Callable[[], None],
 ) -> Callable[[Engine], None]:
     """Save everything needed to resume: after each epoch's evaluation, and every ``every_iters``
@@ -229,7 +236,8 @@ def attach_checkpoints(
     def epoch_due(engine: Engine, epoch: int) -> bool:
         return epoch % every_epochs == 0 or epoch == engine.state.max_epochs or every_iters is not None
 
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, best)
+    if best is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, best)
     trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=epoch_due), save)
     if every_iters is not None:
 
@@ -241,11 +249,15 @@ def attach_checkpoints(
 
 
 def attach_tensorboard(
-    trainer: Engine, evaluator: Engine, optimizer: torch.optim.Optimizer, log_dir: Path, start_iteration: int
+    trainer: Engine,
+    evaluators: dict[str, Engine],
+    optimizer: torch.optim.Optimizer,
+    log_dir: Path,
+    start_iteration: int,
 ) -> TensorboardLogger:
-    """TensorBoard event files: the learning rate every iteration, train and test loss and accuracy
-    every epoch, all against the iteration. A resumed run purges what the crashed one logged past its
-    checkpoint, so TensorBoard shows each step once."""
+    """TensorBoard event files: the learning rate every iteration, train loss and accuracy and each
+    evaluated split's (``val/``, ``test/``) every epoch, all against the iteration. A resumed run
+    purges what the crashed one logged past its checkpoint, so TensorBoard shows each step once."""
     logger = TensorboardLogger(log_dir=str(log_dir), purge_step=start_iteration + 1 if start_iteration else None)
     at_iteration = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
     logger.attach(trainer, OptimizerParamsHandler(optimizer, "lr", tag="train"), Events.ITERATION_COMPLETED)
@@ -256,9 +268,14 @@ def attach_tensorboard(
         metric_names=["train_loss", "train_acc"],
         global_step_transform=at_iteration,
     )
-    logger.attach_output_handler(
-        evaluator, Events.COMPLETED, tag="test", metric_names=["loss", "accuracy"], global_step_transform=at_iteration
-    )
+    for split, evaluator in evaluators.items():
+        logger.attach_output_handler(
+            evaluator,
+            Events.COMPLETED,
+            tag=split,
+            metric_names=["loss", "accuracy"],
+            global_step_transform=at_iteration,
+        )
     return logger
 
 

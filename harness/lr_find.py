@@ -56,7 +56,7 @@ from harness.models import build_model, place_model
 from harness.optim import build_optimizer
 from harness.provenance import describe_device, git_commit
 from harness.run_folder import csv_text, utc_now
-from harness.sources import ImageArrays, load_arrays
+from harness.sources import DataSplits, load_arrays
 from harness.steps import create_trainer
 from harness.wiring import build_loaders, build_train_step, resolve_train_config
 
@@ -66,18 +66,19 @@ MIN_ITERATIONS = 3  # lr_suggestion needs three points up to the lowest loss
 
 
 def build_finder_trainer(
-    cfg: Config, train: ImageArrays, test: ImageArrays, device: torch.device
+    cfg: Config, splits: DataSplits, device: torch.device
 ) -> tuple[Engine, DataLoader, nn.Module, torch.optim.Optimizer, int]:
     """The trainer of a run without its handlers (no schedule, evaluation, logs or checkpoints),
     its training loader, model, optimizer and iterations per epoch."""
-    train_loader, _, train_sampler, _ = build_loaders(cfg, train, test, device)
+    loaders = build_loaders(cfg, splits, device)
+    train = splits.train
     model = build_model(cfg.model, len(train.classes))
     train_cfg = resolve_train_config(cfg, model, device)
     model = place_model(model, device, train_cfg.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     train_step, _ = build_train_step(cfg, train_cfg, model, optimizer, device, train.images.shape[1])
     trainer, _ = create_trainer(train_step, device)
-    return trainer, train_loader, model, optimizer, len(train_sampler)
+    return trainer, loaders.train, model, optimizer, len(loaders.train_sampler)
 
 
 def _loss_or_inf(output: dict[str, torch.Tensor]) -> float:
@@ -259,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_augment(cfg.data)  # a bad transform fails before the data is read
-    train, test = load_arrays(cfg)
+    splits = load_arrays(cfg)
+    train = splits.train
     check_augment(cfg.data, train.images[0])
     device = idist.device()
     manual_seed(cfg.seed)
-    trainer, loader, model, optimizer, iters_per_epoch = build_finder_trainer(cfg, train, test, device)
+    trainer, loader, model, optimizer, iters_per_epoch = build_finder_trainer(cfg, splits, device)
     if iters_per_epoch < MIN_ITERATIONS:
         raise HarnessError(
             f"one epoch of the {len(train)} training images is {iters_per_epoch} batches of {cfg.data.batch_size}; "

@@ -23,7 +23,7 @@ from harness import atomic_io, figures
 from harness.config import parse_yaml
 from harness.diagnostics import first_blow_up
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.run_folder import read_csv_rows, utc_now
+from harness.run_folder import is_pre_validation_run, read_csv_rows, utc_now
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"
 
@@ -39,6 +39,8 @@ class RunRecord:
     lr: pd.DataFrame = field(default_factory=pd.DataFrame)
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # weights.csv: per-block update diagnostics
     missing: list[str] = field(default_factory=list)
+    # A run from before the validation split, read with its old meaning (see read_pre_validation_run).
+    pre_validation: bool = False
 
     @property
     def name(self) -> str:
@@ -65,6 +67,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
 
 
+PRE_VALIDATION_NOTE = (
+    "This run predates the validation split (harness 0.3): what its files call val_acc, val_loss and "
+    "final_val_acc was measured on the test set, and its best checkpoint and any plateau schedule were "
+    "chosen on the test set. Read here as test figures; it has no validation figures."
+)
+
+
+def read_pre_validation_run(record: RunRecord) -> None:
+    """Give an old run's files their real meaning: its ``val_*`` columns and ``final_val_acc`` were
+    the test set's. Its "best" was chosen on the test set, so it is not shown as a best at all."""
+    record.pre_validation = True
+    record.metrics = record.metrics.rename(columns={"val_loss": "test_loss", "val_acc": "test_acc"})
+    s = record.summary
+    s["final_test_acc"] = s.pop("final_val_acc", None)
+    for key in ("best_val_acc", "best_epoch"):
+        s.pop(key, None)
+
+
 def load_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -88,6 +108,8 @@ def load_run(run_dir: Path) -> RunRecord:
         record.weights = pd.DataFrame(weights).astype({column: float for column in numeric})
     if not (run_dir / "analysis" / "per_class.csv").is_file():
         record.missing.append("analysis")
+    if is_pre_validation_run(run_dir):
+        read_pre_validation_run(record)
     return record
 
 
@@ -105,17 +127,16 @@ def training_figures(record: RunRecord) -> dict[str, str | None]:
     made: dict[str, str | None] = dict.fromkeys(["loss", "accuracy", "lr", "timing", "updates", "norms"])
     if not m.empty:
         epochs = m["epoch"]
+        splits = [s for s in ("train", "val", "test") if f"{s}_loss" in m and m[f"{s}_loss"].notna().any()]
+        label = {"train": "train", "val": "validation", "test": "test"}
         made["loss"] = embed_png(
             figures.curves(
-                {"train": (epochs, m["train_loss"]), "test": (epochs, m["val_loss"])},
-                "loss",
-                out_dir / "loss.png",
-                footer=footer,
+                {label[s]: (epochs, m[f"{s}_loss"]) for s in splits}, "loss", out_dir / "loss.png", footer=footer
             )
         )
         made["accuracy"] = embed_png(
             figures.curves(
-                {"train": (epochs, 100 * m["train_acc"]), "test": (epochs, 100 * m["val_acc"])},
+                {label[s]: (epochs, 100 * m[f"{s}_acc"]) for s in splits},
                 "accuracy (%)",
                 out_dir / "accuracy.png",
                 footer=footer,
@@ -190,10 +211,16 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "world size": s.get("world_size", "?"),
             "commit": s.get("git_commit") or "unknown",
             "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
-            "best test accuracy": _percent(s.get("best_val_acc"))
+            "final test accuracy": _percent(s.get("final_test_acc")),
+            "final validation accuracy": _percent(s.get("final_val_acc")),
+            "best validation accuracy": _percent(s.get("best_val_acc"))
             + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
-            "final test accuracy": _percent(s.get("final_val_acc")),
-            "calibration error (ECE)": _percent(s.get("ece")),
+            "images: train / validation / test": " / ".join(
+                f"{s[k]:,}" if isinstance(s.get(k), int) else "?" for k in ("train_images", "val_images", "test_images")
+            ),
+            "validation split": validation_said(record),
+            "test calibration error (ECE)": _percent(s.get("ece"))
+            + (f", {_percent(s['ece_scaled'])} after temperature scaling" if s.get("ece_scaled") is not None else ""),
             "evaluated": describe_evaluation(record.config.get("train") or {}),
             "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
         },
@@ -216,6 +243,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
                 "sanity",
                 "sanity_examples",
                 "reliability",
+                "reliability_scaled",
             )
         },
         "class_counts": class_counts,
@@ -223,9 +251,14 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         "faithfulness": _csv_table(record.analysis("faithfulness.csv")),
         "sanity": _sanity_table(record.analysis("sanity.csv")),
         "calibration": {
-            "ECE": _percent(s.get("ece")),
-            "NLL": f"{s['nll']:.4f}" if isinstance(s.get("nll"), float) else "?",
+            "test ECE": _percent(s.get("ece")),
+            "test NLL": _decimal(s.get("nll")),
+            "temperature (fitted on validation)": _decimal(s.get("temperature")),
+            "test ECE after temperature": _percent(s.get("ece_scaled")),
+            "test NLL after temperature": _decimal(s.get("nll_scaled")),
         },
+        "no_validation": record.pre_validation or s.get("val_images") == 0,
+        "pre_validation_note": PRE_VALIDATION_NOTE if record.pre_validation else None,
         "per_class": per_class,
         "misclassified": misclassified,
         "timings": timings,
@@ -257,6 +290,20 @@ def describe_evaluation(train: dict[str, Any]) -> str:
         f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
     )
     return weights + (" + flip TTA" if train.get("tta_flip") else "")
+
+
+def validation_said(record: RunRecord) -> str:
+    """Where the run's validation images came from, or that it had none, in words."""
+    if record.pre_validation:
+        return "none: this run predates the validation split"
+    s = record.summary
+    if s.get("val_images") == 0:
+        return "none held out (data.val_size: 0): nothing was chosen on held-out data, and no best checkpoint was kept"
+    return str(s.get("validation") or "?")
+
+
+def _decimal(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and value == value else "?"
 
 
 def _percent(value: Any) -> str:

@@ -27,9 +27,16 @@ from harness.data import EpochBatchSampler, check_augment, check_batch_size, per
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.models import build_model
 from harness.provenance import describe_device, git_commit, library_versions
-from harness.run_folder import RunLock, create_run_dir, default_run_dir, list_checkpoints, utc_now
+from harness.run_folder import (
+    RunLock,
+    create_run_dir,
+    default_run_dir,
+    is_pre_validation_run,
+    list_checkpoints,
+    utc_now,
+)
 from harness.schedules import check_schedule
-from harness.sources import ImageArrays, load_arrays
+from harness.sources import DataSplits, load_arrays
 from harness.wiring import Training, build_training
 
 EXIT_DIVERGED = 3
@@ -49,10 +56,10 @@ class Outcome:
 # ---------------------------------------------------------------- before anything is written
 
 
-def check_before_run(cfg: Config, arrays: tuple[ImageArrays, ImageArrays], world_size: int) -> None:
+def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
     """Every check that needs the data: a batch, a transform, a schedule or a layer that cannot work
     fails here, in one line, before the run folder exists."""
-    train, _ = arrays
+    train = splits.train
     check_batch_size(cfg.data, len(train), world_size)
     check_augment(cfg.data, train.images[0])
     batches = EpochBatchSampler(
@@ -129,9 +136,8 @@ def write_model_summary(cfg: Config, path: Path, num_classes: int, image_size: t
 
 
 def start_summary(
-    cfg: Config, run: Training, arrays: tuple[ImageArrays, ImageArrays], run_dir: Path, resumed_from: Path | None
+    cfg: Config, run: Training, splits: DataSplits, run_dir: Path, resumed_from: Path | None
 ) -> dict[str, Any]:
-    train, test = arrays
     earlier = atomic_io.read_json(run_dir / "summary.json") if resumed_from else {}
     return {
         "name": cfg.name,
@@ -143,9 +149,11 @@ def start_summary(
         "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
         "compiled": run.compiled,
         "channels_last": run.channels_last,
-        "train_images": len(train),
-        "test_images": len(test),
-        "classes": train.classes,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val) if splits.val is not None else 0,
+        "test_images": len(splits.test),
+        "validation": splits.val_source,
+        "classes": splits.classes,
         "iterations_per_epoch": run.iters_per_epoch,
         "started_utc": earlier.get("started_utc") or utc_now(),
         "resumed_from": str(resumed_from) if resumed_from else None,
@@ -164,15 +172,18 @@ def training_status(run: Training) -> dict[str, Any]:
     return {"status": "completed"}
 
 
-def training(
-    cfg: Config, run_dir: Path, arrays: tuple[ImageArrays, ImageArrays], resume: bool, outcome: Outcome
-) -> None:
+def final_metric(rows: list[dict[str, Any]], column: str) -> float | None:
+    value = rows[-1].get(column) if rows else None
+    return float(value) if value not in (None, "") else None
+
+
+def training(cfg: Config, run_dir: Path, splits: DataSplits, resume: bool, outcome: Outcome) -> None:
     rank = idist.get_rank()
     started = time.time()
     manual_seed(cfg.seed)
     found = load_resume_checkpoint(run_dir) if resume else None
     resumed_from, state = found or (None, None)
-    run = build_training(cfg, run_dir, *arrays, start_iteration=state["trainer"]["iteration"] if state else 0)
+    run = build_training(cfg, run_dir, splits, start_iteration=state["trainer"]["iteration"] if state else 0)
     if state is not None:
         run.load_state(state)
         if rank == 0:
@@ -180,9 +191,9 @@ def training(
     elapsed_before = (
         float(atomic_io.read_json(run_dir / "summary.json").get("total_time_s") or 0.0) if resumed_from else 0.0
     )
-    summary = start_summary(cfg, run, arrays, run_dir, resumed_from)
+    summary = start_summary(cfg, run, splits, run_dir, resumed_from)
     if rank == 0:
-        write_model_summary(cfg, run_dir / "model_summary.txt", len(arrays[0].classes), arrays[0].images.shape[1:3])
+        write_model_summary(cfg, run_dir / "model_summary.txt", len(splits.classes), splits.train.images.shape[1:3])
         atomic_io.write_json(run_dir / "summary.json", summary)
 
     # A kill after the last checkpoint but before the final summary leaves nothing to train:
@@ -190,7 +201,7 @@ def training(
     run.stop.install()
     try:
         if run.trainer.state.iteration < run.iters_per_epoch * cfg.train.epochs:
-            run.trainer.run(run.train_loader, max_epochs=cfg.train.epochs)
+            run.trainer.run(run.loaders.train, max_epochs=cfg.train.epochs)
     except HarnessError as error:
         if rank == 0:
             record_failure(run_dir, summary, str(error))
@@ -201,11 +212,14 @@ def training(
 
     summary.update(training_status(run))
     best_acc, best_epoch = run.log.best()
+    rows = run.log.metrics_rows
     summary.update(
-        epochs_completed=len(run.log.metrics_rows),
-        best_val_acc=best_acc,
+        epochs_completed=len(rows),
+        best_val_acc=best_acc,  # chosen on the validation split, as the best checkpoint is
         best_epoch=best_epoch,
-        final_val_acc=float(run.log.metrics_rows[-1]["val_acc"]) if run.log.metrics_rows else None,
+        final_val_acc=final_metric(rows, "val_acc"),
+        final_test_acc=final_metric(rows, "test_acc"),  # what a run reports
+        final_test_loss=final_metric(rows, "test_loss"),
         total_time_s=round(elapsed_before + time.time() - started, 2),
         finished_utc=utc_now(),
     )
@@ -227,8 +241,8 @@ def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome) ->
     world_size = idist.get_world_size()
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
-        arrays = load_arrays(cfg)
-    check_before_run(cfg, arrays, world_size)
+        splits = load_arrays(cfg)
+    check_before_run(cfg, splits, world_size)
     if resume:
         run_dir = args.resume
     else:
@@ -236,7 +250,7 @@ def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome) ->
     outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
     if outcome.rank == 0:
         print(f"run folder: {run_dir}", flush=True)
-    training(cfg, run_dir, arrays, resume, outcome)
+    training(cfg, run_dir, splits, resume, outcome)
 
 
 # ---------------------------------------------------------------- after training (one process)
@@ -313,6 +327,11 @@ def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
     """The run's own config, its lock (held by rank 0), and whether its training already completed."""
     if not (run_dir / "config.yaml").is_file():
         raise HarnessError(f"--resume {run_dir}: not a run folder (no config.yaml there)")
+    if is_pre_validation_run(run_dir):
+        raise HarnessError(
+            f"--resume {run_dir}: this run predates the validation split (its val_acc column is the test set); "
+            "continuing it would mix two meanings in one file: start it again instead"
+        )
     lock = None
     if launch_rank() == 0:
         lock = RunLock(run_dir)

@@ -25,8 +25,10 @@ METRICS_COLUMNS = [
     "lr",
     "train_loss",
     "train_acc",
-    "val_loss",
+    "val_loss",  # the validation split: what decides (empty without one, data.val_size: 0)
     "val_acc",
+    "test_loss",  # the test set: what is reported
+    "test_acc",
     "epoch_time_s",
     "train_images_per_s",
 ]
@@ -96,10 +98,13 @@ class RunLog:
     def add_weights(self, rows: list[dict[str, Any]]) -> None:
         self.weights_rows.extend(rows)
 
-    def best(self) -> tuple[float, int]:
-        if not self.metrics_rows:
-            return float("nan"), 0
-        best = max(self.metrics_rows, key=lambda r: float(r["val_acc"]))
+    def best(self) -> tuple[float | None, int | None]:
+        """The best validation accuracy and its epoch (the first, on a tie, as the best checkpoint keeps
+        it); None without a validation split."""
+        scored = [r for r in self.metrics_rows if r.get("val_acc") not in (None, "")]
+        if not scored:
+            return None, None
+        best = max(scored, key=lambda r: float(r["val_acc"]))
         return float(best["val_acc"]), int(best["epoch"])
 
     def flush(self) -> None:
@@ -109,6 +114,17 @@ class RunLog:
         atomic_io.write_text(self.lr_path, csv_text(LR_COLUMNS, self.lr_rows))
         if self.weights_path is not None:
             atomic_io.write_text(self.weights_path, csv_text(WEIGHTS_COLUMNS, self.weights_rows))
+
+
+def is_pre_validation_run(run_dir: Path) -> bool:
+    """A run from before the validation split (harness 0.3): its metrics.csv has ``val_acc`` but no
+    ``test_acc``, and that ``val_acc`` was measured on the test set."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return False
+    with open(path, newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return "val_acc" in header and "test_acc" not in header
 
 
 # ---------------------------------------------------------------- checkpoints

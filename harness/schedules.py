@@ -1,7 +1,7 @@
 """Learning-rate schedules by name (``scheduler.name``), as Ignite param schedulers.
 
 Every schedule but ``plateau`` is stepped before every iteration, so warm-up and decay are smooth
-within an epoch; ``plateau`` reacts to each evaluation's test accuracy.
+within an epoch; ``plateau`` reacts to each evaluation's validation accuracy (never the test set's).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def cosine(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, iters_per_epo
 
 @SCHEDULERS.register("plateau")
 def plateau(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int, epochs: int) -> Schedule:
-    """lr times gamma after plateau_patience evaluations without a better test accuracy."""
+    """lr times gamma after plateau_patience evaluations without a better validation accuracy."""
     handler = ReduceLROnPlateauScheduler(
         optimizer, metric_name="accuracy", mode="max", factor=cfg.gamma, patience=cfg.plateau_patience
     )
@@ -122,14 +122,19 @@ def attach_lr_scheduler(
     cfg: SchedulerConfig,
     optimizer: torch.optim.Optimizer,
     trainer: Engine,
-    evaluator: Engine,
+    val_evaluator: Engine | None,
     iters_per_epoch: int,
     epochs: int,
 ) -> Any:
-    """Attach the configured schedule; return it so that checkpoints can save its state."""
+    """Attach the configured schedule; return it so that checkpoints can save its state. A schedule
+    that reacts to evaluations watches the validation evaluator, which must exist."""
     schedule = build_schedule(cfg, optimizer, iters_per_epoch, epochs)
     if schedule.after_evaluation:
-        evaluator.add_event_handler(Events.COMPLETED, schedule.handler)
+        if val_evaluator is None:
+            raise HarnessError(
+                f"scheduler.name = {cfg.name!r}: expected a validation split to watch (data.val_size > 0)"
+            )
+        val_evaluator.add_event_handler(Events.COMPLETED, schedule.handler)
     else:
         trainer.add_event_handler(Events.ITERATION_STARTED, schedule.handler)
     return schedule.handler

@@ -46,7 +46,16 @@ class ImageArrays:
         return ImageArrays(self.images[indices], self.labels[indices], self.classes)
 
 
-Splits = tuple[ImageArrays, ImageArrays]
+@dataclass
+class Splits:
+    """What a source holds: its training and test images, and its own validation images when it has
+    them (an image folder's ``val/``); otherwise ``load_arrays`` holds a validation split out of ``train``."""
+
+    train: ImageArrays
+    test: ImageArrays
+    val: ImageArrays | None = None
+
+
 SOURCES: Registry[Callable[[DataConfig, int], Splits]] = Registry("data.dataset")
 
 
@@ -67,7 +76,7 @@ def _read_cifar10_pickles(folder: Path) -> Splits:
         classes = list(pickle.load(handle, encoding="latin1")["label_names"])
     train = read_batches([f"data_batch_{i}" for i in range(1, 6)])
     test = read_batches(["test_batch"])
-    return ImageArrays(*train, classes), ImageArrays(*test, classes)
+    return Splits(ImageArrays(*train, classes), ImageArrays(*test, classes))
 
 
 @SOURCES.register("cifar10")
@@ -97,7 +106,7 @@ def load_cifar10(cfg: DataConfig, seed: int) -> Splits:
         raise HarnessError(f"{folder}: unreadable CIFAR-10 pickle files ({error})") from None
 
 
-# ---------------------------------------------------------------- image_folder: <root>/{train,test}/<class>/*
+# ---------------------------------------------------------------- image_folder: <root>/{train,[val,]test}/<class>/*
 
 
 def _list_image_folder(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -202,7 +211,13 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
         raise HarnessError(f"data.root = {cfg.root!r}: folder not found")
     classes, train_files = _list_image_folder(root / "train", None)
     _, test_files = _list_image_folder(root / "test", classes)
-    return _load_or_decode("train", train_files, classes, cfg), _load_or_decode("test", test_files, classes, cfg)
+    val = None
+    if (root / "val").is_dir():  # the folder's own validation images, e.g. ImageNet-style layouts
+        _, val_files = _list_image_folder(root / "val", classes)
+        val = _load_or_decode("val", val_files, classes, cfg)
+    return Splits(
+        _load_or_decode("train", train_files, classes, cfg), _load_or_decode("test", test_files, classes, cfg), val
+    )
 
 
 # ---------------------------------------------------------------- synthetic: learnable toy images, for tests
@@ -225,32 +240,101 @@ def make_synthetic(cfg: DataConfig, seed: int, num_classes: int = 10) -> Splits:
             np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64), [f"class{c}" for c in range(num_classes)]
         )
 
-    return split(cfg.synthetic_train_size, seed * 2 + 1), split(cfg.synthetic_test_size, seed * 2 + 2)
+    return Splits(split(cfg.synthetic_train_size, seed * 2 + 1), split(cfg.synthetic_test_size, seed * 2 + 2))
 
 
-# ---------------------------------------------------------------- subsets
+# ---------------------------------------------------------------- validation split and subsets
 
 
-def stratified_subset(arrays: ImageArrays, size: int, seed: int, key: str) -> ImageArrays:
-    """A seeded subset of ``size`` images whose class proportions follow the whole split's."""
-    if size > len(arrays):
-        raise HarnessError(f"{key} = {size}: expected at most the split's {len(arrays)} images")
+def stratified_indices(labels: np.ndarray, num_classes: int, size: int, seed: int) -> np.ndarray:
+    """A seeded, sorted choice of ``size`` indices whose class proportions follow ``labels``'
+    (largest remainders decide the classes that get one more)."""
     rng = np.random.default_rng(seed)
-    counts = np.bincount(arrays.labels, minlength=len(arrays.classes))
-    exact = counts * size / counts.sum()
+    counts = np.bincount(labels, minlength=num_classes)
+    exact = counts * size / max(counts.sum(), 1)
     quota = np.floor(exact).astype(int)
     for c in np.argsort(-(exact - quota), kind="stable")[: size - quota.sum()]:
         quota[c] += 1
-    chosen = [rng.permutation(np.flatnonzero(arrays.labels == c))[: quota[c]] for c in range(len(counts))]
-    return arrays.subset(np.sort(np.concatenate(chosen)))
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[: quota[c]] for c in range(len(counts))]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def load_arrays(cfg: Config) -> Splits:
-    """The training and test splits named by ``cfg.data``, subset as configured."""
+def stratified_subset(
+    arrays: ImageArrays, size: int, seed: int, key: str, what: str = "images of the split"
+) -> ImageArrays:
+    """A seeded subset of ``size`` images whose class proportions follow the whole split's."""
+    if size > len(arrays):
+        raise HarnessError(f"{key} = {size}: expected at most the {len(arrays)} {what}")
+    return arrays.subset(stratified_indices(arrays.labels, len(arrays.classes), size, seed))
+
+
+def validation_count(val_size: int | float, train_images: int) -> int:
+    """``data.val_size`` as an image count: a count as given, a fraction of the training images rounded."""
+    count = round(val_size * train_images) if isinstance(val_size, float) else val_size
+    if count >= train_images:
+        raise HarnessError(
+            f"data.val_size = {val_size}: expected fewer than the {train_images} training images (some must train)"
+        )
+    if val_size and count == 0:
+        raise HarnessError(
+            f"data.val_size = {val_size}: {val_size} of {train_images} training images rounds to none; "
+            "expected a larger fraction, or 0 for no validation split"
+        )
+    return count
+
+
+def hold_out_validation(train: ImageArrays, val_size: int | float, val_seed: int) -> tuple[ImageArrays, ImageArrays]:
+    """Split ``train`` into (what trains, the validation split): stratified by class and seeded by
+    ``val_seed`` alone, so every seed and config of a study holds out the same images."""
+    count = validation_count(val_size, len(train))
+    held = stratified_indices(train.labels, len(train.classes), count, val_seed)
+    rest = np.setdiff1d(np.arange(len(train)), held, assume_unique=True)
+    return train.subset(rest), train.subset(held)
+
+
+@dataclass
+class DataSplits:
+    """The three splits of a run: ``train`` trains, ``val`` decides (best checkpoint, plateau,
+    pruning, search; None when ``data.val_size`` is 0), ``test`` only reports."""
+
+    train: ImageArrays
+    val: ImageArrays | None
+    test: ImageArrays
+    val_source: str = "none"  # where the validation images came from, in words (summary.json, the report)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def load_arrays(cfg: Config) -> DataSplits:
+    """The training, validation and test splits named by ``cfg.data``.
+
+    The validation split comes first, from the whole training split (or the source's own), so it is
+    the same whatever ``train_subset`` and ``seed`` are; ``train_subset`` is then drawn from the rest.
+    With ``val_size: 0`` a source's own validation images train too.
+    """
     data = cfg.data
-    train, test = SOURCES[data.dataset](data, cfg.seed)
+    source = SOURCES[data.dataset](data, cfg.seed)
+    train, val = source.train, source.val
+    val_source = "none: data.val_size is 0"
+    if val is not None and data.val_size == 0:
+        train = ImageArrays(
+            np.concatenate([train.images, val.images]), np.concatenate([train.labels, val.labels]), train.classes
+        )
+        val, val_source = None, "none: data.val_size is 0 (the folder's val/ images train too)"
+    elif val is not None:
+        val_source = f"the data folder's own val/ ({len(val)} images)"
+    elif data.val_size:
+        train, val = hold_out_validation(train, data.val_size, data.val_seed)
+        val_source = (
+            f"held out of the training images: {len(val)} (data.val_size {data.val_size}, "
+            f"stratified, data.val_seed {data.val_seed})"
+        )
     if data.train_subset is not None:
-        train = stratified_subset(train, data.train_subset, cfg.seed, "data.train_subset")
+        what = "training images left after the validation split" if val is not None else "training images"
+        train = stratified_subset(train, data.train_subset, cfg.seed, "data.train_subset", what)
+    test = source.test
     if data.test_subset is not None:
         test = stratified_subset(test, data.test_subset, cfg.seed + 1, "data.test_subset")
-    return train, test
+    return DataSplits(train, val, test, val_source)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -66,3 +66,52 @@ def mcnemar_exact_p_value(correct_a: Sequence[bool], correct_b: Sequence[bool]) 
 def sample_std(values: Sequence[float]) -> float:
     """Standard deviation with n - 1 (NaN for a single value: one run says nothing about the spread)."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (step-down, monotone, at most 1), in the order given; NaN
+    entries stay NaN and do not count as comparisons. Reject where the adjusted p is below alpha:
+    the chance of any false "yes" among the comparisons is then at most alpha."""
+    values = np.asarray(p_values, dtype=float)
+    adjusted = np.full(len(values), math.nan)
+    present = np.flatnonzero(~np.isnan(values))
+    m = len(present)
+    running = 0.0
+    for rank, index in enumerate(present[np.argsort(values[present], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def detectable_difference(std: float, n_a: int, n_b: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference of means that a two-sided two-sample t-test at ``alpha`` detects
+    with probability ``power``, for groups of ``n_a`` and ``n_b`` runs with a common standard
+    deviation ``std`` (Welch's test, which the comparison uses, has about this power with equal
+    spreads). NaN when there are too few runs (n_a + n_b < 3) or no spread to scale by."""
+    df = n_a + n_b - 2
+    if df < 1 or not std > 0:
+        return math.nan
+    scale = std * math.sqrt(1 / n_a + 1 / n_b)
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(difference: float) -> float:
+        shift = difference / scale
+        # The far tail underflows to NaN for large shifts in scipy's nct; it is 0 there.
+        far_tail = np.nan_to_num(stats.nct.cdf(-critical, df, shift))
+        return float(stats.nct.sf(critical, df, shift) + far_tail) - power
+
+    high = scale
+    while shortfall(high) < 0:  # power rises with the difference: widen until it is reached
+        high *= 2
+        if high > 1e4 * scale:
+            return math.inf
+    return float(optimize.brentq(shortfall, 1e-6 * scale, high))
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> float:
+    """The within-group standard deviation pooled over groups of two or more values (NaN if none)."""
+    usable = [np.asarray(g, dtype=float) for g in groups if len(g) >= 2]
+    df = sum(len(g) - 1 for g in usable)
+    if not df:
+        return math.nan
+    return float(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in usable) / df))

@@ -52,17 +52,29 @@ from harness.models import build_model, compile_or_fall_back, count_parameters, 
 from harness.optim import build_optimizer
 from harness.run_folder import RunLog
 from harness.schedules import attach_lr_scheduler
-from harness.sources import ImageArrays
+from harness.sources import DataSplits, ImageArrays
 from harness.steps import cpu_has_native_bf16, create_evaluator, create_trainer, make_train_step, resolve_amp_dtype
+
+
+@dataclass
+class Loaders:
+    """A run's loaders: ``val`` is None without a validation split (``data.val_size: 0``)."""
+
+    train: DataLoader
+    val: DataLoader | None
+    test: DataLoader
+    train_sampler: EpochBatchSampler
+    num_workers: int
 
 
 @dataclass
 class Training:
     trainer: Engine
-    evaluator: Engine
+    # The validation evaluator decides (best checkpoint, plateau, pruning); the test one only reports.
+    val_evaluator: Engine | None
+    test_evaluator: Engine
     model: nn.Module
-    train_loader: DataLoader
-    eval_loader: DataLoader
+    loaders: Loaders
     log: RunLog
     stop: StopRequest
     to_save: dict[str, Any]
@@ -91,27 +103,30 @@ class Training:
         self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
 
 
-def build_loaders(
-    cfg: Config, train_arrays: ImageArrays, test_arrays: ImageArrays, device: torch.device
-) -> tuple[DataLoader, DataLoader, EpochBatchSampler, int]:
+def build_loaders(cfg: Config, splits: DataSplits, device: torch.device) -> Loaders:
     rank, world_size = idist.get_rank(), idist.get_world_size()
-    check_batch_size(cfg.data, len(train_arrays), world_size)
+    check_batch_size(cfg.data, len(splits.train), world_size)
     batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
     train_sampler = EpochBatchSampler(
-        len(train_arrays), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size
-    )
-    eval_batch = max(1, cfg.data.eval_batch_size // world_size)
-    eval_sampler = EpochBatchSampler(
-        len(test_arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size
+        len(splits.train), batch, cfg.seed, shuffle=True, rank=rank, world_size=world_size
     )
     num_workers = resolve_num_workers(cfg.data, device, idist.get_nproc_per_node())
+    eval_transform = build_eval_transform(cfg.data)
+    eval_batch = max(1, cfg.data.eval_batch_size // world_size)
+
+    def eval_loader(arrays: ImageArrays) -> DataLoader:
+        sampler = EpochBatchSampler(len(arrays), eval_batch, cfg.seed, shuffle=False, rank=rank, world_size=world_size)
+        return build_loader(AugmentedArrayDataset(arrays, eval_transform), sampler, num_workers, device)
+
     # Our own batch sampler, not idist.auto_dataloader's DistributedSampler: it shards per rank
-    # itself, replays an interrupted epoch, and never pads the test set (no image counted twice).
-    train_loader = build_loader(build_train_dataset(train_arrays, cfg.data), train_sampler, num_workers, device)
-    eval_loader = build_loader(
-        AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data)), eval_sampler, num_workers, device
+    # itself, replays an interrupted epoch, and never pads an evaluation set (no image counted twice).
+    return Loaders(
+        build_loader(build_train_dataset(splits.train, cfg.data), train_sampler, num_workers, device),
+        eval_loader(splits.val) if splits.val is not None else None,
+        eval_loader(splits.test),
+        train_sampler,
+        num_workers,
     )
-    return train_loader, eval_loader, train_sampler, num_workers
 
 
 def resolve_train_config(cfg: Config, model: nn.Module, device: torch.device) -> TrainConfig:
@@ -142,14 +157,13 @@ def build_train_step(
     return step, scaler
 
 
-def build_training(
-    cfg: Config, run_dir: Path, train_arrays: ImageArrays, test_arrays: ImageArrays, start_iteration: int = 0
-) -> Training:
+def build_training(cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0) -> Training:
     """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load."""
     device = idist.device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
-    train_loader, eval_loader, train_sampler, num_workers = build_loaders(cfg, train_arrays, test_arrays, device)
+    loaders = build_loaders(cfg, splits, device)
+    train_sampler, train_arrays = loaders.train_sampler, splits.train
     iters_per_epoch = len(train_sampler)
 
     model = build_model(cfg.model, len(train_arrays.classes))
@@ -190,23 +204,24 @@ def build_training(
             if compiled
             else eval_model
         )
-    evaluator = create_evaluator(eval_step_model, device, train_cfg)
+    val_evaluator = create_evaluator(eval_step_model, device, train_cfg) if loaders.val is not None else None
+    test_evaluator = create_evaluator(eval_step_model, device, train_cfg)
 
     # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.
     log = RunLog(run_dir, write=idist.get_rank() == 0, weights=diagnostics is not None)
     run = Training(
         trainer,
-        evaluator,
+        val_evaluator,
+        test_evaluator,
         model,
-        train_loader,
-        eval_loader,
+        loaders,
         log,
         StopRequest(),
         {},
         train_metrics,
         iters_per_epoch,
         num_params,
-        num_workers,
+        loaders.num_workers,
         amp_dtype,
         compiled,
         train_cfg.channels_last,
@@ -224,33 +239,42 @@ def build_training(
     attach_lr_logging(trainer, optimizer, log)
     sync_every = 1 if device.type == "cpu" else 10  # reading the loss back stalls a GPU's queue
     attach_nan_guard(trainer, sync_every)
-    lr_scheduler = attach_lr_scheduler(cfg.scheduler, optimizer, trainer, evaluator, iters_per_epoch, train_cfg.epochs)
+    lr_scheduler = attach_lr_scheduler(
+        cfg.scheduler, optimizer, trainer, val_evaluator, iters_per_epoch, train_cfg.epochs
+    )
+    evaluations = {"val": (val_evaluator, loaders.val), "test": (test_evaluator, loaders.test)}
+    evaluations = {split: pair for split, pair in evaluations.items() if pair[0] is not None}
     flushers = [log.flush]
     tensorboard = None
     if cfg.logging.tensorboard and idist.get_rank() == 0:
-        tensorboard = attach_tensorboard(trainer, evaluator, optimizer, run_dir / "tensorboard", start_iteration)
+        tensorboard = attach_tensorboard(
+            trainer, {split: engine for split, (engine, _) in evaluations.items()}, optimizer,
+            run_dir / "tensorboard", start_iteration,
+        )  # fmt: skip
         flushers.append(tensorboard.writer.flush)  # with each checkpoint: a resumed run continues from there
         run.closers.append(tensorboard.close)
     if diagnostics is not None:  # before the evaluation, which writes the epoch's logs
         flushers.insert(0, attach_update_diagnostics(trainer, diagnostics, log, tensorboard))
-    attach_evaluation(trainer, evaluator, eval_loader, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
+    attach_evaluation(trainer, evaluations, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
 
     def flush_logs() -> None:
         for flush in flushers:
             flush()
 
-    best = build_best_checkpoint(eval_model, evaluator, trainer, run_dir / "checkpoints")
+    # Chosen on the validation split alone; without one there is no "best", only the final weights.
+    best = build_best_checkpoint(eval_model, val_evaluator, trainer, run_dir / "checkpoints") if val_evaluator else None
     run.to_save.update(
         {
             "model": model,
             "optimizer": optimizer,
             "lr_scheduler": lr_scheduler,
             "trainer": trainer,
-            "best_checkpointer": best,
             "rng": RNGState(),
             **{f"metric_{name}": metric for name, metric in train_metrics.items()},
         }
     )
+    if best is not None:
+        run.to_save["best_checkpointer"] = best
     if scaler is not None:
         run.to_save["scaler"] = scaler
     if eval_model is not model:
@@ -266,5 +290,5 @@ def build_training(
         flush_logs,
     )
     attach_stop_on_signal(trainer, run.stop, save)
-    attach_progress_bars(trainer, evaluator, sync_every)
+    attach_progress_bars(trainer, [engine for engine, _ in evaluations.values()], sync_every)
     return run

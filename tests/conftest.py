@@ -58,8 +58,9 @@ def make_image_folder(
 
 @pytest.fixture(scope="session")
 def cifar_like(tmp_path_factory) -> Path:
-    """A CIFAR-10-shaped JPEG folder: 10 classes, 16 training and 5 test images each."""
-    return make_image_folder(tmp_path_factory.mktemp("cifar_like"), 16, 5, CIFAR10_CLASSES, ".jpg")
+    """A CIFAR-10-shaped JPEG folder: 10 classes, 18 training and 5 test images each (162 train and
+    18 validation images under the default 10% validation split)."""
+    return make_image_folder(tmp_path_factory.mktemp("cifar_like"), 18, 5, CIFAR10_CLASSES, ".jpg")
 
 
 def data_overrides(root: Path) -> list[str]:
@@ -77,7 +78,8 @@ TINY = read_yaml(EXPERIMENTS / "resnet18_cpu.yaml")
 TINY.update(name="tiny", seed=0)
 TINY["data"].update(
     dataset="synthetic",
-    synthetic_train_size=256,
+    synthetic_train_size=288,  # 256 train after the 32 held out for validation
+    val_size=32,
     synthetic_test_size=128,
     batch_size=32,
     eval_batch_size=64,

@@ -37,7 +37,7 @@ def kill_in_training(point: str, value: int) -> None:
         if point == "iteration":
             run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=value), die)
         else:
-            run.evaluator.add_event_handler(
+            run.test_evaluator.add_event_handler(
                 Events.ITERATION_COMPLETED(event_filter=lambda *_: run.trainer.state.epoch == value), die
             )
         return run

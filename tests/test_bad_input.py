@@ -50,8 +50,14 @@ BAD_SETTINGS = [
     (["train=3"], "train = 3: expected a mapping of keys to values"),
     (["seed.x=1"], "'seed' is not a section"),
     (["train.epochs"], "expected KEY.PATH=VALUE"),
-    (["data.train_subset=100000"], "data.train_subset = 100000: expected at most the split's 160 images"),
-    (["data.batch_size=1000"], "data.batch_size = 1000: expected at most the 160 training images"),
+    (
+        ["data.train_subset=100000"],
+        "data.train_subset = 100000: expected at most the 162 training images left after the validation split",
+    ),
+    (["data.val_size=180"], "data.val_size = 180: expected fewer than the 180 training images (some must train)"),
+    (["data.val_size=1.5"], "data.val_size = 1.5: expected an image count (an integer >= 0) or a fraction"),
+    (["data.val_size=0", "scheduler.name=plateau"], "scheduler.name = 'plateau': expected a validation split"),
+    (["data.batch_size=1000"], "data.batch_size = 1000: expected at most the 162 training images"),
     (
         ["analysis.gradcam_layers=[layer5]"],
         "analysis.gradcam_layers = ['layer5']: resnet18 (width 8) has no module 'layer5'",

@@ -37,8 +37,10 @@ def write_cifar_pickles(root: Path, per_batch: int = 20) -> None:
 
 def test_cifar10_pickles_are_read_into_memory(tmp_path):
     write_cifar_pickles(tmp_path)
-    cfg = config_from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "download": False}})
-    train, test = load_arrays(cfg)
+    cfg = config_from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "download": False, "val_size": 0}})
+    splits = load_arrays(cfg)
+    train, test = splits.train, splits.test
+    assert splits.val is None
     assert train.images.shape == (100, 32, 32, 3) and train.images.dtype == np.uint8
     assert test.images.shape == (20, 32, 32, 3)
     assert train.classes == [f"c{i}" for i in range(10)]
@@ -55,15 +57,22 @@ def test_cifar10_missing_without_download_names_the_folder(tmp_path):
 def test_image_folder_decodes_and_caches(tmp_path):
     make_image_folder(tmp_path / "data")
     cfg = config_from_dict(
-        {"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}}
+        {
+            "data": {
+                "dataset": "image_folder",
+                "root": str(tmp_path / "data"),
+                "cache_dir": str(tmp_path / "cache"),
+                "val_size": 0,
+            }
+        }
     )
-    train, test = load_arrays(cfg)
+    train = load_arrays(cfg).train
     assert train.classes == ["cat", "dog"]
     assert train.images.shape == (6, 32, 32, 3) and list(train.labels) == [0, 0, 0, 1, 1, 1]
     expected = np.asarray(Image.open(tmp_path / "data/train/dog/0002.png"))
     assert np.array_equal(train.images[5], expected)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
-    again, _ = load_arrays(cfg)  # from the cache
+    again = load_arrays(cfg).train  # from the cache
     assert np.array_equal(again.images, train.images)
 
 
@@ -90,13 +99,59 @@ def test_image_folder_empty_class_and_missing_root(tmp_path):
 
 def test_stratified_subset_keeps_class_proportions():
     cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 1000}})
-    train, _ = load_arrays(cfg)
+    train = load_arrays(cfg).train
     subset = stratified_subset(train, 105, seed=3, key="data.train_subset")
     counts = np.bincount(subset.labels, minlength=10)
     assert counts.sum() == 105 and counts.max() - counts.min() <= 1
     assert np.array_equal(stratified_subset(train, 105, seed=3, key="k").images, subset.images)
     with pytest.raises(HarnessError, match="expected at most"):
         stratified_subset(train, 5000, seed=3, key="data.train_subset")
+
+
+def _pixels(arrays) -> set[bytes]:
+    return {image.tobytes() for image in arrays.images}
+
+
+def test_validation_split_is_stratified_disjoint_and_the_same_for_every_seed_and_subset(tmp_path):
+    make_image_folder(tmp_path / "data", train_per_class=40, test_per_class=2, classes=("a", "b", "c", "d"))
+
+    def splits(*overrides: str):
+        data = ["data.dataset=image_folder", f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'c'}"]
+        return load_arrays(config_from_dict({}, [*data, *overrides]))
+
+    default = splits()  # 10% of 160 images
+    assert len(default.val) == 16 and len(default.train) == 144
+    assert np.bincount(default.val.labels).tolist() == [4, 4, 4, 4], "stratified by class"
+    assert not _pixels(default.val) & _pixels(default.train), "disjoint from what trains"
+    held = _pixels(default.val)
+    for overrides in (["seed=7"], ["data.train_subset=40"], ["seed=3", "data.train_subset=100", "model.width=8"]):
+        other = splits(*overrides)
+        assert _pixels(other.val) == held, f"the same validation images with {overrides}"
+        assert not _pixels(other.val) & _pixels(other.train), "train_subset is drawn from the rest"
+    assert _pixels(splits("data.val_seed=1").val) != held, "val_seed alone moves the split"
+    assert len(splits("data.val_size=24").val) == 24 and len(splits("data.val_size=0.25").val) == 40
+    whole = splits("data.val_size=0")
+    assert whole.val is None and len(whole.train) == 160
+    with pytest.raises(HarnessError, match=r"data.train_subset = 150: expected at most the 144 training images left"):
+        splits("data.train_subset=150")
+    with pytest.raises(HarnessError, match=r"data.val_size = 160: expected fewer than the 160 training images"):
+        splits("data.val_size=160")
+    with pytest.raises(HarnessError, match=r"data.val_size = 0.001: .* rounds to none"):
+        splits("data.val_size=0.001")
+
+
+def test_an_image_folder_with_its_own_val_folder_validates_on_it(tmp_path):
+    root = make_image_folder(tmp_path / "data", train_per_class=6, test_per_class=2)
+    (root / "val").mkdir()
+    make_image_folder(tmp_path / "extra", train_per_class=3, test_per_class=1)
+    for name in ("cat", "dog"):
+        (tmp_path / "extra" / "train" / name).rename(root / "val" / name)
+    cfg = {"data": {"dataset": "image_folder", "root": str(root), "cache_dir": str(tmp_path / "c")}}
+    splits = load_arrays(config_from_dict(cfg))
+    assert len(splits.train) == 12 and len(splits.val) == 6, "the folder's val/, not 10% of train/"
+    assert "own val/" in splits.val_source
+    merged = load_arrays(config_from_dict(cfg, ["data.val_size=0"]))
+    assert merged.val is None and len(merged.train) == 18, "val_size 0: the val/ images train too"
 
 
 def test_padded_random_crop_stays_32x32_and_moves():
@@ -124,8 +179,8 @@ def test_cutout_alone_cuts_one_16x16_square():
 
 
 def test_same_seed_same_augmentation_and_replayable_sampler():
-    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 100}})
-    train, _ = load_arrays(cfg)
+    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 100, "val_size": 0}})
+    train = load_arrays(cfg).train
     dataset = AugmentedArrayDataset(train, build_train_transform(cfg.data))
     sampler = EpochBatchSampler(len(train), 8, seed=0, shuffle=True)
     sampler.set_epoch(2)
@@ -143,7 +198,7 @@ def test_same_seed_same_augmentation_and_replayable_sampler():
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
 def test_training_loader_augments_only_with_augment_on_loader(augment_on):
     cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 20, "augment_on": augment_on}})
-    train, _ = load_arrays(cfg)
+    train = load_arrays(cfg).train
     dataset = build_train_dataset(train, cfg.data)
     normalized = build_eval_transform(cfg.data)(image=train.images[3])["image"]
     views = [dataset[(3, seed)][0] for seed in range(4)]
@@ -165,14 +220,14 @@ def test_damaged_or_stale_cache_warns_and_decodes_again(damage, tmp_path, capsys
     cfg = config_from_dict(
         {"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "c")}}
     )
-    decoded, _ = load_arrays(cfg)
+    decoded = load_arrays(cfg).train
     cache = next((tmp_path / "c").glob("train-*.npz"))
     if damage == "truncated":
         cache.write_bytes(cache.read_bytes()[:500])
     else:  # another folder's arrays under this folder's key: fewer images than files
         np.savez(cache, images=decoded.images[:2], labels=decoded.labels[:2])
-    again, _ = load_arrays(cfg)
+    again = load_arrays(cfg).train
     assert np.array_equal(again.images, decoded.images) and np.array_equal(again.labels, decoded.labels)
     assert f"warning: image cache {cache} is damaged or stale" in capsys.readouterr().err
-    assert np.array_equal(load_arrays(cfg)[0].images, decoded.images)  # the rewritten cache is good
+    assert np.array_equal(load_arrays(cfg).train.images, decoded.images)  # the rewritten cache is good
     assert capsys.readouterr().err == ""

@@ -11,7 +11,7 @@ from ignite.engine import Events
 
 from harness.config import config_from_dict
 from harness.models import build_model
-from harness.sources import make_synthetic
+from harness.sources import load_arrays
 from harness.steps import create_evaluator
 from harness.wiring import build_loaders
 from tests.conftest import TINY, free_port
@@ -20,8 +20,7 @@ from tests.conftest import TINY, free_port
 def _accuracy_with_fixed_weights(local_rank: int, result_file: str) -> None:
     torch.manual_seed(0)
     cfg = config_from_dict(TINY, ["data.synthetic_test_size=103", "data.eval_batch_size=10"])
-    train, test = make_synthetic(cfg.data, cfg.seed)
-    _, eval_loader, _, _ = build_loaders(cfg, train, test, idist.device())
+    eval_loader = build_loaders(cfg, load_arrays(cfg), idist.device()).test
     model = build_model(cfg.model, 10)  # identical weights on every rank: same seed, no training
     evaluator = create_evaluator(model, idist.device(), cfg.train)
     counted = []

@@ -42,9 +42,10 @@ def assert_run_complete(run_dir: Path, test_images: int) -> None:
     assert summary["status"] == "completed" and summary["analysis_completed_utc"], summary
     confusion = pd.read_csv(run_dir / "analysis" / "confusion.csv", index_col=0).to_numpy()
     assert confusion.sum() == test_images
-    # The analysis is of the final weights, the ones final_val_acc was measured on (one image of slack
+    # The analysis is of the final weights, the ones final_test_acc was measured on (one image of slack
     # for a borderline logit: the analysis does not run the model in channels_last).
-    assert abs(summary["analysis_accuracy"] - summary["final_val_acc"]) <= 1 / test_images + 1e-9
+    assert abs(summary["analysis_accuracy"] - summary["final_test_acc"]) <= 1 / test_images + 1e-9
+    assert summary["train_images"] + summary["val_images"] == 180 and summary["val_images"] == 18
     assert len(pd.read_csv(run_dir / "analysis" / "predictions.csv")) == test_images
     html = (run_dir / "report.html").read_text()
     assert 'id="gradcam"' in html and "not available" not in html and "status-completed" in html
@@ -89,7 +90,7 @@ def test_torchrun_two_processes_with_analysis_and_report(cifar_like, analyzed_ru
 
 # ---------------------------------------------------------------- kill -9 anywhere, then --resume
 
-KILL_ARGS = ["train.epochs=3"]  # 160 images / batch 32 = 5 iterations an epoch, checkpoints at 5, 10, 15
+KILL_ARGS = ["train.epochs=3"]  # 162 images / batch 32 = 5 iterations an epoch, checkpoints at 5, 10, 15
 
 
 @pytest.fixture(scope="module")

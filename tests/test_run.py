@@ -23,7 +23,7 @@ from harness.models import build_model
 from harness.report import render_run_report
 from harness.run import main
 from harness.run_folder import METRICS_COLUMNS, checkpoint_iteration, list_checkpoints
-from harness.sources import make_synthetic
+from harness.sources import load_arrays
 from harness.steps import create_evaluator
 from harness.wiring import build_loaders
 from tests.conftest import REPO, make_image_folder, tensorboard_scalars
@@ -72,7 +72,6 @@ def test_one_epoch_run_writes_the_run_folder(write_config, tmp_path):
         assert (run_dir / name).is_file(), name
     rows = read_rows(run_dir / "metrics.csv")
     assert list(rows[0]) == METRICS_COLUMNS and len(rows) == 1
-    assert 0.0 <= float(rows[0]["val_acc"]) <= 1.0
     lr_rows = read_rows(run_dir / "lr.csv")
     assert [int(r["iteration"]) for r in lr_rows] == list(range(1, 9))  # 256 images / batch 32
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -81,6 +80,10 @@ def test_one_epoch_run_writes_the_run_folder(write_config, tmp_path):
         "best_val_acc",
         "best_epoch",
         "final_val_acc",
+        "final_test_acc",
+        "train_images",
+        "val_images",
+        "test_images",
         "total_time_s",
         "device",
         "world_size",
@@ -91,12 +94,15 @@ def test_one_epoch_run_writes_the_run_folder(write_config, tmp_path):
         assert key in summary, key
     assert summary["status"] == "completed" and summary["world_size"] == 1
     assert summary["final_val_acc"] == float(rows[0]["val_acc"])
+    assert summary["final_test_acc"] == float(rows[0]["test_acc"])
+    assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (256, 32, 128)
     assert list_checkpoints(run_dir / "checkpoints")
     assert list((run_dir / "checkpoints").glob("best_model_*.pt"))
     assert "Total params: 176,402" in (run_dir / "model_summary.txt").read_text()
     scalars = tensorboard_scalars(run_dir)  # `tensorboard --logdir results` shows the same numbers
     assert scalars["train/lr/group_0"] == [(int(r["iteration"]), pytest.approx(float(r["lr"]))) for r in lr_rows]
-    assert scalars["test/accuracy"] == [(8, pytest.approx(float(rows[0]["val_acc"]), abs=1e-6))]  # CSV: 6 decimals
+    assert scalars["test/accuracy"] == [(8, pytest.approx(float(rows[0]["test_acc"]), abs=1e-6))]  # CSV: 6 decimals
+    assert scalars["val/accuracy"] == [(8, pytest.approx(float(rows[0]["val_acc"]), abs=1e-6))]
     assert scalars["train/train_loss"] == [(8, pytest.approx(float(rows[0]["train_loss"]), rel=1e-5))]
     assert "width: 8" in (run_dir / "config.yaml").read_text()
 
@@ -105,7 +111,7 @@ def test_training_learns_the_synthetic_classes(write_config, tmp_path):
     config = write_config({"data": {"synthetic_train_size": 768}, "train": {"epochs": 3}})
     assert main([str(config), "--out", str(tmp_path / "run")]) == 0
     rows = read_rows(tmp_path / "run" / "metrics.csv")
-    assert float(rows[-1]["val_acc"]) > 0.5, rows  # chance is 0.1
+    assert float(rows[-1]["test_acc"]) > 0.5 and float(rows[-1]["val_acc"]) > 0.5, rows  # chance is 0.1
 
 
 def test_weight_average_is_what_gets_evaluated_and_kept(write_config, tmp_path):
@@ -128,10 +134,10 @@ def test_weight_average_is_what_gets_evaluated_and_kept(write_config, tmp_path):
     model = build_model(cfg.model, 10)
     model.load_state_dict(average)
     evaluator = create_evaluator(model, torch.device("cpu"), cfg.train)
-    evaluator.run(build_loaders(cfg, *make_synthetic(cfg.data, cfg.seed), torch.device("cpu"))[1])
+    evaluator.run(build_loaders(cfg, load_arrays(cfg), torch.device("cpu")).test)
     # The loss tells the two models apart where 128 images' accuracy might not.
-    assert evaluator.state.metrics["loss"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-5)
-    assert evaluator.state.metrics["accuracy"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-6)
+    assert evaluator.state.metrics["loss"] == pytest.approx(float(rows[-1]["test_loss"]), rel=1e-5)
+    assert evaluator.state.metrics["accuracy"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-6)
 
 
 def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config, tmp_path):

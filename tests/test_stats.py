@@ -7,7 +7,16 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.stats import mcnemar_exact_p_value, one_sample_p_value, t_interval, welch_p_value, wilson_interval
+from harness.stats import (
+    detectable_difference,
+    holm_adjusted,
+    mcnemar_exact_p_value,
+    one_sample_p_value,
+    pooled_std,
+    t_interval,
+    welch_p_value,
+    wilson_interval,
+)
 
 
 def test_t_interval_of_three_seeds():
@@ -52,3 +61,32 @@ def test_one_sample_against_a_single_run():
     # mean 0.82, sem = 0.02/sqrt(3); t = (0.82 - 0.79) / sem with 2 degrees of freedom
     t = 0.03 / (0.02 / math.sqrt(3))
     assert one_sample_p_value([0.80, 0.82, 0.84], 0.79) == pytest.approx(2 * scipy_stats.t.sf(t, 2), rel=1e-9)
+
+
+def test_holm_adjusts_step_down_and_skips_missing():
+    # sorted 0.005, 0.01, 0.03, 0.04 of m = 4: x4 = 0.02, x3 = 0.03, x2 = 0.06, x1 = 0.04 -> kept monotone at 0.06
+    adjusted = holm_adjusted([0.01, 0.04, 0.03, math.nan, 0.005])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[4] == pytest.approx(0.02)
+    assert math.isnan(adjusted[3])
+    assert holm_adjusted([0.6, 0.9]) == [1.0, 1.0], "capped at 1"
+    # what the uncorrected 5% calls significant and Holm does not: three comparisons at 0.02 each
+    assert all(p > 0.05 for p in holm_adjusted([0.02, 0.02, 0.02]))
+
+
+def test_detectable_difference_matches_the_textbook_sample_size():
+    # The textbook figure: 64 runs per group detect d = 0.5 standard deviations at 80% power (two-sided 5%)
+    assert detectable_difference(1.0, 64, 64) == pytest.approx(0.5, abs=0.003)
+    # It scales with the spread, and a stricter level needs a larger difference
+    assert detectable_difference(2.0, 64, 64) == pytest.approx(2 * detectable_difference(1.0, 64, 64))
+    assert detectable_difference(1.0, 3, 3, alpha=0.05 / 7) > detectable_difference(1.0, 3, 3) > 3.0
+    # Power at the returned difference is 80%: checked with the noncentral t directly
+    d, df = detectable_difference(1.0, 3, 3), 4
+    critical, shift = scipy_stats.t.ppf(0.975, df), d / math.sqrt(2 / 3)
+    assert scipy_stats.nct.sf(critical, df, shift) + scipy_stats.nct.cdf(-critical, df, shift) == pytest.approx(0.8)
+    assert math.isnan(detectable_difference(1.0, 1, 1)) and math.isnan(detectable_difference(0.0, 3, 3))
+
+
+def test_pooled_std_weights_groups_by_degrees_of_freedom():
+    # (1,2,3): squares 2 over 2 df; (2,4): squares 2 over 1 df -> sqrt(4 / 3); a single value adds nothing
+    assert pooled_std([[1, 2, 3], [2, 4], [5]]) == pytest.approx(math.sqrt(4 / 3))
+    assert math.isnan(pooled_std([[1], [2]]))
