@@ -290,9 +290,9 @@ def _key_path(loc: tuple) -> str:
     return path
 
 
-def _field(loc: tuple) -> Any:
+def _field(loc: tuple, schema: type[BaseModel]) -> Any:
     """The pydantic FieldInfo at a key path, or the section model when the path ends at one."""
-    node: Any = Config
+    node: Any = schema
     for part in loc:
         if isinstance(part, int):
             continue
@@ -303,16 +303,16 @@ def _field(loc: tuple) -> Any:
     return node
 
 
-def _section_fields(loc: tuple) -> list[str]:
-    node = _field(loc)
+def _section_fields(loc: tuple, schema: type[BaseModel]) -> list[str]:
+    node = _field(loc, schema)
     model = node.annotation if hasattr(node, "annotation") else node
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
-def _bounds(loc: tuple) -> str:
+def _bounds(loc: tuple, schema: type[BaseModel]) -> str:
     """Every bound of the field at ``loc``, e.g. '>= 0 and <= 200'."""
     symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-    node = _field(loc)
+    node = _field(loc, schema)
     parts = []
     for constraint in getattr(node, "metadata", []):
         for attr, symbol in symbols.items():
@@ -321,15 +321,22 @@ def _bounds(loc: tuple) -> str:
     return " and ".join(parts)
 
 
-def _one_line(error: ValidationError, source: str) -> str:
+def format_validation_error(
+    error: ValidationError, source: str, schema: type[BaseModel] | None = None, prefix: str = ""
+) -> str:
+    """A pydantic error of ``schema`` (default: the experiment's ``Config``) as one line naming the
+    file, the key path (under ``prefix`` when the schema is part of a file), the value and what was expected."""
+    schema = schema or Config
     first = error.errors()[0]
     kind, loc, ctx = first["type"], tuple(first["loc"]), first.get("ctx") or {}
-    path = _key_path(loc)
+    path = ".".join(part for part in (prefix, _key_path(loc)) if part)
+    if kind == "missing":
+        return f"{source}: {path}: missing (this key is required)"
     if kind == "extra_forbidden":
-        known = ", ".join(_section_fields(loc[:-1]))
+        known = ", ".join(_section_fields(loc[:-1], schema))
         return f"{source}: unknown key '{path}' (expected one of: {known})"
     if kind in _BOUNDS:
-        expected = f"a value {_bounds(loc) or _BOUNDS[kind] + ' ' + str(next(iter(ctx.values())))}"
+        expected = f"a value {_bounds(loc, schema) or _BOUNDS[kind] + ' ' + str(next(iter(ctx.values())))}"
     elif kind == "literal_error":
         expected = f"one of {ctx['expected'].replace(' or ', ', ')}"
     elif kind == "string_pattern_mismatch":
@@ -362,9 +369,14 @@ def _apply_override(raw: dict, path: list[str], value: Any, text: str) -> None:
     for i, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {text!r}: '{'.'.join(path[: i + 1])}' is not a section")
+            raise ConfigError(f"{text}: '{'.'.join(path[: i + 1])}' is not a section")
         node = child
     node[path[-1]] = value
+
+
+def set_key(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a raw config dict, creating sections on the way (the schema checks the key later)."""
+    _apply_override(raw, dotted.split("."), value, dotted)
 
 
 def _deep_merge(base: dict, changes: dict) -> dict:
@@ -375,9 +387,10 @@ def _deep_merge(base: dict, changes: dict) -> dict:
     return merged
 
 
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), follow_base: bool = True) -> dict:
     """A config file as a dict; ``base: other.yaml`` (relative to the file) is read first and
-    overlaid, so that a variant names only what it changes."""
+    overlaid, so that a variant names only what it changes (unless ``follow_base`` is false: a
+    search file's ``base`` names its experiment, it is not overlaid)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
@@ -398,7 +411,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
-    if "base" not in raw:
+    if "base" not in raw or not follow_base:
         return raw
     base = raw.pop("base")
     if not isinstance(base, str):
@@ -441,11 +454,11 @@ def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<confi
     raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        _apply_override(raw, path, value, text)
+        _apply_override(raw, path, value, f"--set {text!r}")
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_one_line(error, source)) from None
+        raise ConfigError(format_validation_error(error, source)) from None
     _check_consistency(cfg, source)
     return cfg
 

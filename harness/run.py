@@ -36,6 +36,7 @@ from harness.run_folder import (
     utc_now,
 )
 from harness.schedules import check_schedule
+from harness.search.pruning import TrialReporter
 from harness.sources import DataSplits, load_arrays
 from harness.wiring import Training, build_training
 
@@ -167,6 +168,8 @@ def training_status(run: Training) -> dict[str, Any]:
     loss = state.output["loss"] if state.output else None
     if loss is not None and not math.isfinite(float(loss)):
         return {"status": "diverged", "diverged_at_iteration": state.iteration}
+    if getattr(state, "pruned_at_epoch", None):
+        return {"status": "pruned", "pruned_at_epoch": state.pruned_at_epoch}
     if run.stop.signum is not None:
         return {"status": "interrupted", "interrupted_at_iteration": state.iteration}
     return {"status": "completed"}
@@ -177,13 +180,16 @@ def final_metric(rows: list[dict[str, Any]], column: str) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def training(cfg: Config, run_dir: Path, splits: DataSplits, resume: bool, outcome: Outcome) -> None:
+def training(
+    cfg: Config, run_dir: Path, splits: DataSplits, resume: bool, outcome: Outcome, trial: TrialReporter | None
+) -> None:
     rank = idist.get_rank()
     started = time.time()
     manual_seed(cfg.seed)
     found = load_resume_checkpoint(run_dir) if resume else None
     resumed_from, state = found or (None, None)
-    run = build_training(cfg, run_dir, splits, start_iteration=state["trainer"]["iteration"] if state else 0)
+    start = state["trainer"]["iteration"] if state else 0
+    run = build_training(cfg, run_dir, splits, start_iteration=start, trial=trial if rank == 0 else None)
     if state is not None:
         run.load_state(state)
         if rank == 0:
@@ -236,7 +242,7 @@ def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None
         pass
 
 
-def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome) -> None:
+def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome, trial: TrialReporter | None) -> None:
     resume = args.resume is not None
     world_size = idist.get_world_size()
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
@@ -250,7 +256,7 @@ def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome) ->
     outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
     if outcome.rank == 0:
         print(f"run folder: {run_dir}", flush=True)
-    training(cfg, run_dir, splits, resume, outcome)
+    training(cfg, run_dir, splits, resume, outcome, trial)
 
 
 # ---------------------------------------------------------------- after training (one process)
@@ -340,8 +346,9 @@ def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
     return cfg, lock, atomic_io.read_json(run_dir / "summary.json").get("status") == "completed"
 
 
-@exit_on_harness_error
-def main(argv: list[str] | None = None) -> int:
+def run_command(argv: list[str] | None = None, trial: TrialReporter | None = None) -> int:
+    """The command, raising HarnessError on bad input; ``trial`` is given when a search runs this run
+    as one of its trials (in its worker's process), to report each epoch's validation accuracy to."""
     args = parse_args(argv)
     lock, outcome = None, Outcome()
     try:
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
         logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
         with parallel:
-            parallel.run(run_in_process, cfg, args, outcome)
+            parallel.run(run_in_process, cfg, args, outcome, trial)
         if outcome.rank == 0:  # the process group is gone by now: idist.get_rank() says 0 everywhere
             if outcome.status == "completed":
                 finish(outcome.run_dir, cfg)
@@ -375,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         for held in (lock, outcome.lock):
             if held is not None:
                 held.release()
+
+
+main = exit_on_harness_error(run_command)
 
 
 def exit_worker(code: int) -> NoReturn:

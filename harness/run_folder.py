@@ -201,15 +201,22 @@ class RunLock:
             self.fd = None
 
 
-def create_run_dir(run_dir: Path) -> RunLock:
-    """Create and lock a new run folder, refusing one that holds another run; returns the held lock."""
+def create_output_dir(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) and check that it takes files; one line if it does not."""
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise HarnessError(f"output folder {run_dir}: cannot be written ({error.strerror or error})") from None
+        raise HarnessError(f"output folder {folder}: cannot be written ({error.strerror or error})") from None
+    return folder
+
+
+def create_run_dir(run_dir: Path) -> RunLock:
+    """Create and lock a new run folder, refusing one that holds another run; returns the held lock."""
+    create_output_dir(run_dir)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
     lock = RunLock(run_dir)
     lock.acquire(orphan_wait_s=0.0)
     if (run_dir / "summary.json").exists() or (run_dir / "config.yaml").exists():

@@ -1,50 +1,49 @@
-"""``python -m harness.sweep FILES... [--seeds 0 1 2] [--set K=V ...] [--out SWEEP_DIR]``: every
-experiment with every seed, then the comparison.
+"""``python -m harness.sweep FILES... [--seeds 0 1 2] [--set K=V ...] [--out SWEEP_DIR] [--workers K]
+[--storage URL]``: every experiment with every seed, then the comparison.
 
 The sweep is one folder: its runs live inside it (``SWEEP_DIR/<config name>-seed<k>/``), and
 ``compare.html`` and ``leaderboard.csv`` are rewritten after each finished run, so a killed sweep
-still shows what finished. Running the same command again skips the finished runs and resumes an
-interrupted one. Each run is its own process (``python -m harness.run``): one failed run never
-stops the others. ``--set`` applies to every run, e.g. narrow, short versions for a CPU:
+still shows what finished. It runs on the search engine (``harness.search.engine``): every (config,
+seed) pair is a queued trial of a study in ``SWEEP_DIR/sweep.db`` (or ``--storage``), and ``--workers
+K`` processes take them, each run exactly once (its folder's lock refuses a second). Running the same
+command again skips the finished runs and resumes the others from their checkpoints; one failed run
+never stops the rest. ``--set`` applies to every run, e.g. narrow, short versions for a CPU:
 ``python -m harness.sweep experiments/resnet18_*.yaml --seeds 0 1 2 --set model.width=16 train.epochs=3``.
 """
 
 from __future__ import annotations
 
-import subprocess
+import argparse
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn
 
-from harness import atomic_io
+import optuna
+from optuna.trial import TrialState
+
 from harness.compare import render_comparison
 from harness.config import load_config
 from harness.data import check_augment
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.run_folder import create_output_dir
+from harness.search.engine import (
+    default_storage,
+    open_storage,
+    open_study,
+    run_status,
+    start_workers,
+    supervise,
+    trials_by_state,
+    work,
+)
+from harness.search.plans import SweepPlan, SweepRun
+from harness.search.space import HeartbeatConfig
+
+STUDY = "sweep"
 
 
-@dataclass
-class PlannedRun:
-    config: Path
-    seed: int
-    run_dir: Path
-
-    def command(self, overrides: list[str]) -> list[str]:
-        return [sys.executable, "-m", "harness.run", str(self.config), "--set", *overrides, f"seed={self.seed}",
-                "--out", str(self.run_dir)]  # fmt: skip
-
-    @property
-    def status(self) -> str | None:
-        """``completed`` once trained, analyzed and reported; another status, or None before it started."""
-        summary = atomic_io.read_json(self.run_dir / "summary.json")
-        if summary.get("status") == "completed" and not (self.run_dir / "report.html").is_file():
-            return "unfinished"  # killed after training: --resume finishes the analysis and the report
-        return summary.get("status") or ("started" if (self.run_dir / "config.yaml").is_file() else None)
-
-
-def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], sweep_dir: Path) -> list[PlannedRun]:
+def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], sweep_dir: Path) -> list[SweepRun]:
     """Every (config, seed) pair, each validated before any run starts."""
     runs, folders = [], {}
     for path in configs:
@@ -57,17 +56,66 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
                 raise HarnessError(f"{path}: name {cfg.name!r} is also the name of {folders[folder]}; "
                                    "give each experiment of a sweep its own name")  # fmt: skip
             folders[folder] = path
-            runs.append(PlannedRun(path, seed, folder))
+            runs.append(SweepRun(path.resolve(), seed, folder))
     return runs
 
 
-def run_one(run: PlannedRun, overrides: list[str]) -> int:
-    status = run.status
-    if status == "completed":
-        print(f"{run.run_dir}: finished earlier; skipped", flush=True)
-        return 0
-    command = [sys.executable, "-m", "harness.run", "--resume", str(run.run_dir)] if status else run.command(overrides)
-    return subprocess.run(command).returncode
+def comparison(runs: list[SweepRun], sweep_dir: Path) -> None:
+    existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
+    if existing:
+        render_comparison(existing, sweep_dir / "compare.html")
+
+
+def run_sweep(
+    configs: list[Path],
+    seeds: list[int] | None,
+    overrides: list[str],
+    sweep_dir: Path,
+    workers: int = 1,
+    storage_url: str | None = None,
+    as_worker: int | None = None,
+) -> int:
+    """Plan, queue, run on ``workers`` processes and compare; returns the exit code (1 if a run failed)."""
+    runs = plan(configs, seeds, overrides, sweep_dir)  # all fail fast, before any run
+    storage_url = storage_url or default_storage(sweep_dir, "sweep")
+    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir))
+    heartbeat = HeartbeatConfig()
+    if as_worker is not None:
+        return work(open_study(open_storage(storage_url, heartbeat), STUDY, "sweep", "maximize"), sweep, 10)
+
+    create_output_dir(sweep_dir)
+    study = open_study(open_storage(storage_url, heartbeat), STUDY, "sweep", "maximize")
+    finished = set()
+    for index, run in enumerate(runs, start=1):
+        done = run_status(run.run_dir) == "completed"
+        print(f"[{index}/{len(runs)}] {run.config} seed {run.seed} -> {run.run_dir}"
+              + (": finished earlier; skipped" if done else ""), flush=True)  # fmt: skip
+        if done:
+            finished.add(run.name)
+    sweep.queue(study, finished)
+    command = [sys.executable, "-m", "harness.sweep", *map(str, configs), "--out", str(sweep_dir)]
+    command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
+    command += ["--set", *overrides] if overrides else []
+    code = supervise(start_workers(command, workers, sweep_dir / "logs"), study, lambda _: None)
+    comparison(runs, sweep_dir)
+    print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
+    if code:
+        return code
+    failed = failures(study, runs)
+    if failed:
+        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def failures(study: optuna.Study, runs: list[SweepRun]) -> list[str]:
+    """The planned runs that did not complete, with the reason their last trial gave."""
+    last: dict[str, optuna.trial.FrozenTrial] = {}
+    for trial in sorted(trials_by_state(study)[TrialState.FAIL], key=lambda t: t.number):
+        if not trial.user_attrs.get("surplus"):
+            last[trial.params.get("run")] = trial
+    return [f"{run.run_dir} ({last[run.name].user_attrs.get('error', 'failed')})" for run in runs
+            if run_status(run.run_dir) != "completed" and run.name in last]  # fmt: skip
 
 
 @exit_on_harness_error
@@ -77,23 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds for every config (default: each config's own)")
     parser.add_overrides()
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/sweeps/<UTC timestamp>)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument("--storage", help="study storage URL (default: sqlite:///SWEEP_DIR/sweep.db)")
+    parser.add_argument("--as-worker", type=int, help=argparse.SUPPRESS)  # the worker processes' own flag
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: expected at least 1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = args.out or Path("results") / "sweeps" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    runs = plan(args.configs, args.seeds, args.overrides, sweep_dir)  # all fail fast, before any run
-    failures = []
-    for index, run in enumerate(runs, start=1):
-        print(f"[{index}/{len(runs)}] {run.config} seed {run.seed} -> {run.run_dir}", flush=True)
-        code = run_one(run, args.overrides)
-        if code != 0:
-            failures.append(f"{run.run_dir} (exit {code})")
-        existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
-        if existing:
-            render_comparison(existing, sweep_dir / "compare.html")
-    print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
-    if failures:
-        print(f"failed runs: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    return run_sweep(args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker)
 
 
 def cli() -> NoReturn:

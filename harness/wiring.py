@@ -33,6 +33,7 @@ from harness.data import (
 )
 from harness.device_augment import DeviceAugment, plan_from_augment
 from harness.diagnostics import UpdateDiagnostics
+from harness.errors import HarnessError
 from harness.handlers import (
     RNGState,
     StopRequest,
@@ -52,6 +53,7 @@ from harness.models import build_model, compile_or_fall_back, count_parameters, 
 from harness.optim import build_optimizer
 from harness.run_folder import RunLog
 from harness.schedules import attach_lr_scheduler
+from harness.search.pruning import TrialReporter, attach_pruning
 from harness.sources import DataSplits, ImageArrays
 from harness.steps import cpu_has_native_bf16, create_evaluator, create_trainer, make_train_step, resolve_amp_dtype
 
@@ -157,8 +159,11 @@ def build_train_step(
     return step, scaler
 
 
-def build_training(cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0) -> Training:
-    """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load."""
+def build_training(
+    cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
+) -> Training:
+    """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load;
+    ``trial``: the search trial this run is, told the validation accuracy after each epoch (and pruned)."""
     device = idist.device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
@@ -256,6 +261,10 @@ def build_training(cfg: Config, run_dir: Path, splits: DataSplits, start_iterati
     if diagnostics is not None:  # before the evaluation, which writes the epoch's logs
         flushers.insert(0, attach_update_diagnostics(trainer, diagnostics, log, tensorboard))
     attach_evaluation(trainer, evaluations, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
+    if trial is not None:  # after the evaluation it reads, before the checkpoints (a pruned epoch is not saved)
+        if val_evaluator is None:
+            raise HarnessError("a search trial needs a validation split to report (data.val_size > 0)")
+        attach_pruning(trainer, val_evaluator, trial)
 
     def flush_logs() -> None:
         for flush in flushers:

@@ -14,13 +14,17 @@ LEADERBOARD_COLUMNS = ["group", "n_runs", "mean_acc", "std_acc", "min_acc", "max
                        "p_value_vs_best", "mean_time_s"]  # fmt: skip
 
 
-def test_two_configs_times_two_seeds(cifar_like, tmp_path, capsys):
+def test_two_configs_times_two_seeds_on_two_workers(cifar_like, tmp_path, capsys):
     files = [str(EXPERIMENTS / "resnet18_adam.yaml"), str(EXPERIMENTS / "resnet18_adamw.yaml")]
     out = tmp_path / "sweep"
     command = [*files, "--seeds", "0", "1", "--set", *data_overrides(cifar_like), *SMALL, "--out", str(out)]
-    assert sweep_main(command) == 0
-    runs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.endswith("_figures"))
+    assert sweep_main([*command, "--workers", "2"]) == 0
+    runs = sorted(p.name for p in out.iterdir() if (p / "config.yaml").is_file())
     assert runs == ["resnet18_adam-seed0", "resnet18_adam-seed1", "resnet18_adamw-seed0", "resnet18_adamw-seed1"]
+    logs = "".join(log.read_text() for log in sorted((out / "logs").glob("worker-*.log")))
+    for run in runs:  # each pair ran exactly once, across both workers
+        assert logs.count(f"run folder: {out / run} (completed)") == 1, logs[-3000:]
+    assert all(log.read_text().count("(completed)") for log in (out / "logs").glob("worker-*.log")), "both worked"
     for run in runs:
         summary = json.loads((out / run / "summary.json").read_text())
         assert summary["status"] == "completed" and (out / run / "report.html").is_file()

@@ -1,0 +1,142 @@
+"""What the engine's trials run: a search's trials (sampled configs, pruned on validation accuracy)
+and a sweep's (every planned config and seed, exactly once)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.search.engine import Job, frozen, trials_by_state
+from harness.search.space import Search
+
+# The states that use up a search's budget: a failed or interrupted trial gives its place back.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` for ``--set``, the value as JSON (valid YAML 1.2: strings stay strings)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def trial_folder(out: Path, number: int) -> Path:
+    return out / f"trial-{number:04d}"
+
+
+class SearchPlan:
+    """Trials of a search file: each a run of the base experiment with sampled parameters, at the
+    trials' budget, reporting validation accuracy every epoch for pruning; ``search.trials`` of
+    them complete or pruned."""
+
+    kind = "search"
+    prunes = True
+
+    def __init__(self, search: Search, out: Path, extra: list[str]) -> None:
+        self.search, self.out, self.extra = search, out, extra
+        self.reported_metric = "loss" if search.spec.objective.metric == "final_val_loss" else "accuracy"
+
+    def state(self, study: optuna.Study) -> str:
+        trials = trials_by_state(study)
+        finished = sum(len(trials[s]) for s in FINISHED)
+        if finished >= self.search.trials:
+            return "done"
+        if trials[TrialState.WAITING]:
+            return "ask"
+        return "wait" if finished + len(trials[TrialState.RUNNING]) >= self.search.trials else "ask"
+
+    def _surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """Asked beyond the budget by a worker that raced another: trials before it already fill it."""
+        if frozen(study, trial).system_attrs.get("fixed_params"):
+            return False  # a retried or resumed trial takes the place its original gave back
+        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        return sum(t.state in (*FINISHED, TrialState.RUNNING) for t in before) >= self.search.trials
+
+    def job(self, study: optuna.Study, trial: optuna.Trial) -> Job | None:
+        if self._surplus(study, trial):
+            return None
+        params = self.search.suggest(trial)
+        run_dir = Path(trial.user_attrs.get("run_dir") or trial_folder(self.out, trial.number))
+        changes = self.search.raw_changes(params, for_trial=True)
+        argv = [str(self.search.base_path), "--set", *(as_override(k, v) for k, v in changes.items()), *self.extra]
+        return Job(run_dir, [*argv, "--out", str(run_dir)], params)
+
+    def value(self, summary: dict[str, Any]) -> float | None:
+        value = summary.get(self.search.spec.objective.metric)
+        return float(value) if isinstance(value, int | float) else None
+
+    def failure_ends_trial(self) -> bool:
+        return False
+
+    def after(self, job: Job) -> None:
+        pass
+
+
+@dataclass
+class SweepRun:
+    """One (config, seed) pair of a sweep: its file, its seed and its run folder."""
+
+    config: Path
+    seed: int
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def argv(self, overrides: list[str]) -> list[str]:
+        return [str(self.config), "--set", *overrides, f"seed={self.seed}", "--out", str(self.run_dir)]
+
+
+class SweepPlan:
+    """Trials of a sweep: one per planned run, queued by name; a worker asks for queued trials only,
+    so every run is run once (its folder's lock refuses a second, its status skips a finished one)."""
+
+    kind = "sweep"
+    prunes = False
+    reported_metric = "accuracy"
+
+    def __init__(self, runs: list[SweepRun], overrides: list[str], after_run: Callable[[], None]) -> None:
+        self.runs = {run.name: run for run in runs}
+        self.overrides = overrides
+        self.after_run = after_run
+
+    def queue(self, study: optuna.Study, finished: set[str]) -> int:
+        """Queue every planned run that is neither finished nor already queued or running; returns how many."""
+        trials = trials_by_state(study)
+        pending = {t.params.get("run") or t.system_attrs.get("fixed_params", {}).get("run")
+                   for s in (TrialState.WAITING, TrialState.RUNNING) for t in trials[s]}  # fmt: skip
+        queued = 0
+        for name, run in self.runs.items():
+            if name not in finished and name not in pending:
+                study.enqueue_trial({"run": name}, user_attrs={"run_dir": str(run.run_dir)})
+                queued += 1
+        return queued
+
+    def state(self, study: optuna.Study) -> str:
+        trials = trials_by_state(study)
+        if trials[TrialState.WAITING]:
+            return "ask"
+        return "wait" if trials[TrialState.RUNNING] else "done"
+
+    def job(self, study: optuna.Study, trial: optuna.Trial) -> Job | None:
+        if "run" not in frozen(study, trial).system_attrs.get("fixed_params", {}):
+            return None  # not one of the queued runs: asked after the queue ran dry
+        name = trial.suggest_categorical("run", list(self.runs))
+        run = self.runs[name]
+        return Job(run.run_dir, run.argv(self.overrides), {"run": name})
+
+    def value(self, summary: dict[str, Any]) -> float | None:
+        # A sweep decides nothing: the value only records the validation accuracy (0 without a split).
+        value = summary.get("final_val_acc")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    def failure_ends_trial(self) -> bool:
+        return True
+
+    def after(self, job: Job) -> None:
+        self.after_run()

@@ -1,0 +1,247 @@
+"""What a search leaves for the user to open: ``trials.csv``, ``study.html`` (self-contained: the
+optimization history, parameter importances by Optuna's fANOVA, a slice plot per parameter, the
+validation curves of complete and pruned trials) and ``best.yaml``, the best trial as an experiment.
+
+Everything here reads the study's storage and validation metrics only; the test set is reported by
+the confirmation runs (``--confirm``), not here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from harness import atomic_io
+from harness.config import dump_config
+from harness.figures import plt, save_figure
+from harness.provenance import git_commit
+from harness.run_folder import utc_now
+from harness.search.space import CategoricalDistribution, Search
+
+COLUMNS = ["number", "state", "value", "epochs", "time_s", "run_dir"]
+
+
+def trial_state(trial: FrozenTrial, retried: set[int]) -> str | None:
+    """The state in words; None for a surplus trial (asked beyond the budget, never run)."""
+    if trial.state == TrialState.FAIL:
+        if trial.user_attrs.get("surplus"):
+            return None
+        if trial.user_attrs.get("interrupted"):
+            return "interrupted"
+        return "retried" if trial.number in retried else "failed"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, trial.state.name.lower())
+
+
+def trials_table(study: optuna.Study, search: Search) -> pd.DataFrame:
+    """A row per trial that ran or runs: ``number, state, value, epochs, time_s, run_dir``, a column
+    per parameter, then where a retry came from and why a trial failed."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried |= {t.user_attrs["resumes"] for t in trials if "resumes" in t.user_attrs}
+    rows = []
+    for trial in trials:
+        state = trial_state(trial, retried)
+        if state is None:
+            continue
+        row = {
+            "number": trial.number,
+            "state": state,
+            "value": trial.value if trial.state == TrialState.COMPLETE else math.nan,
+            "epochs": trial.user_attrs.get("epochs"),
+            "time_s": trial.user_attrs.get("time_s"),
+            "run_dir": trial.user_attrs.get("run_dir", ""),
+        }
+        row.update({key: trial.params.get(key) for key in search.space})
+        origin = trial.system_attrs.get("failed_trial", trial.user_attrs.get("resumes"))
+        row["retry_of"] = origin if origin is not None else ""
+        row["error"] = trial.user_attrs.get("error", "")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*COLUMNS, *search.space, "retry_of", "error"])
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    best = top_trials(study, 1)
+    return best[0] if best else None
+
+
+def top_trials(study: optuna.Study, count: int) -> list[FrozenTrial]:
+    """The ``count`` best complete trials, best first (by the study's direction)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(complete, key=lambda t: (sign * t.value, t.number))[:count]
+
+
+def best_yaml(search: Search, trial: FrozenTrial, extra: list[str]) -> str:
+    """The best trial as an experiment file at the base's full budget (``trial_overrides`` left out;
+    the command line's ``--set`` kept: it applied to every run of the search)."""
+    cfg = search.config(dict(trial.params), for_trial=False, extra=extra)
+    cfg = cfg.model_copy(update={"name": f"{search.name}-best"})
+    changed = ", ".join(f"{k}={v!r}" for k, v in trial.params.items())
+    header = [
+        f"# The best trial of the search {search.path} (study {search.name!r}): trial {trial.number},",
+        f"# {search.spec.objective.metric} = {trial.value:.4f} on the validation split.",
+        f"# Its parameters: {changed}.",
+        f"# Trials ran with {search.spec.trial_overrides or 'no trial_overrides'}; this file runs the base's budget.",
+        f"# Written {utc_now()} at commit {git_commit() or 'unknown'}. Run: python -m harness.run <this file>",
+    ]
+    if extra:
+        header.insert(-1, f"# With the search's --set {' '.join(extra)}")
+    return "\n".join(header) + "\n" + dump_config(cfg)
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for reports."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def history_figure(study: optuna.Study, path: Path, footer: str, metric: str) -> Path | None:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    if not complete and not pruned:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if complete:
+        numbers = [t.number for t in complete]
+        ax.scatter(numbers, [t.value for t in complete], color="#3b5bdb", label="complete", zorder=3)
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        values = np.array([t.value for t in complete])
+        best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
+        ax.step(numbers, best, where="post", color="#d9480f", label="best so far")
+    if pruned:
+        last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+        ax.scatter([t.number for t in pruned], last, marker="x", color="#868e96", label="pruned (last reported)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Optimization history", fontsize=10)
+    return save_figure(fig, path, footer)
+
+
+def importance_figure(study: optuna.Study, path: Path, footer: str) -> tuple[Path | None, str | None]:
+    """Parameter importances by fANOVA over the complete trials; or why there are none."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return None, f"{len(complete)} complete trial(s): fANOVA needs at least 2"
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (RuntimeError, ValueError) as error:
+        return None, f"fANOVA could not rank the parameters ({error})"
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    ax.barh(names, [importances[n] for n in names], color="#3b5bdb")
+    ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
+    ax.grid(alpha=0.3, axis="x")
+    return save_figure(fig, path, footer), None
+
+
+def slice_figure(study: optuna.Study, search: Search, path: Path, footer: str, metric: str) -> Path | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    keys = list(search.space)
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        dist = search.space[key]
+        values = [t.value for t in complete]
+        if isinstance(dist, CategoricalDistribution):
+            labels = [str(c) for c in dist.choices]
+            xs = [labels.index(str(t.params.get(key))) for t in complete]
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            xs = [t.params.get(key) for t in complete]
+            if dist.log:
+                ax.set_xscale("log")
+        points = ax.scatter(xs, values, c=[t.number for t in complete], cmap="viridis", s=28)
+        ax.set_title(key, fontsize=9)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.colorbar(points, ax=axes, label="trial", shrink=0.8)
+    return save_figure(fig, path, footer)
+
+
+def curves_figure(study: optuna.Study, path: Path, footer: str) -> Path | None:
+    """Validation accuracy per epoch of every trial: complete ones in colour, pruned ones grey."""
+    shown = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values and t.state in
+             (TrialState.COMPLETE, TrialState.PRUNED)]  # fmt: skip
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for t in shown:
+        steps = sorted(t.intermediate_values)
+        values = [t.intermediate_values[s] for s in steps]
+        if t.state == TrialState.PRUNED:
+            ax.plot(steps, values, color="#adb5bd", linewidth=1, marker="x", markersize=4)
+        else:
+            ax.plot(steps, values, linewidth=1.5, marker="o", markersize=3, label=f"trial {t.number}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title("Complete (colour) and pruned (grey, x) trials", fontsize=10)
+    if sum(t.state == TrialState.COMPLETE for t in shown) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path, footer)
+
+
+# ---------------------------------------------------------------- the files
+
+
+def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: str, extra: list[str]) -> dict[str, Any]:
+    """trials.csv, study.html and best.yaml in ``out``; returns what was written."""
+    from harness.report import embed_png, environment  # the report's HTML helpers and templates
+
+    table = trials_table(study, search)
+    atomic_io.write_text(out / "trials.csv", table.to_csv(index=False))
+    metric = search.spec.objective.metric
+    trials = study.get_trials(deepcopy=False)
+    devices = sorted({str(t.user_attrs["device"]) for t in trials if t.user_attrs.get("device")}) or ["no trial ran"]
+    commits = sorted({str(t.user_attrs["commit"])[:12] for t in trials if t.user_attrs.get("commit")}) or ["?"]
+    footer = f"{search.path} | study {search.name} | {'; '.join(devices)} | commit {', '.join(commits)}"
+    figure_dir = out / "study_figures"
+    importance_png, importance_note = importance_figure(study, figure_dir / "importance.png", footer)
+    best = best_trial(study)
+    written = {"trials.csv": out / "trials.csv"}
+    if best is not None:
+        written["best.yaml"] = atomic_io.write_text(out / "best.yaml", best_yaml(search, best, extra))
+    counts = table["state"].value_counts().to_dict() if len(table) else {}
+    context = {
+        "title": f"Search {search.name}: {len(table)} trials",
+        "search": search,
+        "metric": metric,
+        "direction": search.spec.objective.direction,
+        "storage": redact(storage_url),
+        "counts": counts,
+        "best": best,
+        "history_png": _embed(embed_png, history_figure(study, figure_dir / "history.png", footer, metric)),
+        "importance_png": _embed(embed_png, importance_png),
+        "importance_note": importance_note,
+        "slice_png": _embed(embed_png, slice_figure(study, search, figure_dir / "slice.png", footer, metric)),
+        "curves_png": _embed(embed_png, curves_figure(study, figure_dir / "curves.png", footer)),
+        "trials": table.to_html(index=False, border=0, classes="table", na_rep="-", float_format="{:.4g}".format),
+        "footer": footer,
+        "generated": utc_now(),
+    }
+    html = environment().get_template("study.html.j2").render(**context)
+    written["study.html"] = atomic_io.write_text(out / "study.html", html)
+    return written
+
+
+def _embed(embed: Any, path: Path | None) -> str | None:
+    return embed(path) if path is not None else None

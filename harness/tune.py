@@ -1,0 +1,172 @@
+"""``python -m harness.tune SEARCH.yaml [--trials N] [--workers K] [--storage URL] [--out DIR]
+[--set K=V ...] [--confirm K --seeds 0 1 2]``: a hyperparameter search on the validation split.
+
+An Optuna study (``harness.search.engine``): ``--workers K`` processes on this machine ask its
+storage for trials (an SQLite file in DIR by default; the same command on other machines with the
+same ``--storage`` URL joins the study), each trial a full run folder ``DIR/trial-<number>/`` pruned
+on its validation accuracy. Re-running the command continues the study up to N complete or pruned
+trials. Then ``DIR/trials.csv``, ``DIR/study.html`` and ``DIR/best.yaml``.
+
+``--confirm K --seeds 0 1 2`` re-runs the K best configs at the base's full budget over the seeds
+(``DIR/confirm/``) and compares them **on the test set** (compare.html, leaderboard.csv): search on
+validation, report on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness import atomic_io
+from harness.config import dump_config
+from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.run_folder import create_output_dir
+from harness.search.engine import default_storage, open_storage, open_study, start_workers, supervise, work
+from harness.search.plans import SearchPlan
+from harness.search.space import PrunerConfig, Search, load_search
+from harness.search.study_report import redact, top_trials, trials_table, write_outputs
+
+
+def build_sampler(search: Search, worker: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler; each worker's seed differs, or all would draw the same first trials."""
+    s = search.spec.sampler
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(search.grid(), seed=s.seed)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed + worker)
+    return optuna.samplers.TPESampler(seed=s.seed + worker)
+
+
+def build_pruner(p: PrunerConfig) -> optuna.pruners.BasePruner:
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_epochs, reduction_factor=p.reduction_factor)
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    parser = ArgumentParser(prog="python -m harness.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("search", type=Path, help="search file, e.g. experiments/search/resnet18_cpu.yaml")
+    parser.add_argument("--trials", type=int, help="complete + pruned trials to reach (default: the file's)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument("--storage", help="study storage URL (default: sqlite:///DIR/study.db); PostgreSQL: "
+                        "postgresql+psycopg2://user:password@host/db")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="study folder (default: results/tune/<search name>)")
+    parser.add_overrides()
+    parser.add_argument("--confirm", type=int, default=0, metavar="K", help="re-run the K best configs over --seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --confirm (default 0 1 2)")
+    parser.add_argument("--as-worker", type=int, help=argparse.SUPPRESS)  # the worker processes' own flag
+    args = parser.parse_args(argv)
+    if args.trials is not None and args.trials < 1:
+        parser.error(f"--trials {args.trials}: expected at least 1")
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: expected at least 1")
+    if args.confirm < 0:
+        parser.error(f"--confirm {args.confirm}: expected 0 or more")
+    return args
+
+
+def worker_command(args: Any, search: Search, out: Path, storage_url: str) -> list[str]:
+    command = [sys.executable, "-m", "harness.tune", str(args.search), "--trials", str(search.trials)]
+    command += ["--out", str(out), "--storage", storage_url]
+    return command + (["--set", *args.overrides] if args.overrides else [])
+
+
+def progress_printer(search: Search) -> Any:
+    """Prints a line per trial as it ends, and rewrites trials.csv, from what the storage says."""
+    told: set[int] = set()
+    metric = search.spec.objective.metric
+
+    def on_change(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> None:
+        atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+        for t in trials:
+            if t.number in told or t.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            told.add(t.number)
+            if t.user_attrs.get("surplus"):
+                continue
+            what = f"{metric} {t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
+            if t.state == TrialState.FAIL:
+                what = "interrupted" if t.user_attrs.get("interrupted") else f"failed: {t.user_attrs.get('error', '?')}"
+            epochs = t.user_attrs.get("epochs")
+            print(f"trial {t.number}: {what} ({epochs} epochs, {t.user_attrs.get('time_s', '?')} s)", flush=True)
+
+    return on_change
+
+
+def write_confirmation_configs(search: Search, trials: list[FrozenTrial], out: Path, extra: list[str]) -> list[Path]:
+    """The best trials' configs at the base's full budget, each a ready experiment file."""
+    files = []
+    for trial in trials:
+        name = f"{search.name}-trial{trial.number}"
+        cfg = search.config(dict(trial.params), for_trial=False, extra=extra).model_copy(update={"name": name})
+        header = f"# trial {trial.number} of {search.path}: {search.spec.objective.metric} = {trial.value:.4f}\n"
+        files.append(atomic_io.write_text(out / f"{name}.yaml", header + dump_config(cfg)))
+    return files
+
+
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    search = load_search(args.search, args.trials, args.overrides)  # every bad key fails here
+    out = args.out or Path("results") / "tune" / search.name
+    storage_url = args.storage or default_storage(out, "study")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what happened
+    if args.as_worker is not None:
+        storage = open_storage(storage_url, search.spec.heartbeat)
+        study = open_study(
+            storage,
+            search.name,
+            "search",
+            search.spec.objective.direction,
+            build_sampler(search, args.as_worker),
+            build_pruner(search.spec.pruner),
+        )
+        return work(study, SearchPlan(search, out, args.overrides), search.spec.heartbeat.interval_s)
+
+    create_output_dir(out)
+    storage = open_storage(storage_url, search.spec.heartbeat)
+    study = open_study(storage, search.name, "search", search.spec.objective.direction)
+    print(
+        f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
+        f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
+        flush=True,
+    )
+    on_change = progress_printer(search)
+    code = 0
+    if SearchPlan(search, out, args.overrides).state(study) != "done":  # a finished study starts no worker
+        workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")
+        code = supervise(workers, study, lambda trials: on_change(study, trials, out))
+    written = write_outputs(study, search, out, storage_url, args.overrides)
+    print(f"trials: {written['trials.csv']}, report: {written['study.html']}", flush=True)
+    if "best.yaml" in written:
+        best = top_trials(study, 1)[0]
+        print(f"best: trial {best.number}, {search.spec.objective.metric} {best.value:.4f}: {written['best.yaml']}")
+    if code:
+        return code
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+    if finished < search.trials:
+        raise HarnessError(f"the study has {finished} of {search.trials} trials (see {out / 'logs'}); run it again")
+    if args.confirm:
+        from harness.sweep import run_sweep
+
+        best = top_trials(study, args.confirm)
+        files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
+        print(f"confirming the {len(best)} best trial(s) over seeds {args.seeds} on the test set: {out / 'confirm'}")
+        return run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
+    return 0
+
+
+def cli() -> NoReturn:
+    """The console script ``harness-tune``, and ``python -m harness.tune``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

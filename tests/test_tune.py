@@ -1,0 +1,343 @@
+"""Searches as users run them: the shipped search file at test size, on 2 worker processes sharing a
+real storage (SQLite; PostgreSQL in tests/test_tune_postgres.py), with a worker killed mid-trial,
+SIGTERM, pruning, the study's outputs and the confirmation on the test set."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ignite.distributed as idist
+import pandas as pd
+import pytest
+import torch
+import yaml
+from ignite.engine import Engine
+
+from harness.search.pruning import attach_pruning
+from harness.tune import main as tune_main
+from tests.conftest import (
+    CIFAR10_CLASSES,
+    EXPERIMENTS,
+    REPO,
+    data_overrides,
+    free_port,
+    make_image_folder,
+    run_cli,
+    subprocess_env,
+)
+from tests.postgres import PostgresServer
+
+SEARCH = EXPERIMENTS / "search" / "resnet18_cpu.yaml"
+# The shipped search's size, changed: a narrow model, 3 epochs (the first successive-halving rung).
+SEARCH_SMALL = ["model.width=8", "train.epochs=3", "scheduler.warmup_epochs=0", "data.eval_batch_size=50"]
+
+
+@pytest.fixture(scope="session")
+def search_data(tmp_path_factory) -> Path:
+    """30 training images a class (270 train, 30 validation): enough for the searched batch of 256."""
+    return make_image_folder(tmp_path_factory.mktemp("search_data"), 30, 5, CIFAR10_CLASSES, ".jpg")
+
+
+def tune_args(data: Path, out: Path, *more: str, search: Path = SEARCH) -> list[str]:
+    return [str(search), "--out", str(out), *more, "--set", *data_overrides(data), *SEARCH_SMALL]
+
+
+def fast_heartbeat_copy(tmp_path: Path) -> Path:
+    """The shipped search with a 1 s heartbeat and 4 s grace, so a killed worker's trial is retried soon."""
+    raw = yaml.safe_load(SEARCH.read_text())
+    raw["base"] = str((SEARCH.parent / raw["base"]).resolve())
+    raw["heartbeat"] = {"interval_s": 1, "grace_s": 4}
+    raw["name"] = "resnet18_cpu"  # the shipped file's study name (its file name)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def start_tune(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.tune", *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def study_trials(out: Path, storage: str | None = None) -> list[dict]:
+    """The trials in the study's storage (the SQLite file in ``out`` by default), read as another process would."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name="resnet18_cpu", storage=storage or f"sqlite:///{out / 'study.db'}")
+    except KeyError:  # not created yet
+        return []
+    return [{"number": t.number, "state": t.state.name, "user_attrs": t.user_attrs} for t in study.get_trials()]
+
+
+def wait_for_running_trial_with_checkpoint(
+    out: Path, process: subprocess.Popen, storage: str | None = None, timeout: float = 240
+) -> dict:
+    """A running trial whose run folder holds its first epoch's checkpoint: a kill there loses work."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        if storage or (out / "trials.csv").exists():
+            for trial in study_trials(out, storage):
+                run_dir = trial["user_attrs"].get("run_dir")
+                if trial["state"] == "RUNNING" and run_dir and list(Path(run_dir).glob("checkpoints/checkpoint_*.pt")):
+                    return trial
+        time.sleep(0.2)
+    raise AssertionError("no trial reached a checkpoint in time")
+
+
+def assert_finished_once_each(out: Path, trials: int) -> pd.DataFrame:
+    """trials.csv: ``trials`` complete or pruned rows, each in its own run folder, each folder's summary agreeing."""
+    table = pd.read_csv(out / "trials.csv")
+    done = table[table["state"].isin(["complete", "pruned"])]
+    assert len(done) == trials, table
+    assert done["run_dir"].is_unique, "no run folder finished twice"
+    for row in done.itertuples():
+        summary = json.loads((Path(row.run_dir) / "summary.json").read_text())
+        assert summary["status"] == {"complete": "completed", "pruned": "pruned"}[row.state]
+        if row.state == "complete":
+            assert row.value == pytest.approx(summary["final_val_acc"]), "the objective is validation accuracy"
+        epochs = [int(r) for r in pd.read_csv(Path(row.run_dir) / "metrics.csv")["epoch"]]
+        assert epochs == list(range(1, len(epochs) + 1)), "each epoch logged once"
+    return table
+
+
+@pytest.fixture(scope="module")
+def study_dir(search_data, tmp_path_factory) -> Path:
+    """The done-when search: the shipped search file, 2 workers, 6 trials, on tiny settings."""
+    out = tmp_path_factory.mktemp("tune") / "study"
+    result = run_cli(
+        *tune_args(search_data, out, "--trials", "6", "--workers", "2"), module="harness.tune", timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return out
+
+
+def test_two_workers_six_trials_write_the_outputs(study_dir, search_data, tmp_path):
+    table = assert_finished_once_each(study_dir, 6)
+    assert len(table) == 6 and set(table["state"]) <= {"complete", "pruned"}
+    assert list(table.columns[:6]) == ["number", "state", "value", "epochs", "time_s", "run_dir"]
+    assert {"optimizer.lr", "data.batch_size", "train.low_res_epochs"} <= set(table.columns), "a column per parameter"
+    pids = {t["user_attrs"]["pid"] for t in study_trials(study_dir)}
+    assert len(pids) == 2, "both workers ran trials"
+    for _, row in table.iterrows():  # a trial is a run: config, metrics, summary, checkpoints
+        for name in ("config.yaml", "metrics.csv", "summary.json"):
+            assert (Path(row["run_dir"]) / name).is_file()
+        config = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())
+        assert config["optimizer"]["lr"] == pytest.approx(row["optimizer.lr"]), "the run used the trial's parameters"
+        assert config["data"]["batch_size"] == row["data.batch_size"]
+        assert config["analysis"]["enabled"] is False and config["report"]["enabled"] is False
+    html = (study_dir / "study.html").read_text()
+    for section in ("history", "importance", "slice", "curves", "trials"):
+        assert f'id="{section}"' in html
+    assert html.count("data:image/png;base64,") >= 3
+
+    best = yaml.safe_load((study_dir / "best.yaml").read_text())
+    top = table[table["state"] == "complete"].sort_values("value", ascending=False).iloc[0]
+    assert best["optimizer"]["lr"] == pytest.approx(top["optimizer.lr"])
+    assert best["analysis"]["enabled"] is True, "the best trial as an experiment: its analysis and report on"
+    run = run_cli(str(study_dir / "best.yaml"), "--out", str(tmp_path / "best"), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_study_html_renders_in_chromium(study_dir, tmp_path):
+    from tests.test_report_browser import CHROMIUM, open_in_chromium
+
+    assert CHROMIUM is not None, "Debian's chromium is not installed (.ci/run installs it)"
+    widths, headings, errors = open_in_chromium(study_dir / "study.html", tmp_path / "study.png")
+    assert len(widths) >= 3 and all(w > 0 for w in widths), widths
+    assert headings == ["summary", "history", "importance", "slice", "curves", "trials"]
+    assert errors == []
+
+
+def test_rerunning_continues_the_study_then_confirms_the_best_on_the_test_set(study_dir, search_data):
+    args = tune_args(search_data, study_dir, "--trials", "7", "--confirm", "1", "--seeds", "0", "1")
+    result = run_cli(*args, module="harness.tune", timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    table = assert_finished_once_each(study_dir, 7)
+    assert sorted(table["number"]) == list(range(7)), "one more trial, the six before untouched"
+
+    confirm = study_dir / "confirm"
+    board = pd.read_csv(confirm / "leaderboard.csv")
+    assert len(board) == 1 and board["n_runs"].iloc[0] == 2
+    runs = sorted(p for p in confirm.iterdir() if (p / "summary.json").is_file())
+    assert [r.name[-6:] for r in runs] == ["-seed0", "-seed1"]
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    assert board["mean_acc"].iloc[0] == pytest.approx(sum(s["final_test_acc"] for s in summaries) / 2), "on test"
+    best = table[table["state"] == "complete"].sort_values("value", ascending=False).iloc[0]
+    for run in runs:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["optimizer"]["lr"] == pytest.approx(best["optimizer.lr"]), "the best trial's config"
+        assert (run / "report.html").is_file() and (run / "analysis" / "per_class.csv").is_file()
+
+
+def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(search_data, tmp_path):
+    out = tmp_path / "study"
+    tune = start_tune(
+        tune_args(search_data, out, "--trials", "4", "--workers", "2", search=fast_heartbeat_copy(tmp_path))
+    )
+    victim = wait_for_running_trial_with_checkpoint(out, tune)
+    os.kill(victim["user_attrs"]["pid"], signal.SIGKILL)
+    stdout, stderr = tune.communicate(timeout=600)
+    assert tune.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    table = assert_finished_once_each(out, 4)
+    retried = table[table["state"] == "retried"]
+    assert retried["number"].tolist() == [victim["number"]], table
+    [retry] = table[table["retry_of"] == victim["number"]].itertuples()
+    assert retry.state in ("complete", "pruned") and retry.run_dir == victim["user_attrs"]["run_dir"]
+    summary = json.loads((Path(retry.run_dir) / "summary.json").read_text())
+    assert summary["resumed_from"], "the retry resumed the folder from its checkpoint"
+
+
+def test_postgres_two_workers_one_killed_and_the_database_restarted(search_data, tmp_path):
+    """Many machines share a study through PostgreSQL: here two workers, one killed with kill -9 mid-trial,
+    then the database restarted under the study. Every trial is accounted for once."""
+    server = PostgresServer().start()
+    try:
+        out = tmp_path / "study"
+        args = tune_args(search_data, out, "--trials", "4", "--workers", "2", "--storage", server.url,
+                         search=fast_heartbeat_copy(tmp_path))  # fmt: skip
+        tune = start_tune(args)
+        victim = wait_for_running_trial_with_checkpoint(out, tune, server.url)
+        os.kill(victim["user_attrs"]["pid"], signal.SIGKILL)
+        server.restart()
+        stdout, stderr = tune.communicate(timeout=600)
+        assert tune.returncode == 0, stdout[-2000:] + stderr[-3000:]
+        assert "Traceback" not in stderr
+        table = assert_finished_once_each(out, 4)
+        assert table[table["state"] == "retried"]["number"].tolist() == [victim["number"]], table
+        assert not (out / "study.db").exists(), "the study lives in PostgreSQL"
+        assert len([t for t in study_trials(out, server.url) if not t["user_attrs"].get("surplus")]) == len(table)
+    finally:
+        server.stop()
+
+
+def test_sigterm_interrupts_and_a_rerun_resumes(search_data, tmp_path):
+    out = tmp_path / "study"
+    args = tune_args(search_data, out, "--trials", "2", search=fast_heartbeat_copy(tmp_path))
+    tune = start_tune(args)
+    victim = wait_for_running_trial_with_checkpoint(out, tune)
+    tune.send_signal(signal.SIGTERM)
+    _, stderr = tune.communicate(timeout=300)
+    assert tune.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    table = pd.read_csv(out / "trials.csv")
+    assert table.set_index("number").loc[victim["number"], "state"] == "interrupted"
+    assert json.loads((Path(victim["user_attrs"]["run_dir"]) / "summary.json").read_text())["status"] == "interrupted"
+    again = run_cli(*args, module="harness.tune", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = assert_finished_once_each(out, 2)
+    resumed = table[table["run_dir"] == victim["user_attrs"]["run_dir"]]
+    assert set(resumed["state"]) == {"interrupted", "complete"} or set(resumed["state"]) == {"interrupted", "pruned"}
+    assert json.loads((Path(victim["user_attrs"]["run_dir"]) / "summary.json").read_text())["resumed_from"]
+
+
+BAD_SEARCHES = [
+    ({"space": {"optimizer.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "unknown key 'optimizer.lrr'"),
+    ({"space": {"optimizer.lr": {"type": "float", "low": 0.2, "high": 0.1}}}, "expected low < high"),
+    ({"space": {"optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}, "expected low > 0"),
+    ({"space": {"optimizer.lr": {"type": "gauss", "low": 0.0}}}, "expected a mapping with type: float, int or"),
+    ({"space": {"optimizer.lr": {"type": "float", "low": "a", "high": 1}}}, "space.optimizer.lr.low = 'a'"),
+    ({"space": {"optimizer.lr": {"type": "float", "low": 0.1, "high": 5.0, "lo": 1}}}, "unknown key"),
+    ({"space": {"train.epochs": {"type": "int", "low": 0, "high": 3}}}, "space.train.epochs = 0:"),
+    ({"space": {"data.batch_size": {"type": "categorical", "choices": []}}}, "space.data.batch_size.choices"),
+    ({"objective": {"metric": "final_test_acc"}}, "objective.metric = 'final_test_acc': expected one of"),
+    ({"sampler": {"name": "grid"}}, "the grid sampler needs type: categorical"),
+    ({"pruner": {"name": "hyperband"}}, "pruner.name = 'hyperband'"),
+    ({"trials": 0}, "trials = 0: expected a value >= 1"),
+    ({"overrides": {"data.val_size": 0}}, "data.val_size = 0: a search reads the validation split"),
+    ({"base": "missing.yaml"}, "base = 'missing.yaml': expected an experiment file"),
+    ({"spaces": {}}, "unknown key 'spaces'"),
+]
+
+
+@pytest.mark.parametrize("change, expected", BAD_SEARCHES, ids=[b[1][:40] for b in BAD_SEARCHES])
+def test_a_bad_search_file_is_one_line_before_any_trial(change, expected, tmp_path, capsys):
+    raw = yaml.safe_load(SEARCH.read_text())
+    raw["base"] = str((SEARCH.parent / raw["base"]).resolve())
+    raw.update(change)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert tune_main([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}") and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_command_lines_are_one_line(tmp_path, capsys):
+    cases = [
+        ([str(SEARCH), "--set", "optimizer.lr=0.1"], "optimizer.lr is searched"),
+        ([str(SEARCH), "--workers", "0"], "--workers 0: expected at least 1"),
+        ([str(tmp_path / "none.yaml")], "config file not found"),
+    ]
+    for argv, expected in cases:
+        assert tune_main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_storage_is_one_line(search_data, tmp_path):
+    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"
+    result = run_cli(*tune_args(search_data, tmp_path / "out", "--storage", url), module="harness.tune", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: storage unreachable")
+
+
+# ---------------------------------------------------------------- pruning under several processes
+
+
+class PruneAt:
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.seen = epoch, []
+
+    def report(self, val_metrics: dict, epoch: int) -> bool:
+        self.seen.append((epoch, val_metrics["accuracy"]))
+        return epoch >= self.epoch
+
+
+def _prune_in_process(local_rank: int, result_file: str) -> None:
+    trainer = Engine(lambda engine, batch: None)
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.metrics = {"accuracy": 0.5}
+    reporter = PruneAt(2) if idist.get_rank() == 0 else None  # rank 0 alone talks to the study
+    attach_pruning(trainer, evaluator, reporter)
+    trainer.run([0, 1, 2], max_epochs=5)
+    epochs = idist.all_gather(torch.tensor([trainer.state.epoch]))
+    if idist.get_rank() == 0:
+        Path(result_file).write_text(json.dumps({"epochs": epochs.tolist(), "seen": reporter.seen}))
+
+
+def test_rank_0_decides_and_every_rank_stops_together(tmp_path):
+    out = tmp_path / "result.json"
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=free_port()) as parallel:
+        parallel.run(_prune_in_process, str(out))
+    result = json.loads(out.read_text())
+    assert result["epochs"] == [2, 2], "both ranks stopped after epoch 2"
+    assert result["seen"] == [[1, 0.5], [2, 0.5]]
+
+
+def test_a_pruned_run_says_so_and_keeps_its_metrics(write_config, tmp_path):
+    from harness.run import main as run_main
+
+    config = write_config({"train": {"epochs": 4}})
+    reporter = PruneAt(2)
+    assert run_main([str(config), "--out", str(tmp_path / "run")], trial=reporter) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "pruned" and summary["pruned_at_epoch"] == 2
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert [accuracy for _, accuracy in reporter.seen] == pytest.approx(metrics["val_acc"].tolist(), abs=1e-6)
