@@ -9,6 +9,8 @@
 - throughput: training and evaluation images/s of a config on this device, and the projected
               wall time of its full run.
 - gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time.
+- engine:     milliseconds a search trial costs besides its run (asking, the surplus check, the
+              heartbeat, recording and telling the result), against an SQLite storage.
 
 Results go to ``results/bench/<UTC timestamp>.json`` with the device and commit, and to a table.
 """
@@ -337,6 +339,33 @@ def bench_gradcam(images: int, width: int) -> dict[str, Any]:
     }
 
 
+def bench_engine(trials: int) -> dict[str, Any]:
+    """The search engine's own cost per trial: ``harness.search.engine.work`` on a fresh SQLite study
+    with a run that does nothing but return a summary, so what is timed is the engine alone."""
+    from harness.search.engine import open_storage, open_study, work
+    from harness.search.plans import SearchPlan
+    from harness.search.space import load_search
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "base.yaml").write_text("name: bench\n")
+        (folder / "search.yaml").write_text(
+            f"base: base.yaml\ntrials: {trials}\nspace:\n  optimizer.lr: {{type: float, low: 0.01, high: 1.0}}\n"
+        )
+        search = load_search(folder / "search.yaml")
+        study = open_study(
+            open_storage(f"sqlite:///{folder / 'study.db'}", search.spec.heartbeat), search.name, "search", "maximize"
+        )
+
+        def no_run(job: Any, trial: Any, metric: str) -> dict[str, Any]:
+            return {"status": "completed", "final_val_acc": 0.5, "epochs_completed": 1}
+
+        start = time.perf_counter()
+        work(study, SearchPlan(search, folder, []), heartbeat_s=search.spec.heartbeat.interval_s, run=no_run)
+        elapsed = time.perf_counter() - start
+    return {"trials": trials, "storage": "sqlite", "ms_per_trial": 1000 * elapsed / trials}
+
+
 def print_table(results: dict[str, Any]) -> None:
     print(f"\ndevice: {results['device']}  commit: {results['commit']}")
     if "overhead" in results:
@@ -368,6 +397,9 @@ def print_table(results: dict[str, Any]) -> None:
             f"train {t['train_images_per_s']:.0f} img/s, "
             f"eval {t['eval_images_per_s']:.0f} img/s -> {t['epochs']} epochs projected {t['projected_run_s']:.0f} s"
         )
+    if "engine" in results:
+        e = results["engine"]
+        print(f"engine    {e['trials']} trials, {e['storage']}: {e['ms_per_trial']:.1f} ms per trial besides its run")
     if "gradcam" in results:
         g = results["gradcam"]
         print(
@@ -383,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="*",
-        metavar="{overhead,diagnostics,data,throughput,gradcam}",
+        metavar="{overhead,diagnostics,data,throughput,gradcam,engine}",
         help="benchmarks to run (default: all)",
     )
     parser.add_argument(
@@ -399,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gradcam-images", type=int, default=100)
+    parser.add_argument("--engine-trials", type=int, default=50, help="trials for the engine benchmark")
     parser.add_argument("--out", type=Path, default=Path("results") / "bench")
     args = parser.parse_args(argv)
-    known = ["overhead", "diagnostics", "data", "throughput", "gradcam"]
+    known = ["overhead", "diagnostics", "data", "throughput", "gradcam", "engine"]
     unknown = [name for name in args.which if name not in known]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r} (expected some of: {', '.join(known)})")
@@ -427,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         results["data"] = bench_data(cfg, train, max(5, args.iterations), args.workers, model_rate)
     if "gradcam" in which:
         results["gradcam"] = bench_gradcam(args.gradcam_images, width=64)
+    if "engine" in which:
+        results["engine"] = bench_engine(args.engine_trials)
     path = atomic_io.write_json(args.out / f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}.json", results)
     print_table(results)
     print(f"\nwritten: {path}")

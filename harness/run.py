@@ -23,6 +23,7 @@ from ignite.utils import manual_seed
 
 from harness import atomic_io
 from harness.config import Config, dump_config, load_config
+from harness.cpu_threads import limit_cpu_threads
 from harness.data import EpochBatchSampler, check_augment, check_batch_size, per_rank_batch
 from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.models import build_model
@@ -145,6 +146,7 @@ def start_summary(
         "status": "running",
         "device": describe_device(idist.device()),
         "world_size": idist.get_world_size(),
+        "threads_per_process": torch.get_num_threads(),
         "num_params": run.num_params,
         "num_workers": run.num_workers,
         "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
@@ -245,6 +247,7 @@ def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None
 def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome, trial: TrialReporter | None) -> None:
     resume = args.resume is not None
     world_size = idist.get_world_size()
+    limit_cpu_threads(idist.device())  # before any work: summary.json records threads_per_process
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
         splits = load_arrays(cfg)

@@ -18,6 +18,9 @@ def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys
             "throughput",
             "data",
             "gradcam",
+            "engine",
+            "--engine-trials",
+            "3",
             "--config",
             str(config),
             "--width",
@@ -47,7 +50,9 @@ def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys
     assert results["throughput"]["train_images_per_s"] > 0 and results["throughput"]["projected_run_s"] > 0
     assert results["data"]["loaders"][0]["num_workers"] == 0
     assert results["gradcam"]["batched_s"] > 0
+    assert results["engine"]["trials"] == 3 and results["engine"]["ms_per_trial"] > 0
     printed = capsys.readouterr().out
     assert f"harness/plain = {overhead['harness_over_plain']:.3f}" in printed
     assert f"on/off = {diagnostics['on_over_off']:.3f}" in printed
+    assert f"{results['engine']['ms_per_trial']:.1f} ms per trial besides its run" in printed
     assert str(written) in printed

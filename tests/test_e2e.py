@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from harness.cpu_threads import available_cores
 from harness.run import main
 from harness.run_folder import list_checkpoints
 from tests.conftest import REPO, experiment_args, free_port, run_cli, subprocess_env, tensorboard_scalars
@@ -64,28 +65,61 @@ def test_cpu_experiment_in_process_is_complete(analyzed_run):
     assert_run_complete(analyzed_run, test_images=50)
 
 
+def torchrun(*options: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *options, "-m", "harness.run"]
+
+
+def without_omp_setting() -> dict[str, str]:
+    return {k: v for k, v in subprocess_env().items() if k != "OMP_NUM_THREADS"}
+
+
+def assert_threads_shared_between(out: Path, processes: int) -> None:
+    """Each process took its share of the cores, whatever OMP_NUM_THREADS said (harness.cpu_threads)."""
+    assert json.loads((out / "summary.json").read_text())["threads_per_process"] == max(
+        1, available_cores() // processes
+    )
+
+
 def test_torchrun_two_processes_with_analysis_and_report(cifar_like, analyzed_run, tmp_path):
+    """One node, two processes, with OMP_NUM_THREADS=2 on a 2-core machine: 4 threads on 2 cores, the
+    setting reported to crash in the first step. The harness gives each process its share instead."""
     out = tmp_path / "run"
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        "-m",
-        "harness.run",
+        *torchrun("--nproc_per_node=2", f"--master_port={free_port()}"),
         *experiment_args("resnet18_cpu", cifar_like),
-        "--out",
-        str(out),
     ]
-    env = dict(subprocess_env(), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    env = dict(without_omp_setting(), OMP_NUM_THREADS="2")
+    result = subprocess.run([*command, "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=400)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("(completed)") == 1, "rank 0 alone reports the outcome"
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert_threads_shared_between(out, 2)
     assert_run_complete(out, test_images=50)
     # The same global batches and learning rates as the one-process run of the same config.
     assert read_rows(out / "lr.csv") == read_rows(analyzed_run / "lr.csv")
+
+
+def test_two_torchrun_agents_on_loopback_like_two_machines(cifar_like, tmp_path):
+    """The README's two-machine command, as two torchrun agents on this host (c10d rendezvous, 2 nodes x
+    1 process), with the launcher's defaults: torchrun sets no OMP_NUM_THREADS for one process a node."""
+    out, port = tmp_path / "run", free_port()
+    options = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+               f"--rdzv-id=loopback{port}"]  # fmt: skip
+    command = [*torchrun(*options), *experiment_args("resnet18_cpu", cifar_like), "--out", str(out)]
+    agents = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=without_omp_setting(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [agent.communicate(timeout=400) for agent in agents]
+    for agent, (_, stderr) in zip(agents, outputs, strict=True):
+        assert agent.returncode == 0, stderr[-3000:]
+    assert sum(stdout.count("(completed)") for stdout, _ in outputs) == 1, "global rank 0 alone reports"
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert_threads_shared_between(out, 2)
+    assert_run_complete(out, test_images=50)
 
 
 # ---------------------------------------------------------------- kill -9 anywhere, then --resume

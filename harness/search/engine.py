@@ -250,8 +250,14 @@ def execute(job: Job, trial: optuna.Trial | None, metric: str = "accuracy") -> d
     return atomic_io.read_json(job.run_dir / "summary.json")
 
 
-def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, heartbeat_s: int) -> str:
-    """One trial from start to its told result; returns its state in words."""
+Runner = Callable[[Job, "optuna.Trial | None", str], dict[str, Any]]
+
+
+def run_trial(
+    study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, heartbeat_s: int, run: Runner = execute
+) -> str:
+    """One trial from start to its told result (``run`` runs the job: ``execute``, or a stand-in that
+    measures the engine alone); returns its state in words."""
     started = time.time()
     attrs = {"run_dir": str(job.run_dir), "commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid()}
     for key, value in attrs.items():
@@ -259,7 +265,7 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, he
     error = None
     with Heartbeat(study._storage, trial._trial_id, heartbeat_s):
         try:
-            summary = execute(job, trial if plan.prunes else None, plan.reported_metric)
+            summary = run(job, trial if plan.prunes else None, plan.reported_metric)
         except Interrupted as stop:
             retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
             retrying(f"recording trial {trial.number}", lambda: study.tell(trial, state=TrialState.FAIL))
@@ -307,7 +313,7 @@ def discard_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
     retrying("recording a surplus trial", lambda: study.tell(trial, state=TrialState.FAIL))
 
 
-def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 3) -> int:
+def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 3, run: Runner = execute) -> int:
     """The worker loop: until the plan is done, ask for a trial and run it. Returns the exit code."""
     failures = 0
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM outside training: as Ctrl-C
@@ -325,7 +331,7 @@ def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 
             discard_surplus(study, trial)
             continue
         try:
-            outcome = run_trial(study, plan, trial, job, heartbeat_s)
+            outcome = run_trial(study, plan, trial, job, heartbeat_s, run)
         except Interrupted as stop:
             print(f"trial {trial.number} interrupted; run the same command again to resume it", flush=True)
             return 128 + stop.signum
