@@ -7,7 +7,8 @@ from tests.conftest import EXPERIMENTS
 
 
 def test_every_experiment_file_is_valid_and_named_after_itself():
-    files = sorted(EXPERIMENTS.rglob("*.yaml"))  # the study's files in experiments/study/ too
+    # The study's files in experiments/study/ too; experiments/search/ holds search files (below).
+    files = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p.parent.name != "search")
     assert len(files) >= 16
     for path in files:
         assert load_config(path).name == path.stem, path
@@ -75,3 +76,13 @@ def test_invalid_configs_name_key_value_and_expectation(raw, overrides, expected
         config_from_dict(raw, overrides, source="exp.yaml")
     assert expected in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_every_search_file_is_valid_and_its_ends_make_valid_configs():
+    from harness.search.space import load_search
+
+    files = sorted((EXPERIMENTS / "search").glob("*.yaml"))
+    assert files
+    for path in files:
+        search = load_search(path)  # every range's ends and every choice through the experiment's schema
+        assert search.name == path.stem and search.base_path.is_file() and search.space
