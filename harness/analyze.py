@@ -24,8 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 
-from harness import atomic_io, figures
-from harness.calibration import (
+from harness.analysis.calibration import (
     calibration_bins,
     expected_calibration_error,
     fit_temperature,
@@ -33,16 +32,18 @@ from harness.calibration import (
     reliability_diagram,
     softmax,
 )
+from harness.analysis.faithfulness import faithfulness, faithfulness_figure
+from harness.analysis.gradcam import gradcam_maps
+from harness.analysis.sanity import cascading_randomization, sanity_examples_figure, sanity_figure
 from harness.config import Config, load_config
-from harness.data import AugmentedArrayDataset, build_eval_transform, build_train_transform
-from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.faithfulness import faithfulness, faithfulness_figure
-from harness.gradcam import gradcam_maps
-from harness.models import build_model
-from harness.run_folder import find_best_checkpoint, list_checkpoints, utc_now
-from harness.sanity import cascading_randomization, sanity_examples_figure, sanity_figure
-from harness.sources import ImageArrays, load_arrays
-from harness.steps import make_eval_step
+from harness.core import atomic_io
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.run_folder import find_best_checkpoint, list_checkpoints, utc_now
+from harness.data.loaders import AugmentedArrayDataset, build_eval_transform, build_train_transform
+from harness.data.sources import ImageArrays, load_arrays
+from harness.models.builders import build_model
+from harness.reporting import figures
+from harness.training.steps import make_eval_step
 
 
 def load_trained_model(

@@ -20,12 +20,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
-from harness.errors import HarnessError
-from harness.models import MODELS
-from harness.optim import OPTIMIZERS
-from harness.registry import Registry
-from harness.schedules import SCHEDULERS
-from harness.sources import SOURCES
+from harness.core.errors import HarnessError
+from harness.core.registry import Registry
+from harness.data.sources import SOURCES
+from harness.models.builders import MODELS
+from harness.training.optim import OPTIMIZERS
+from harness.training.schedules import SCHEDULERS
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]

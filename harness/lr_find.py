@@ -47,18 +47,18 @@ from ignite.utils import manual_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness import atomic_io
 from harness.config import Config, load_config
-from harness.data import check_augment
-from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.figures import plt, provenance, save_figure
-from harness.models import build_model, place_model
-from harness.optim import build_optimizer
-from harness.provenance import describe_device, git_commit
-from harness.run_folder import csv_text, utc_now
-from harness.sources import DataSplits, load_arrays
-from harness.steps import create_trainer
-from harness.wiring import build_loaders, build_train_step, resolve_train_config
+from harness.core import atomic_io
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.provenance import describe_device, git_commit
+from harness.core.run_folder import csv_text, utc_now
+from harness.data.loaders import check_augment
+from harness.data.sources import DataSplits, load_arrays
+from harness.models.builders import build_model, place_model
+from harness.reporting.figures import plt, provenance, save_figure
+from harness.training.optim import build_optimizer
+from harness.training.steps import create_trainer
+from harness.training.wiring import build_loaders, build_train_step, resolve_train_config
 
 SMOOTH_F = 0.05  # Ignite's default
 DIVERGE_TH = 5.0  # Ignite's default: stop once the smoothed loss exceeds 5x the lowest so far

@@ -19,11 +19,12 @@ import jinja2
 import pandas as pd
 import yaml
 
-from harness import atomic_io, figures
 from harness.config import parse_yaml
-from harness.diagnostics import first_blow_up
-from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.run_folder import is_pre_validation_run, read_csv_rows, utc_now
+from harness.core import atomic_io
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.run_folder import is_pre_validation_run, read_csv_rows, utc_now
+from harness.reporting import figures
+from harness.training.diagnostics import first_blow_up
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "report_templates"
 
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(run_dirs) == 1:
         path = render_run_report(run_dirs[0], args.out)
     else:
-        from harness.compare import render_comparison
+        from harness.reporting.compare import render_comparison
 
         path = render_comparison(run_dirs, args.out or Path("results") / "compare.html", args.layer)
     print(f"report: {path}")

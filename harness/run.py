@@ -21,14 +21,11 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import manual_seed
 
-from harness import atomic_io
 from harness.config import Config, dump_config, load_config
-from harness.cpu_threads import limit_cpu_threads
-from harness.data import EpochBatchSampler, check_augment, check_batch_size, per_rank_batch
-from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.models import build_model
-from harness.provenance import describe_device, git_commit, library_versions
-from harness.run_folder import (
+from harness.core import atomic_io
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.provenance import describe_device, git_commit, library_versions
+from harness.core.run_folder import (
     RunLock,
     create_run_dir,
     default_run_dir,
@@ -36,10 +33,13 @@ from harness.run_folder import (
     list_checkpoints,
     utc_now,
 )
-from harness.schedules import check_schedule
-from harness.search.pruning import TrialReporter
-from harness.sources import DataSplits, load_arrays
-from harness.wiring import Training, build_training
+from harness.data.loaders import EpochBatchSampler, check_augment, check_batch_size, per_rank_batch
+from harness.data.sources import DataSplits, load_arrays
+from harness.models.builders import build_model
+from harness.training.cpu_threads import limit_cpu_threads
+from harness.training.pruning import TrialReporter
+from harness.training.schedules import check_schedule
+from harness.training.wiring import Training, build_training
 
 EXIT_DIVERGED = 3
 

@@ -22,11 +22,11 @@ from typing import NoReturn
 import optuna
 from optuna.trial import TrialState
 
-from harness.compare import render_comparison
 from harness.config import load_config
-from harness.data import check_augment
-from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.run_folder import create_output_dir
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.run_folder import create_output_dir
+from harness.data.loaders import check_augment
+from harness.reporting.compare import render_comparison
 from harness.search.engine import (
     default_storage,
     open_storage,

@@ -22,10 +22,10 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import atomic_io
 from harness.config import dump_config
-from harness.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.run_folder import create_output_dir
+from harness.core import atomic_io
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.run_folder import create_output_dir
 from harness.search.engine import default_storage, open_storage, open_study, start_workers, supervise, work
 from harness.search.plans import SearchPlan
 from harness.search.space import PrunerConfig, Search, load_search

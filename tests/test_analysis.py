@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from harness.analysis.gradcam import gradcam_maps, normalize_per_image
 from harness.analyze import main as analyze_main
 from harness.analyze import per_class_accuracy, select_misclassified
-from harness.gradcam import gradcam_maps, normalize_per_image
 from harness.run import main as run_main
 
 
@@ -153,7 +153,7 @@ def test_analyze_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_grid_figures_place_every_cell_in_order(tmp_path):
     from PIL import Image
 
-    from harness.figures import gradcam_grid, image_grid
+    from harness.reporting.figures import gradcam_grid, image_grid
 
     solid = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     for index in range(3):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from harness.bench import main as bench_main
+from harness.bench.__main__ import main as bench_main
 
 
 def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys):

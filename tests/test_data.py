@@ -9,15 +9,15 @@ import pytest
 from PIL import Image
 
 from harness.config import DataConfig, config_from_dict
-from harness.data import (
+from harness.core.errors import HarnessError
+from harness.data.loaders import (
     AugmentedArrayDataset,
     EpochBatchSampler,
     build_eval_transform,
     build_train_dataset,
     build_train_transform,
 )
-from harness.errors import HarnessError
-from harness.sources import load_arrays, stratified_subset
+from harness.data.sources import load_arrays, stratified_subset
 from tests.conftest import make_image_folder
 from tests.test_device_augment import CUTOUT
 

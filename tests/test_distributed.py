@@ -10,10 +10,10 @@ import torch
 from ignite.engine import Events
 
 from harness.config import config_from_dict
-from harness.models import build_model
-from harness.sources import load_arrays
-from harness.steps import create_evaluator
-from harness.wiring import build_loaders
+from harness.data.sources import load_arrays
+from harness.models.builders import build_model
+from harness.training.steps import create_evaluator
+from harness.training.wiring import build_loaders
 from tests.conftest import TINY, free_port
 
 

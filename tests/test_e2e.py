@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.cpu_threads import available_cores
+from harness.core.run_folder import list_checkpoints
 from harness.run import main
-from harness.run_folder import list_checkpoints
+from harness.training.cpu_threads import available_cores
 from tests.conftest import REPO, experiment_args, free_port, run_cli, subprocess_env, tensorboard_scalars
 
 TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
@@ -74,7 +74,7 @@ def without_omp_setting() -> dict[str, str]:
 
 
 def assert_threads_shared_between(out: Path, processes: int) -> None:
-    """Each process took its share of the cores, whatever OMP_NUM_THREADS said (harness.cpu_threads)."""
+    """Each process took its share of the cores, whatever OMP_NUM_THREADS said (harness.training.cpu_threads)."""
     assert json.loads((out / "summary.json").read_text())["threads_per_process"] == max(
         1, available_cores() // processes
     )

@@ -13,9 +13,9 @@ import pytest
 from ignite.engine import Events
 
 import harness.run
+from harness.core.run_folder import read_csv_rows
 from harness.report import render_run_report
 from harness.run import main
-from harness.run_folder import read_csv_rows
 from tests.conftest import run_cli
 
 # Per epoch: validation improves at 2 and 4 (patience 0: one reduction, after epoch 3); the test set

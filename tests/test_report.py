@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from harness.compare import differing_keys
-from harness.diagnostics import first_blow_up
+from harness.core.run_folder import WEIGHTS_COLUMNS
 from harness.report import describe_evaluation, load_run, render_run_report
 from harness.report import main as report_main
-from harness.run_folder import WEIGHTS_COLUMNS
+from harness.reporting.compare import differing_keys
+from harness.training.diagnostics import first_blow_up
 
 SECTION_IDS = [
     "summary",

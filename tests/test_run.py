@@ -18,14 +18,14 @@ import torch
 import yaml
 
 from harness.config import config_from_dict
-from harness.diagnostics import first_blow_up
-from harness.models import build_model
+from harness.core.run_folder import METRICS_COLUMNS, checkpoint_iteration, list_checkpoints
+from harness.data.sources import load_arrays
+from harness.models.builders import build_model
 from harness.report import render_run_report
 from harness.run import main
-from harness.run_folder import METRICS_COLUMNS, checkpoint_iteration, list_checkpoints
-from harness.sources import load_arrays
-from harness.steps import create_evaluator
-from harness.wiring import build_loaders
+from harness.training.diagnostics import first_blow_up
+from harness.training.steps import create_evaluator
+from harness.training.wiring import build_loaders
 from tests.conftest import REPO, make_image_folder, tensorboard_scalars
 
 TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}

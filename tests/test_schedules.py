@@ -7,7 +7,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from harness.config import SchedulerConfig
-from harness.schedules import attach_lr_scheduler
+from harness.training.schedules import attach_lr_scheduler
 
 ITERS_PER_EPOCH = 10
 EPOCHS = 6

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.stats import (
+from harness.reporting.stats import (
     detectable_difference,
     holm_adjusted,
     mcnemar_exact_p_value,

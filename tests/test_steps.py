@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from harness.config import ModelConfig, OptimizerConfig, TrainConfig
-from harness.models import build_model
-from harness.optim import build_optimizer
-from harness.steps import make_eval_step, make_train_step
+from harness.models.builders import build_model
+from harness.training.optim import build_optimizer
+from harness.training.steps import make_eval_step, make_train_step
 
 CPU = torch.device("cpu")
 

@@ -11,14 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.calibration import (
+from harness.analysis.calibration import (
     calibration_bins,
     expected_calibration_error,
     negative_log_likelihood,
     reliability_diagram,
 )
-from harness.config import ModelConfig
-from harness.faithfulness import (
+from harness.analysis.faithfulness import (
     RANDOM,
     blur,
     faithfulness,
@@ -26,14 +25,15 @@ from harness.faithfulness import (
     perturbation_curves,
     random_maps,
 )
-from harness.gradcam import gradcam_maps
-from harness.models import build_model
-from harness.sanity import (
+from harness.analysis.gradcam import gradcam_maps
+from harness.analysis.sanity import (
     cascading_randomization,
     rank_correlation,
     sanity_examples_figure,
     sanity_figure,
 )
+from harness.config import ModelConfig
+from harness.models.builders import build_model
 from tests.test_analysis import QuadrantModel
 
 STAGES = ["none", "head", "layer4", "layer3", "layer2", "layer1", "stem"]

@@ -19,7 +19,7 @@ import torch
 import yaml
 from ignite.engine import Engine
 
-from harness.search.pruning import attach_pruning
+from harness.training.pruning import attach_pruning
 from harness.tune import main as tune_main
 from tests.conftest import (
     CIFAR10_CLASSES,

@@ -33,9 +33,9 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from harness import atomic_io
-from harness.errors import HarnessError
-from harness.provenance import git_commit
+from harness.core import atomic_io
+from harness.core.errors import HarnessError
+from harness.core.provenance import git_commit
 from harness.search.space import HeartbeatConfig
 
 STORAGE_WAIT_S = 120.0  # how long a worker keeps retrying a storage that went away

@@ -18,11 +18,11 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import atomic_io
 from harness.config import dump_config
-from harness.figures import plt, save_figure
-from harness.provenance import git_commit
-from harness.run_folder import utc_now
+from harness.core import atomic_io
+from harness.core.provenance import git_commit
+from harness.core.run_folder import utc_now
+from harness.reporting.figures import plt, save_figure
 from harness.search.space import CategoricalDistribution, Search
 
 COLUMNS = ["number", "state", "value", "epochs", "time_s", "run_dir"]

@@ -15,8 +15,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import CosineAnnealingScheduler, PiecewiseLinear, ReduceLROnPlateauScheduler
 from ignite.handlers.param_scheduler import create_lr_scheduler_with_warmup
 
-from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.core.errors import HarnessError
+from harness.core.registry import Registry
 
 if TYPE_CHECKING:
     from harness.config import SchedulerConfig

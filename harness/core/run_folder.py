@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness import atomic_io
-from harness.errors import HarnessError
+from harness.core import atomic_io
+from harness.core.errors import HarnessError
 
 METRICS_COLUMNS = [
     "epoch",

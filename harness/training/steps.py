@@ -16,7 +16,7 @@ from ignite.metrics import Accuracy, Average, Loss, Metric
 from torch import nn
 
 from harness.config import TrainConfig
-from harness.diagnostics import UpdateDiagnostics
+from harness.training.diagnostics import UpdateDiagnostics
 
 
 def cpu_has_native_bf16() -> bool:

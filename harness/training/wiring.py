@@ -21,7 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from harness.config import Config, TrainConfig
-from harness.data import (
+from harness.core.errors import HarnessError
+from harness.core.run_folder import RunLog
+from harness.data.device_augment import DeviceAugment, plan_from_augment
+from harness.data.loaders import (
     AugmentedArrayDataset,
     EpochBatchSampler,
     build_eval_transform,
@@ -31,10 +34,16 @@ from harness.data import (
     per_rank_batch,
     resolve_num_workers,
 )
-from harness.device_augment import DeviceAugment, plan_from_augment
-from harness.diagnostics import UpdateDiagnostics
-from harness.errors import HarnessError
-from harness.handlers import (
+from harness.data.sources import DataSplits, ImageArrays
+from harness.models.builders import (
+    build_model,
+    compile_or_fall_back,
+    count_parameters,
+    place_model,
+    resolve_channels_last,
+)
+from harness.training.diagnostics import UpdateDiagnostics
+from harness.training.handlers import (
     RNGState,
     StopRequest,
     attach_checkpoints,
@@ -49,13 +58,16 @@ from harness.handlers import (
     attach_weight_average,
     build_best_checkpoint,
 )
-from harness.models import build_model, compile_or_fall_back, count_parameters, place_model, resolve_channels_last
-from harness.optim import build_optimizer
-from harness.run_folder import RunLog
-from harness.schedules import attach_lr_scheduler
-from harness.search.pruning import TrialReporter, attach_pruning
-from harness.sources import DataSplits, ImageArrays
-from harness.steps import cpu_has_native_bf16, create_evaluator, create_trainer, make_train_step, resolve_amp_dtype
+from harness.training.optim import build_optimizer
+from harness.training.pruning import TrialReporter, attach_pruning
+from harness.training.schedules import attach_lr_scheduler
+from harness.training.steps import (
+    cpu_has_native_bf16,
+    create_evaluator,
+    create_trainer,
+    make_train_step,
+    resolve_amp_dtype,
+)
 
 
 @dataclass

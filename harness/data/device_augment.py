@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 ALWAYS_APPLIED = {"PadIfNeeded": 1.0, "RandomCrop": 1.0, "CoarseDropout": 0.5}  # albumentations' default p
 SUPPORTED = "PadIfNeeded (constant border), RandomCrop, HorizontalFlip, CoarseDropout (one fixed-size hole)"

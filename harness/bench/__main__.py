@@ -1,4 +1,4 @@
-"""``python -m harness.bench [overhead|data|throughput|gradcam ...]``: measured speed, never asserted.
+"""``python -m harness.bench.__main__ [overhead|data|throughput|gradcam ...]``: measured speed, never asserted.
 
 - overhead:   images/s of the Ignite trainer with every handler attached vs a plain PyTorch loop,
               same model, loader, batch and precision, alternating repetitions, medians.
@@ -30,24 +30,24 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
-from harness import atomic_io
+from harness.analysis.gradcam import gradcam_maps
 from harness.config import Config, DiagnosticsConfig, config_from_dict, load_config
-from harness.data import (
+from harness.core import atomic_io
+from harness.core.errors import ArgumentParser, exit_on_harness_error
+from harness.core.provenance import describe_device, git_commit
+from harness.data.loaders import (
     AugmentedArrayDataset,
     EpochBatchSampler,
     build_eval_transform,
     build_loader,
     build_train_dataset,
 )
-from harness.diagnostics import UpdateDiagnostics
-from harness.errors import ArgumentParser, exit_on_harness_error
-from harness.gradcam import gradcam_maps
-from harness.models import build_model, compile_or_fall_back, place_model, resolve_channels_last
-from harness.optim import build_optimizer
-from harness.provenance import describe_device, git_commit
-from harness.sources import ImageArrays, load_arrays, make_synthetic
-from harness.steps import autocast, make_eval_step, make_train_step, prepare_batch, resolve_amp_dtype
-from harness.wiring import build_training
+from harness.data.sources import ImageArrays, load_arrays, make_synthetic
+from harness.models.builders import build_model, compile_or_fall_back, place_model, resolve_channels_last
+from harness.training.diagnostics import UpdateDiagnostics
+from harness.training.optim import build_optimizer
+from harness.training.steps import autocast, make_eval_step, make_train_step, prepare_batch, resolve_amp_dtype
+from harness.training.wiring import build_training
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 
@@ -411,7 +411,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.bench.__main__", description=__doc__.splitlines()[0])
     parser.add_argument(
         "which",
         nargs="*",

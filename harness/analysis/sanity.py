@@ -26,9 +26,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from harness.figures import OVERLAY_ALPHA, plt, save_figure, titled_mosaic
-from harness.gradcam import gradcam_maps
-from harness.models import unwrap
+from harness.analysis.gradcam import gradcam_maps
+from harness.models.builders import unwrap
+from harness.reporting.figures import OVERLAY_ALPHA, plt, save_figure, titled_mosaic
 
 TRAINED = "none"  # the stage where nothing is randomized yet
 

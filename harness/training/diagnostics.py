@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from harness.models import unwrap
+from harness.models.builders import unwrap
 
 BLOW_UP_FACTOR = 10.0  # a step ten times the block's usual size relative to its weights
 BLOW_UP_HISTORY = 3

@@ -15,9 +15,9 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.config import DataConfig
-from harness.device_augment import plan_from_augment
-from harness.errors import HarnessError
-from harness.sources import ImageArrays
+from harness.data.device_augment import plan_from_augment
+from harness.core.errors import HarnessError
+from harness.data.sources import ImageArrays
 
 # ---------------------------------------------------------------- transforms
 

@@ -26,9 +26,9 @@ from ignite.handlers import (
 )
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler
 
-from harness.diagnostics import UpdateDiagnostics
-from harness.errors import HarnessError
-from harness.run_folder import BEST_PREFIX, RunLog
+from harness.core.errors import HarnessError
+from harness.core.run_folder import BEST_PREFIX, RunLog
+from harness.training.diagnostics import UpdateDiagnostics
 
 
 class RNGState:

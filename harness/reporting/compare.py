@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import atomic_io, figures, stats
+from harness.core import atomic_io
 from harness.report import PRE_VALIDATION_NOTE, RunRecord, embed_png, environment, load_run, utc_now
+from harness.reporting import figures, stats
 
 # Keys that do not change what is trained or measured: runs that differ only in these are replicates.
 NOT_THE_EXPERIMENT = (

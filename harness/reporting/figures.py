@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from harness import atomic_io  # noqa: E402
+from harness.core import atomic_io  # noqa: E402
 
 
 def provenance(run_dir: Path, summary: dict) -> str:

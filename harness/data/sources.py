@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from harness import atomic_io
-from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.core import atomic_io
+from harness.core.errors import HarnessError
+from harness.core.registry import Registry
 
 if TYPE_CHECKING:
     from harness.config import Config, DataConfig

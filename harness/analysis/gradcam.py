@@ -6,7 +6,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from harness.models import unwrap
+from harness.models.builders import unwrap
 
 
 def normalize_per_image(maps: torch.Tensor) -> torch.Tensor:

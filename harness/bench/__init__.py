@@ -1,0 +1,1 @@
+"""``python -m harness.bench``: measured speed, never asserted."""

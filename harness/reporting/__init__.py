@@ -1,0 +1,1 @@
+"""Reports: figures, the run report, comparisons of runs and their statistics."""
