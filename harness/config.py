@@ -1,202 +1,32 @@
-"""Experiment configuration: YAML in, a typed and validated ``Config`` out (a pydantic v2 schema).
+"""Experiment configuration: a typed and validated ``Config`` (a pydantic v2 schema).
 
-Every key has a default here; a YAML file names only what it changes, and may start from another
-file (``base: other.yaml``). ``--set key.path=value`` overrides any key. Every problem is reported
-in one line naming the file, the key path, the value and what was expected.
-
-YAML is read with the YAML 1.2 rules for scalars: only true/false are booleans (YAML 1.1, PyYAML's
-default, reads ``amp: off`` as false and ``1e-3`` as a string), decimal integers have no octal
-form (``010`` is 10), and a key written twice in one mapping is an error, not a silent overwrite.
+Every key has a default here or in the section of the stage it configures (``data``:
+``harness.data.config``, ``model``: ``harness.models.builders``, ``optimizer``:
+``harness.training.optim``, ``scheduler``: ``harness.training.schedules``, each beside the registry
+its names are checked against). A YAML file names only what it changes, and may start from another
+file (``base: other.yaml``, ``harness.core.yaml_io``). ``--set key.path=value`` overrides any key.
+Every problem is reported in one line naming the file, the key path, the value and what was expected.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import Field, ValidationError
 
-from harness.core.errors import HarnessError
-from harness.core.registry import Registry
-from harness.data.sources import SOURCES
-from harness.models.builders import MODELS
-from harness.training.optim import OPTIMIZERS
-from harness.training.schedules import SCHEDULERS
+from harness.core.errors import ConfigError
+from harness.core.schema import Section, format_validation_error
+from harness.core.yaml_io import dump_yaml, parse_yaml, read_yaml
+from harness.data import sources as _sources  # noqa: F401 - registers the data sources data.dataset names
+from harness.data.config import DataConfig
+from harness.models.builders import ModelConfig
+from harness.training.optim import OptimizerConfig
+from harness.training.schedules import SchedulerConfig
 
-CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
-CIFAR10_STD = [0.2470, 0.2435, 0.2616]
-
-
-class ConfigError(HarnessError):
-    pass
-
-
-# ---------------------------------------------------------------- YAML 1.2 scalars
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 booleans, integers and floats, refusing duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_BOOL, _INT, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Yaml12Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
-_Yaml12Loader.add_implicit_resolver(
-    _FLOAT,
-    re.compile(
-        r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
-    ),
-    list("-+0123456789."),
-)
-_Yaml12Loader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node)))
-
-
-class _QuotingDumper(yaml.SafeDumper):
-    """Quotes every string that YAML 1.1 or 1.2 would read as something else ("off", "1e5"), so that
-    config.yaml reads back the same in either."""
-
-
-for _first, _resolvers in _Yaml12Loader.yaml_implicit_resolvers.items():
-    for _tag, _regexp in _resolvers:
-        _QuotingDumper.add_implicit_resolver(_tag, _regexp, [_first])
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-# ---------------------------------------------------------------- the schema
-
-
-def _registered(registry: Registry) -> AfterValidator:
-    def check(name: str) -> str:
-        if name not in registry:
-            raise ValueError(f"expected {registry.expected()}")
-        return name
-
-    return AfterValidator(check)
-
-
-def _strictly_increasing(values: list[int]) -> list[int]:
-    if any(b <= a for a, b in itertools.pairwise(values)) or any(v < 1 for v in values):
-        raise ValueError("expected strictly increasing epochs >= 1")
-    return values
-
-
-def _rgb(values: list[float]) -> list[float]:
-    if len(values) != 3:
-        raise ValueError("expected 3 numbers (one per RGB channel)")
-    return values
-
-
-def _positive_rgb(values: list[float]) -> list[float]:
-    if any(v <= 0 for v in _rgb(values)):
-        raise ValueError("expected 3 positive numbers (one per RGB channel)")
-    return values
-
-
-def _image_count_or_fraction(value: Any) -> int | float:
-    """An integer >= 0 (images) or a float in [0, 1) (a fraction); one check, so one message for both."""
-    is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    is_fraction = isinstance(value, float) and 0.0 <= value < 1.0  # NaN fails both comparisons
-    if not (is_count or is_fraction):
-        raise ValueError("expected an image count (an integer >= 0) or a fraction of the training images in [0, 1)")
-    return value
-
-
-def _named_transform(item: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(item.get("name"), str):
-        raise ValueError("expected a 'name' key with an albumentations transform name")
-    return item
-
-
-class Section(BaseModel):
-    # strict: "3" is not a number and 1 is not true; a YAML user writes what they mean.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=False)
-
-
-def _default_augment() -> list[dict[str, Any]]:
-    # RandomCrop(32, padding=4) + horizontal flip + Cutout 16x16: the seed's recipe plus flips.
-    return [
-        {"name": "PadIfNeeded", "min_height": 40, "min_width": 40, "border_mode": 0, "fill": 0, "p": 1.0},
-        {"name": "RandomCrop", "height": 32, "width": 32, "p": 1.0},
-        {"name": "HorizontalFlip", "p": 0.5},
-        {
-            "name": "CoarseDropout",
-            "num_holes_range": [1, 1],
-            "hole_height_range": [16, 16],
-            "hole_width_range": [16, 16],
-            "fill": 0,
-            "p": 1.0,
-        },
-    ]
-
-
-class DataConfig(Section):
-    dataset: Annotated[str, _registered(SOURCES)] = "cifar10"
-    root: str = "data/cifar10"
-    download: bool = True
-    cache_dir: str | None = None
-    # The validation split decides (best checkpoint, plateau, pruning, search); the test set only reports.
-    # Held out of the whole training split with its own seed, so every run of a study holds out the same images.
-    val_size: Annotated[int | float, PlainValidator(_image_count_or_fraction)] = 0.1
-    val_seed: int = Field(0, ge=0, lt=2**32)
-    train_subset: int | None = Field(None, ge=1)
-    test_subset: int | None = Field(None, ge=1)
-    synthetic_train_size: int = Field(512, ge=10)
-    synthetic_test_size: int = Field(256, ge=10)
-    batch_size: int = Field(512, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    num_workers: int | None = Field(None, ge=0)
-    mean: Annotated[list[float], AfterValidator(_rgb)] = Field(default_factory=lambda: list(CIFAR10_MEAN))
-    std: Annotated[list[float], AfterValidator(_positive_rgb)] = Field(default_factory=lambda: list(CIFAR10_STD))
-    augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(default_factory=_default_augment)
-    augment_on: Literal["loader", "device"] = "loader"
-
-
-class ModelConfig(Section):
-    name: Annotated[str, _registered(MODELS)] = "resnet18"
-    width: int = Field(64, ge=1, le=4096)
-
-
-class OptimizerConfig(Section):
-    name: Annotated[str, _registered(OPTIMIZERS)] = "sgd"
-    lr: float = Field(0.2, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
-
-
-class SchedulerConfig(Section):
-    name: Annotated[str, _registered(SCHEDULERS)] = "onecycle"
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    # Learning rate at the start of warm-up and at the end of onecycle/cosine, as fractions of lr.
-    start_factor: float = Field(0.1, ge=0.0, le=1.0)
-    final_factor: float = Field(0.0, ge=0.0, le=1.0)
-    step_epochs: int = Field(10, ge=1)
-    milestones: Annotated[list[int], AfterValidator(_strictly_increasing)] = Field(default_factory=lambda: [10, 15])
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
-    plateau_patience: int = Field(2, ge=0)
+__all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "parse_override", "set_key"]
 
 
 class TrainConfig(Section):
@@ -266,90 +96,7 @@ class Config(Section):
         return self.model_dump()
 
 
-# ---------------------------------------------------------------- one-line errors
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "finite_number": "a finite number",
-    "bool_type": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping of keys to values",
-    "model_attributes_type": "a mapping of keys to values",
-}
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def _key_path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _field(loc: tuple, schema: type[BaseModel]) -> Any:
-    """The pydantic FieldInfo at a key path, or the section model when the path ends at one."""
-    node: Any = schema
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        model = node.annotation if hasattr(node, "annotation") else node
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            return None
-        node = model.model_fields[part]
-    return node
-
-
-def _section_fields(loc: tuple, schema: type[BaseModel]) -> list[str]:
-    node = _field(loc, schema)
-    model = node.annotation if hasattr(node, "annotation") else node
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-
-
-def _bounds(loc: tuple, schema: type[BaseModel]) -> str:
-    """Every bound of the field at ``loc``, e.g. '>= 0 and <= 200'."""
-    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-    node = _field(loc, schema)
-    parts = []
-    for constraint in getattr(node, "metadata", []):
-        for attr, symbol in symbols.items():
-            if getattr(constraint, attr, None) is not None:
-                parts.append(f"{symbol} {getattr(constraint, attr)}")
-    return " and ".join(parts)
-
-
-def format_validation_error(
-    error: ValidationError, source: str, schema: type[BaseModel] | None = None, prefix: str = ""
-) -> str:
-    """A pydantic error of ``schema`` (default: the experiment's ``Config``) as one line naming the
-    file, the key path (under ``prefix`` when the schema is part of a file), the value and what was expected."""
-    schema = schema or Config
-    first = error.errors()[0]
-    kind, loc, ctx = first["type"], tuple(first["loc"]), first.get("ctx") or {}
-    path = ".".join(part for part in (prefix, _key_path(loc)) if part)
-    if kind == "missing":
-        return f"{source}: {path}: missing (this key is required)"
-    if kind == "extra_forbidden":
-        known = ", ".join(_section_fields(loc[:-1], schema))
-        return f"{source}: unknown key '{path}' (expected one of: {known})"
-    if kind in _BOUNDS:
-        expected = f"a value {_bounds(loc, schema) or _BOUNDS[kind] + ' ' + str(next(iter(ctx.values())))}"
-    elif kind == "literal_error":
-        expected = f"one of {ctx['expected'].replace(' or ', ', ')}"
-    elif kind == "string_pattern_mismatch":
-        expected = "a name of letters, digits, '.', '_' or '-' (it names the run folder)"
-    elif kind == "value_error":
-        expected = str(ctx.get("error", first["msg"])).removeprefix("expected ")
-    else:
-        expected = _EXPECTED.get(kind) or first["msg"].removeprefix("Input should be ")
-    where = path or "the top level"
-    return f"{source}: {where} = {first['input']!r}: expected {expected}"
-
-
-# ---------------------------------------------------------------- files, base: and --set
+# ---------------------------------------------------------------- --set and files
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -377,49 +124,6 @@ def _apply_override(raw: dict, path: list[str], value: Any, text: str) -> None:
 def set_key(raw: dict, dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in a raw config dict, creating sections on the way (the schema checks the key later)."""
     _apply_override(raw, dotted.split("."), value, dotted)
-
-
-def _deep_merge(base: dict, changes: dict) -> dict:
-    merged = dict(base)
-    for key, value in changes.items():
-        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _deep_merge(merged[key], value) if both_sections else value
-    return merged
-
-
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), follow_base: bool = True) -> dict:
-    """A config file as a dict; ``base: other.yaml`` (relative to the file) is read first and
-    overlaid, so that a variant names only what it changes (unless ``follow_base`` is false: a
-    search file's ``base`` names its experiment, it is not overlaid)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{path}: not a UTF-8 text file (byte {error.object[error.start]:#04x} at offset {error.start})"
-        ) from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "could not be parsed"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
-    if "base" not in raw or not follow_base:
-        return raw
-    base = raw.pop("base")
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base = {base!r}: expected the path of another config file")
-    base_path = (path.parent / base).resolve()
-    if base_path in _seen:
-        raise ConfigError(f"{path}: base = {base!r}: the chain of base files loops")
-    return _deep_merge(read_yaml(base_path, (*_seen, path.resolve())), raw)
 
 
 def _check_consistency(cfg: Config, source: str) -> None:
@@ -458,7 +162,7 @@ def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<confi
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        raise ConfigError(format_validation_error(error, source, Config)) from None
     _check_consistency(cfg, source)
     return cfg
 
@@ -469,4 +173,4 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.dump(cfg.to_dict(), Dumper=_QuotingDumper, sort_keys=False, default_flow_style=None)
+    return dump_yaml(cfg.to_dict())

@@ -52,8 +52,8 @@ from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit
 from harness.core.run_folder import csv_text, utc_now
-from harness.data.loaders import check_augment
 from harness.data.sources import DataSplits, load_arrays
+from harness.data.transforms import check_augment
 from harness.models.builders import build_model, place_model
 from harness.reporting.figures import plt, provenance, save_figure
 from harness.training.optim import build_optimizer
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_augment(cfg.data)  # a bad transform fails before the data is read
-    splits = load_arrays(cfg)
+    splits = load_arrays(cfg.data, cfg.seed)
     train = splits.train
     check_augment(cfg.data, train.images[0])
     device = idist.device()

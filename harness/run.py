@@ -33,8 +33,9 @@ from harness.core.run_folder import (
     list_checkpoints,
     utc_now,
 )
-from harness.data.loaders import EpochBatchSampler, check_augment, check_batch_size, per_rank_batch
+from harness.data.loaders import EpochBatchSampler, check_batch_size, per_rank_batch
 from harness.data.sources import DataSplits, load_arrays
+from harness.data.transforms import check_augment
 from harness.models.builders import build_model
 from harness.training.cpu_threads import limit_cpu_threads
 from harness.training.pruning import TrialReporter
@@ -250,7 +251,7 @@ def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome, tr
     limit_cpu_threads(idist.device())  # before any work: summary.json records threads_per_process
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
-        splits = load_arrays(cfg)
+        splits = load_arrays(cfg.data, cfg.seed)
     check_before_run(cfg, splits, world_size)
     if resume:
         run_dir = args.resume
@@ -273,7 +274,7 @@ def finish(run_dir: Path, cfg: Config) -> None:
     """
     summary = atomic_io.read_json(run_dir / "summary.json")
     if cfg.analysis.enabled and not summary.get("analysis_completed_utc"):
-        from harness.analyze import analyze_run
+        from harness.analysis.pipeline import analyze_run
 
         analyze_run(run_dir, idist.device())
         print(f"analysis: {run_dir / 'analysis'}", flush=True)
@@ -282,7 +283,7 @@ def finish(run_dir: Path, cfg: Config) -> None:
 
 def render_report(run_dir: Path, cfg: Config) -> None:
     if cfg.report.enabled:
-        from harness.report import render_run_report
+        from harness.reporting.run_report import render_run_report
 
         print(f"report: {render_run_report(run_dir)}", flush=True)  # shows whatever exists, whatever the status
 

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from harness.config import load_config
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.run_folder import create_output_dir
-from harness.data.loaders import check_augment
+from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
 from harness.search.engine import (
     default_storage,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from harness.config import read_yaml
+from harness.core.yaml_io import read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "experiments"

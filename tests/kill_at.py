@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from ignite.engine import Events
 
-import harness.analyze
-import harness.report
+import harness.analysis.pipeline
+import harness.reporting.run_report
 import harness.run
 
 
@@ -68,9 +68,9 @@ def arm(point: str) -> None:
     elif name == "summary":
         harness.run.training_status = die
     elif name == "analysis":
-        harness.analyze.gradcam_maps = die
+        harness.analysis.pipeline.gradcam_maps = die
     elif name == "report":
-        harness.report.run_context = die
+        harness.reporting.run_report.run_context = die
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from harness.analysis.gradcam import gradcam_maps, normalize_per_image
+from harness.analysis.pipeline import per_class_accuracy, select_misclassified
 from harness.analyze import main as analyze_main
-from harness.analyze import per_class_accuracy, select_misclassified
 from harness.run import main as run_main
 
 

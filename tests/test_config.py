@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from harness.config import Config, config_from_dict, load_config, parse_override
+from harness.core.errors import ConfigError
 from tests.conftest import EXPERIMENTS
 
 

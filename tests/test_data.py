@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.config import DataConfig, config_from_dict
+from harness.config import config_from_dict
 from harness.core.errors import HarnessError
-from harness.data.loaders import (
-    AugmentedArrayDataset,
-    EpochBatchSampler,
-    build_eval_transform,
-    build_train_dataset,
-    build_train_transform,
-)
+from harness.data.config import DataConfig
+from harness.data.loaders import AugmentedArrayDataset, EpochBatchSampler, build_train_dataset
 from harness.data.sources import load_arrays, stratified_subset
+from harness.data.transforms import build_eval_transform, build_train_transform
 from tests.conftest import make_image_folder
 from tests.test_device_augment import CUTOUT
+
+
+def _data_and_seed(cfg) -> tuple:
+    return cfg.data, cfg.seed
 
 
 def write_cifar_pickles(root: Path, per_batch: int = 20) -> None:
@@ -38,7 +38,7 @@ def write_cifar_pickles(root: Path, per_batch: int = 20) -> None:
 def test_cifar10_pickles_are_read_into_memory(tmp_path):
     write_cifar_pickles(tmp_path)
     cfg = config_from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "download": False, "val_size": 0}})
-    splits = load_arrays(cfg)
+    splits = load_arrays(cfg.data, cfg.seed)
     train, test = splits.train, splits.test
     assert splits.val is None
     assert train.images.shape == (100, 32, 32, 3) and train.images.dtype == np.uint8
@@ -51,7 +51,7 @@ def test_cifar10_pickles_are_read_into_memory(tmp_path):
 def test_cifar10_missing_without_download_names_the_folder(tmp_path):
     cfg = config_from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "download": False}})
     with pytest.raises(HarnessError, match="CIFAR-10 files not found"):
-        load_arrays(cfg)
+        load_arrays(cfg.data, cfg.seed)
 
 
 def test_image_folder_decodes_and_caches(tmp_path):
@@ -66,13 +66,13 @@ def test_image_folder_decodes_and_caches(tmp_path):
             }
         }
     )
-    train = load_arrays(cfg).train
+    train = load_arrays(cfg.data, cfg.seed).train
     assert train.classes == ["cat", "dog"]
     assert train.images.shape == (6, 32, 32, 3) and list(train.labels) == [0, 0, 0, 1, 1, 1]
     expected = np.asarray(Image.open(tmp_path / "data/train/dog/0002.png"))
     assert np.array_equal(train.images[5], expected)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
-    again = load_arrays(cfg).train  # from the cache
+    again = load_arrays(cfg.data, cfg.seed).train  # from the cache
     assert np.array_equal(again.images, train.images)
 
 
@@ -83,7 +83,7 @@ def test_image_folder_corrupt_image_is_named(tmp_path):
         {"data": {"dataset": "image_folder", "root": str(tmp_path), "cache_dir": str(tmp_path / "c")}}
     )
     with pytest.raises(HarnessError, match=r"train/dog/bad.jpg: unreadable image"):
-        load_arrays(cfg)
+        load_arrays(cfg.data, cfg.seed)
 
 
 def test_image_folder_empty_class_and_missing_root(tmp_path):
@@ -91,15 +91,15 @@ def test_image_folder_empty_class_and_missing_root(tmp_path):
     (tmp_path / "train/bird").mkdir()
     cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path)}})
     with pytest.raises(HarnessError, match=r"train/bird: empty class folder"):
-        load_arrays(cfg)
+        load_arrays(cfg.data, cfg.seed)
     cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(tmp_path / "absent")}})
     with pytest.raises(HarnessError, match="folder not found"):
-        load_arrays(cfg)
+        load_arrays(cfg.data, cfg.seed)
 
 
 def test_stratified_subset_keeps_class_proportions():
     cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 1000}})
-    train = load_arrays(cfg).train
+    train = load_arrays(cfg.data, cfg.seed).train
     subset = stratified_subset(train, 105, seed=3, key="data.train_subset")
     counts = np.bincount(subset.labels, minlength=10)
     assert counts.sum() == 105 and counts.max() - counts.min() <= 1
@@ -117,7 +117,7 @@ def test_validation_split_is_stratified_disjoint_and_the_same_for_every_seed_and
 
     def splits(*overrides: str):
         data = ["data.dataset=image_folder", f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'c'}"]
-        return load_arrays(config_from_dict({}, [*data, *overrides]))
+        return load_arrays(*_data_and_seed(config_from_dict({}, [*data, *overrides])))
 
     default = splits()  # 10% of 160 images
     assert len(default.val) == 16 and len(default.train) == 144
@@ -147,10 +147,10 @@ def test_an_image_folder_with_its_own_val_folder_validates_on_it(tmp_path):
     for name in ("cat", "dog"):
         (tmp_path / "extra" / "train" / name).rename(root / "val" / name)
     cfg = {"data": {"dataset": "image_folder", "root": str(root), "cache_dir": str(tmp_path / "c")}}
-    splits = load_arrays(config_from_dict(cfg))
+    splits = load_arrays(*_data_and_seed(config_from_dict(cfg)))
     assert len(splits.train) == 12 and len(splits.val) == 6, "the folder's val/, not 10% of train/"
     assert "own val/" in splits.val_source
-    merged = load_arrays(config_from_dict(cfg, ["data.val_size=0"]))
+    merged = load_arrays(*_data_and_seed(config_from_dict(cfg, ["data.val_size=0"])))
     assert merged.val is None and len(merged.train) == 18, "val_size 0: the val/ images train too"
 
 
@@ -180,7 +180,7 @@ def test_cutout_alone_cuts_one_16x16_square():
 
 def test_same_seed_same_augmentation_and_replayable_sampler():
     cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 100, "val_size": 0}})
-    train = load_arrays(cfg).train
+    train = load_arrays(cfg.data, cfg.seed).train
     dataset = AugmentedArrayDataset(train, build_train_transform(cfg.data))
     sampler = EpochBatchSampler(len(train), 8, seed=0, shuffle=True)
     sampler.set_epoch(2)
@@ -198,7 +198,7 @@ def test_same_seed_same_augmentation_and_replayable_sampler():
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
 def test_training_loader_augments_only_with_augment_on_loader(augment_on):
     cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 20, "augment_on": augment_on}})
-    train = load_arrays(cfg).train
+    train = load_arrays(cfg.data, cfg.seed).train
     dataset = build_train_dataset(train, cfg.data)
     normalized = build_eval_transform(cfg.data)(image=train.images[3])["image"]
     views = [dataset[(3, seed)][0] for seed in range(4)]
@@ -220,14 +220,14 @@ def test_damaged_or_stale_cache_warns_and_decodes_again(damage, tmp_path, capsys
     cfg = config_from_dict(
         {"data": {"dataset": "image_folder", "root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "c")}}
     )
-    decoded = load_arrays(cfg).train
+    decoded = load_arrays(cfg.data, cfg.seed).train
     cache = next((tmp_path / "c").glob("train-*.npz"))
     if damage == "truncated":
         cache.write_bytes(cache.read_bytes()[:500])
     else:  # another folder's arrays under this folder's key: fewer images than files
         np.savez(cache, images=decoded.images[:2], labels=decoded.labels[:2])
-    again = load_arrays(cfg).train
+    again = load_arrays(cfg.data, cfg.seed).train
     assert np.array_equal(again.images, decoded.images) and np.array_equal(again.labels, decoded.labels)
     assert f"warning: image cache {cache} is damaged or stale" in capsys.readouterr().err
-    assert np.array_equal(load_arrays(cfg).train.images, decoded.images)  # the rewritten cache is good
+    assert np.array_equal(load_arrays(cfg.data, cfg.seed).train.images, decoded.images)  # the rewritten cache is good
     assert capsys.readouterr().err == ""

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import DataConfig
 from harness.core.errors import HarnessError
+from harness.data.config import DataConfig
 from harness.data.device_augment import DeviceAugment, plan_from_augment
-from harness.data.loaders import build_train_transform
+from harness.data.transforms import build_train_transform
 
 SAMPLES = 1500
 # The default data.augment (the seed's recipe): pad 4 + crop 32, flip, Cutout 16x16.

@@ -1,7 +1,12 @@
 import torch
 
-from harness.config import ModelConfig
-from harness.models.builders import build_model, compile_or_fall_back, count_parameters, resolve_channels_last
+from harness.models.builders import (
+    ModelConfig,
+    build_model,
+    compile_or_fall_back,
+    count_parameters,
+    resolve_channels_last,
+)
 
 
 def test_resnet18_standard_width_has_the_reference_parameter_count():

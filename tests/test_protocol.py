@@ -14,7 +14,7 @@ from ignite.engine import Events
 
 import harness.run
 from harness.core.run_folder import read_csv_rows
-from harness.report import render_run_report
+from harness.reporting.run_report import render_run_report
 from harness.run import main
 from tests.conftest import run_cli
 

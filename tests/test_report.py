@@ -6,11 +6,12 @@ import shutil
 import numpy as np
 import pandas as pd
 
+from harness.analysis.blow_up import first_blow_up
 from harness.core.run_folder import WEIGHTS_COLUMNS
-from harness.report import describe_evaluation, load_run, render_run_report
 from harness.report import main as report_main
 from harness.reporting.compare import differing_keys
-from harness.training.diagnostics import first_blow_up
+from harness.reporting.records import load_run
+from harness.reporting.run_report import describe_evaluation, render_run_report
 
 SECTION_IDS = [
     "summary",

@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
+from harness.analysis.blow_up import first_blow_up
 from harness.config import config_from_dict
 from harness.core.run_folder import METRICS_COLUMNS, checkpoint_iteration, list_checkpoints
 from harness.data.sources import load_arrays
 from harness.models.builders import build_model
-from harness.report import render_run_report
+from harness.reporting.run_report import render_run_report
 from harness.run import main
-from harness.training.diagnostics import first_blow_up
 from harness.training.steps import create_evaluator
 from harness.training.wiring import build_loaders
 from tests.conftest import REPO, make_image_folder, tensorboard_scalars
@@ -134,7 +134,7 @@ def test_weight_average_is_what_gets_evaluated_and_kept(write_config, tmp_path):
     model = build_model(cfg.model, 10)
     model.load_state_dict(average)
     evaluator = create_evaluator(model, torch.device("cpu"), cfg.train)
-    evaluator.run(build_loaders(cfg, load_arrays(cfg), torch.device("cpu")).test)
+    evaluator.run(build_loaders(cfg, load_arrays(cfg.data, cfg.seed), torch.device("cpu")).test)
     # The loss tells the two models apart where 128 images' accuracy might not.
     assert evaluator.state.metrics["loss"] == pytest.approx(float(rows[-1]["test_loss"]), rel=1e-5)
     assert evaluator.state.metrics["accuracy"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-6)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from harness.config import SchedulerConfig
-from harness.training.schedules import attach_lr_scheduler
+from harness.training.schedules import SchedulerConfig, attach_lr_scheduler
 
 ITERS_PER_EPOCH = 10
 EPOCHS = 6

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.config import ModelConfig, OptimizerConfig, TrainConfig
-from harness.models.builders import build_model
-from harness.training.optim import build_optimizer
+from harness.config import TrainConfig
+from harness.models.builders import ModelConfig, build_model
+from harness.training.optim import OptimizerConfig, build_optimizer
 from harness.training.steps import make_eval_step, make_train_step
 
 CPU = torch.device("cpu")

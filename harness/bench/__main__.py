@@ -35,14 +35,9 @@ from harness.config import Config, DiagnosticsConfig, config_from_dict, load_con
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit
-from harness.data.loaders import (
-    AugmentedArrayDataset,
-    EpochBatchSampler,
-    build_eval_transform,
-    build_loader,
-    build_train_dataset,
-)
+from harness.data.loaders import AugmentedArrayDataset, EpochBatchSampler, build_loader, build_train_dataset
 from harness.data.sources import ImageArrays, load_arrays, make_synthetic
+from harness.data.transforms import build_eval_transform
 from harness.models.builders import build_model, compile_or_fall_back, place_model, resolve_channels_last
 from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.optim import build_optimizer
@@ -107,7 +102,7 @@ def plain_loop_images_per_s(
 
 def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
     """The Ignite trainer built exactly as ``harness.run`` builds it, handlers and checkpoints included."""
-    run = build_training(cfg, run_dir, load_arrays(cfg))
+    run = build_training(cfg, run_dir, load_arrays(cfg.data, cfg.seed))
     seen = iterations * cfg.data.batch_size
     start = time.perf_counter()
     run.trainer.run(run.loaders.train, max_epochs=1, epoch_length=iterations)
@@ -452,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
     if "diagnostics" in which:
         results["diagnostics"] = bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats)
-    train = load_arrays(cfg).train if {"throughput", "data"} & set(which) else None
+    train = load_arrays(cfg.data, cfg.seed).train if {"throughput", "data"} & set(which) else None
     if "throughput" in which:
         results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])
     if "data" in which:

@@ -17,6 +17,10 @@ class HarnessError(Exception):
     """A problem with the user's input or environment, reported as a single line."""
 
 
+class ConfigError(HarnessError):
+    """A config, search or YAML file that cannot be used as written."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a bad command line reported like any other bad input: one line, exit code 2."""
 

@@ -11,21 +11,16 @@ import os
 import pickle
 import sys
 import zipfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
-from harness.core.registry import Registry
-
-if TYPE_CHECKING:
-    from harness.config import Config, DataConfig
+from harness.data.config import SOURCES, DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -56,7 +51,6 @@ class Splits:
     val: ImageArrays | None = None
 
 
-SOURCES: Registry[Callable[[DataConfig, int], Splits]] = Registry("data.dataset")
 
 
 # ---------------------------------------------------------------- cifar10: the python pickles
@@ -307,15 +301,14 @@ class DataSplits:
         return self.train.classes
 
 
-def load_arrays(cfg: Config) -> DataSplits:
-    """The training, validation and test splits named by ``cfg.data``.
+def load_arrays(data: DataConfig, seed: int) -> DataSplits:
+    """The training, validation and test splits named by ``data`` (``seed``: the run's, for subsets).
 
     The validation split comes first, from the whole training split (or the source's own), so it is
     the same whatever ``train_subset`` and ``seed`` are; ``train_subset`` is then drawn from the rest.
     With ``val_size: 0`` a source's own validation images train too.
     """
-    data = cfg.data
-    source = SOURCES[data.dataset](data, cfg.seed)
+    source = SOURCES[data.dataset](data, seed)
     train, val = source.train, source.val
     val_source = "none: data.val_size is 0"
     if val is not None and data.val_size == 0:
@@ -333,8 +326,8 @@ def load_arrays(cfg: Config) -> DataSplits:
         )
     if data.train_subset is not None:
         what = "training images left after the validation split" if val is not None else "training images"
-        train = stratified_subset(train, data.train_subset, cfg.seed, "data.train_subset", what)
+        train = stratified_subset(train, data.train_subset, seed, "data.train_subset", what)
     test = source.test
     if data.test_subset is not None:
-        test = stratified_subset(test, data.test_subset, cfg.seed + 1, "data.test_subset")
+        test = stratified_subset(test, data.test_subset, seed + 1, "data.test_subset")
     return DataSplits(train, val, test, val_source)

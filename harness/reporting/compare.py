@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from harness.core import atomic_io
-from harness.report import PRE_VALIDATION_NOTE, RunRecord, embed_png, environment, load_run, utc_now
+from harness.core.run_folder import utc_now
 from harness.reporting import figures, stats
+from harness.reporting.html import embed_png, environment
+from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 
 # Keys that do not change what is trained or measured: runs that differ only in these are replicates.
 NOT_THE_EXPERIMENT = (

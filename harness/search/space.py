@@ -28,7 +28,10 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config import Config, ConfigError, Section, config_from_dict, format_validation_error, read_yaml, set_key
+from harness.config import Config, config_from_dict, set_key
+from harness.core.errors import ConfigError
+from harness.core.schema import Section, format_validation_error
+from harness.core.yaml_io import read_yaml
 
 METRICS = {"final_val_acc": "maximize", "best_val_acc": "maximize", "final_val_loss": "minimize"}
 # What a trial runs unless the search file says otherwise: no analysis or report per trial.

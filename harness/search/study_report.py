@@ -23,6 +23,7 @@ from harness.core import atomic_io
 from harness.core.provenance import git_commit
 from harness.core.run_folder import utc_now
 from harness.reporting.figures import plt, save_figure
+from harness.reporting.html import embed_png, environment
 from harness.search.space import CategoricalDistribution, Search
 
 COLUMNS = ["number", "state", "value", "epochs", "time_s", "run_dir"]
@@ -205,7 +206,6 @@ def curves_figure(study: optuna.Study, path: Path, footer: str) -> Path | None:
 
 def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: str, extra: list[str]) -> dict[str, Any]:
     """trials.csv, study.html and best.yaml in ``out``; returns what was written."""
-    from harness.report import embed_png, environment  # the report's HTML helpers and templates
 
     table = trials_table(study, search)
     atomic_io.write_text(out / "trials.csv", table.to_csv(index=False))

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from harness.core.registry import Registry
-
-if TYPE_CHECKING:
-    from harness.config import OptimizerConfig
+from harness.core.schema import Section, registered
 
 ParamGroups = list[dict[str, Any]]
 OPTIMIZERS: Registry[Callable[[OptimizerConfig, ParamGroups], torch.optim.Optimizer]] = Registry("optimizer.name")
+
+
+class OptimizerConfig(Section):
+    name: Annotated[str, registered(OPTIMIZERS)] = "sgd"
+    lr: float = Field(0.2, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
 
 
 @OPTIMIZERS.register("sgd")

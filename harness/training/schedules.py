@@ -6,20 +6,20 @@ within an epoch; ``plateau`` reacts to each evaluation's validation accuracy (ne
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import CosineAnnealingScheduler, PiecewiseLinear, ReduceLROnPlateauScheduler
 from ignite.handlers.param_scheduler import create_lr_scheduler_with_warmup
+from pydantic import AfterValidator, Field
 
 from harness.core.errors import HarnessError
 from harness.core.registry import Registry
-
-if TYPE_CHECKING:
-    from harness.config import SchedulerConfig
+from harness.core.schema import Section, registered
 
 
 @dataclass
@@ -30,6 +30,24 @@ class Schedule:
 
 ScheduleBuilder = Callable[["SchedulerConfig", torch.optim.Optimizer, int, int], Schedule]
 SCHEDULERS: Registry[ScheduleBuilder] = Registry("scheduler.name")
+
+
+def _strictly_increasing(values: list[int]) -> list[int]:
+    if any(b <= a for a, b in itertools.pairwise(values)) or any(v < 1 for v in values):
+        raise ValueError("expected strictly increasing epochs >= 1")
+    return values
+
+
+class SchedulerConfig(Section):
+    name: Annotated[str, registered(SCHEDULERS)] = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    # Learning rate at the start of warm-up and at the end of onecycle/cosine, as fractions of lr.
+    start_factor: float = Field(0.1, ge=0.0, le=1.0)
+    final_factor: float = Field(0.0, ge=0.0, le=1.0)
+    step_epochs: int = Field(10, ge=1)
+    milestones: Annotated[list[int], AfterValidator(_strictly_increasing)] = Field(default_factory=lambda: [10, 15])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    plateau_patience: int = Field(2, ge=0)
 
 
 def _warmup_start(cfg: SchedulerConfig, lr: float, iters_per_epoch: int) -> list[tuple[int, float]]:

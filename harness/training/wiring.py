@@ -27,7 +27,6 @@ from harness.data.device_augment import DeviceAugment, plan_from_augment
 from harness.data.loaders import (
     AugmentedArrayDataset,
     EpochBatchSampler,
-    build_eval_transform,
     build_loader,
     build_train_dataset,
     check_batch_size,
@@ -35,6 +34,7 @@ from harness.data.loaders import (
     resolve_num_workers,
 )
 from harness.data.sources import DataSplits, ImageArrays
+from harness.data.transforms import build_eval_transform
 from harness.models.builders import (
     build_model,
     compile_or_fall_back,
@@ -70,6 +70,12 @@ from harness.training.steps import (
 )
 
 
+def sync_every(device: torch.device) -> int:
+    """How often the NaN guard and the progress bar read the loss back: every step on a CPU, every
+    10th on a GPU (a read-back stalls the device's queue)."""
+    return 1 if device.type == "cpu" else 10
+
+
 @dataclass
 class Loaders:
     """A run's loaders: ``val`` is None without a validation split (``data.val_size: 0``)."""
@@ -99,8 +105,18 @@ class Training:
     amp_dtype: torch.dtype | None
     compiled: bool
     channels_last: bool
+    eval_model: nn.Module | None = None  # what is evaluated and kept: the model, or its weight average
+    diagnostics: UpdateDiagnostics | None = None
+    scaler: torch.amp.GradScaler | None = None
+    lr_scheduler: Any = None
     pending_metric_state: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def evaluations(self) -> dict[str, tuple[Engine, DataLoader]]:
+        """The evaluated splits in order, each an engine and its loader: ``val`` (when held out), ``test``."""
+        pairs = {"val": (self.val_evaluator, self.loaders.val), "test": (self.test_evaluator, self.loaders.test)}
+        return {split: pair for split, pair in pairs.items() if pair[0] is not None}
 
     def close(self) -> None:
         """Release what the run holds open (TensorBoard's event file)."""
@@ -171,25 +187,28 @@ def build_train_step(
     return step, scaler
 
 
-def build_training(
-    cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
-) -> Training:
-    """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load;
-    ``trial``: the search trial this run is, told the validation accuracy after each epoch (and pruned)."""
-    device = idist.device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
-    loaders = build_loaders(cfg, splits, device)
-    train_sampler, train_arrays = loaders.train_sampler, splits.train
-    iters_per_epoch = len(train_sampler)
+@dataclass
+class Learner:
+    """What learns: the model (wrapped for DDP), its optimizer, the module the steps call (compiled or
+    not), and the training settings resolved for this model and device."""
 
-    model = build_model(cfg.model, len(train_arrays.classes))
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step_model: nn.Module
+    compiled: bool
+    train_cfg: TrainConfig
+    num_params: int
+    batch_shape: tuple[int, int, int, int]
+
+
+def build_learner(cfg: Config, device: torch.device, splits: DataSplits, per_rank_batch_size: int) -> Learner:
+    model = build_model(cfg.model, len(splits.classes))
     num_params = count_parameters(model)
     train_cfg = resolve_train_config(cfg, model, device)
     model = idist.auto_model(place_model(model, device, train_cfg.channels_last))
     optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
-    height, width = train_arrays.images.shape[1:3]
-    batch_shape = (train_sampler.batch_size, 3, height, width)
+    height, width = splits.train.images.shape[1:3]
+    batch_shape = (per_rank_batch_size, 3, height, width)
     step_model, compiled = (
         compile_or_fall_back(model, device, train_cfg.channels_last, batch_shape)
         if cfg.train.compile
@@ -202,114 +221,148 @@ def build_training(
             "about 10x slower than fp32; train.amp=auto uses fp32 here",
             file=sys.stderr,
         )
+    return Learner(model, optimizer, step_model, compiled, train_cfg, num_params, batch_shape)
+
+
+def build_engines(cfg: Config, run_dir: Path, loaders: Loaders, learner: Learner, device: torch.device) -> Training:
+    """The trainer (its step, metrics, weight average and diagnostics) and the evaluators, as a Training
+    with nothing attached yet but the epoch start (data order, resumed running averages)."""
+    iters_per_epoch = len(loaders.train_sampler)
     # Rank 0 alone: the gradients are all-reduced, so every rank would measure the same.
     diagnostics = (
-        UpdateDiagnostics(model, cfg.diagnostics.samples_per_epoch, iters_per_epoch)
+        UpdateDiagnostics(learner.model, cfg.diagnostics.samples_per_epoch, iters_per_epoch)
         if cfg.diagnostics.samples_per_epoch and idist.get_rank() == 0
         else None
     )
-    train_step, scaler = build_train_step(cfg, train_cfg, step_model, optimizer, device, height, diagnostics)
+    train_cfg = learner.train_cfg
+    train_step, scaler = build_train_step(
+        cfg, train_cfg, learner.step_model, learner.optimizer, device, learner.batch_shape[2], diagnostics
+    )
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
     # Attached first, so that every other handler sees this iteration's average.
+    model = learner.model
     eval_model = model if train_cfg.ema_decay is None else attach_weight_average(trainer, model, train_cfg.ema_decay)
-    if eval_model is model:
-        eval_step_model = step_model
-    else:
+    eval_step_model = learner.step_model
+    if eval_model is not model:
         eval_step_model = (
-            compile_or_fall_back(eval_model, device, train_cfg.channels_last, batch_shape)[0]
-            if compiled
+            compile_or_fall_back(eval_model, device, train_cfg.channels_last, learner.batch_shape)[0]
+            if learner.compiled
             else eval_model
         )
-    val_evaluator = create_evaluator(eval_step_model, device, train_cfg) if loaders.val is not None else None
-    test_evaluator = create_evaluator(eval_step_model, device, train_cfg)
-
-    # Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, checkpoints, stop.
-    log = RunLog(run_dir, write=idist.get_rank() == 0, weights=diagnostics is not None)
     run = Training(
         trainer,
-        val_evaluator,
-        test_evaluator,
+        create_evaluator(eval_step_model, device, train_cfg) if loaders.val is not None else None,
+        create_evaluator(eval_step_model, device, train_cfg),
         model,
         loaders,
-        log,
+        RunLog(run_dir, write=idist.get_rank() == 0, weights=diagnostics is not None),
         StopRequest(),
         {},
         train_metrics,
         iters_per_epoch,
-        num_params,
+        learner.num_params,
         loaders.num_workers,
-        amp_dtype,
-        compiled,
+        resolve_amp_dtype(cfg.train.amp, device),
+        learner.compiled,
         train_cfg.channels_last,
+        eval_model=eval_model,
+        diagnostics=diagnostics,
+        scaler=scaler,
     )
 
     @trainer.on(Events.EPOCH_STARTED)
     def start_epoch(engine: Engine) -> None:
         done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * iters_per_epoch
-        train_sampler.set_epoch(engine.state.epoch, skip_batches=done_in_epoch)
+        loaders.train_sampler.set_epoch(engine.state.epoch, skip_batches=done_in_epoch)
         for name, state in run.pending_metric_state.items():  # a resumed epoch keeps its running averages
             train_metrics[name].load_state_dict(state)
         run.pending_metric_state.clear()
 
+    return run
+
+
+def attach_epoch_end(
+    run: Training, cfg: Config, learner: Learner, run_dir: Path, start_iteration: int, trial: TrialReporter | None
+) -> Callable[[], None]:
+    """What happens around each epoch's end, in this order: timing, the learning rate, the NaN guard,
+    the schedule, TensorBoard and diagnostics, the evaluation and its log row, pruning. Returns the
+    function that flushes every log (each checkpoint calls it first)."""
+    trainer, optimizer, device = run.trainer, learner.optimizer, idist.device()
     timer = attach_epoch_timer(trainer)
-    attach_lr_logging(trainer, optimizer, log)
-    sync_every = 1 if device.type == "cpu" else 10  # reading the loss back stalls a GPU's queue
-    attach_nan_guard(trainer, sync_every)
-    lr_scheduler = attach_lr_scheduler(
-        cfg.scheduler, optimizer, trainer, val_evaluator, iters_per_epoch, train_cfg.epochs
+    attach_lr_logging(trainer, optimizer, run.log)
+    attach_nan_guard(trainer, sync_every(device))
+    run.lr_scheduler = attach_lr_scheduler(
+        cfg.scheduler, optimizer, trainer, run.val_evaluator, run.iters_per_epoch, learner.train_cfg.epochs
     )
-    evaluations = {"val": (val_evaluator, loaders.val), "test": (test_evaluator, loaders.test)}
-    evaluations = {split: pair for split, pair in evaluations.items() if pair[0] is not None}
-    flushers = [log.flush]
+    flushers = [run.log.flush]
     tensorboard = None
     if cfg.logging.tensorboard and idist.get_rank() == 0:
-        tensorboard = attach_tensorboard(
-            trainer, {split: engine for split, (engine, _) in evaluations.items()}, optimizer,
-            run_dir / "tensorboard", start_iteration,
-        )  # fmt: skip
+        engines = {split: engine for split, (engine, _) in run.evaluations.items()}
+        tensorboard = attach_tensorboard(trainer, engines, optimizer, run_dir / "tensorboard", start_iteration)
         flushers.append(tensorboard.writer.flush)  # with each checkpoint: a resumed run continues from there
         run.closers.append(tensorboard.close)
-    if diagnostics is not None:  # before the evaluation, which writes the epoch's logs
-        flushers.insert(0, attach_update_diagnostics(trainer, diagnostics, log, tensorboard))
-    attach_evaluation(trainer, evaluations, log, timer, optimizer, iters_per_epoch * cfg.data.batch_size)
+    if run.diagnostics is not None:  # before the evaluation, which writes the epoch's logs
+        flushers.insert(0, attach_update_diagnostics(trainer, run.diagnostics, run.log, tensorboard))
+    attach_evaluation(trainer, run.evaluations, run.log, timer, optimizer, run.iters_per_epoch * cfg.data.batch_size)
     if trial is not None:  # after the evaluation it reads, before the checkpoints (a pruned epoch is not saved)
-        if val_evaluator is None:
+        if run.val_evaluator is None:
             raise HarnessError("a search trial needs a validation split to report (data.val_size > 0)")
-        attach_pruning(trainer, val_evaluator, trial)
+        attach_pruning(trainer, run.val_evaluator, trial)
 
     def flush_logs() -> None:
         for flush in flushers:
             flush()
 
+    return flush_logs
+
+
+def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, flush_logs: Callable[[], None]) -> None:
+    """The best checkpoint (chosen on validation), the resumable checkpoints of everything in
+    ``run.to_save``, the clean stop on a signal, and the progress bars."""
+    trainer = run.trainer
     # Chosen on the validation split alone; without one there is no "best", only the final weights.
-    best = build_best_checkpoint(eval_model, val_evaluator, trainer, run_dir / "checkpoints") if val_evaluator else None
+    best = (
+        build_best_checkpoint(run.eval_model, run.val_evaluator, trainer, run_dir / "checkpoints")
+        if run.val_evaluator
+        else None
+    )
     run.to_save.update(
         {
-            "model": model,
-            "optimizer": optimizer,
-            "lr_scheduler": lr_scheduler,
+            "model": run.model,
+            "optimizer": learner.optimizer,
+            "lr_scheduler": run.lr_scheduler,
             "trainer": trainer,
             "rng": RNGState(),
-            **{f"metric_{name}": metric for name, metric in train_metrics.items()},
+            **{f"metric_{name}": metric for name, metric in run.train_metrics.items()},
         }
     )
     if best is not None:
         run.to_save["best_checkpointer"] = best
-    if scaler is not None:
-        run.to_save["scaler"] = scaler
-    if eval_model is not model:
-        run.to_save["ema_model"] = eval_model
+    if run.scaler is not None:
+        run.to_save["scaler"] = run.scaler
+    if run.eval_model is not run.model:
+        run.to_save["ema_model"] = run.eval_model
+    c = cfg.checkpoint
     save = attach_checkpoints(
-        trainer,
-        run.to_save,
-        run_dir / "checkpoints",
-        cfg.checkpoint.every_epochs,
-        cfg.checkpoint.every_iters,
-        cfg.checkpoint.n_saved,
-        best,
-        flush_logs,
+        trainer, run.to_save, run_dir / "checkpoints", c.every_epochs, c.every_iters, c.n_saved, best, flush_logs
     )
     attach_stop_on_signal(trainer, run.stop, save)
-    attach_progress_bars(trainer, [engine for engine, _ in evaluations.values()], sync_every)
+    attach_progress_bars(trainer, [engine for engine, _ in run.evaluations.values()], sync_every(idist.device()))
+
+
+def build_training(
+    cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
+) -> Training:
+    """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load;
+    ``trial``: the search trial this run is, told the validation accuracy after each epoch (and pruned).
+    Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, pruning, checkpoints, stop."""
+    device = idist.device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
+    loaders = build_loaders(cfg, splits, device)
+    learner = build_learner(cfg, device, splits, loaders.train_sampler.batch_size)
+    run = build_engines(cfg, run_dir, loaders, learner, device)
+    flush_logs = attach_epoch_end(run, cfg, learner, run_dir, start_iteration, trial)
+    attach_saving(run, cfg, learner, run_dir, flush_logs)
     return run

@@ -1,0 +1,102 @@
+"""Reading run folders: whatever a run folder holds, every piece possibly missing, with old runs
+(from before the validation split) read by their old meaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.core import atomic_io
+from harness.core.errors import HarnessError
+from harness.core.run_folder import is_pre_validation_run, read_csv_rows
+from harness.core.yaml_io import read_yaml_or_empty
+
+
+@dataclass
+class RunRecord:
+    """Whatever a run folder holds; every piece may be missing."""
+
+    run_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    lr: pd.DataFrame = field(default_factory=pd.DataFrame)
+    weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # weights.csv: per-block update diagnostics
+    missing: list[str] = field(default_factory=list)
+    # A run from before the validation split, read with its old meaning (see read_pre_validation_run).
+    pre_validation: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.run_dir.name)
+
+    @property
+    def label(self) -> str:
+        folder = self.run_dir.name
+        return folder if self.name in folder else f"{self.name} ({folder})"
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    def analysis(self, name: str) -> Path:
+        return self.run_dir / "analysis" / name
+
+
+PRE_VALIDATION_NOTE = (
+    "This run predates the validation split (harness 0.3): what its files call val_acc, val_loss and "
+    "final_val_acc was measured on the test set, and its best checkpoint and any plateau schedule were "
+    "chosen on the test set. Read here as test figures; it has no validation figures."
+)
+
+
+def read_pre_validation_run(record: RunRecord) -> None:
+    """Give an old run's files their real meaning: its ``val_*`` columns and ``final_val_acc`` were
+    the test set's. Its "best" was chosen on the test set, so it is not shown as a best at all."""
+    record.pre_validation = True
+    record.metrics = record.metrics.rename(columns={"val_loss": "test_loss", "val_acc": "test_acc"})
+    s = record.summary
+    s["final_test_acc"] = s.pop("final_val_acc", None)
+    for key in ("best_val_acc", "best_epoch"):
+        s.pop(key, None)
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HarnessError(f"{run_dir}: run folder not found")
+    record = RunRecord(run_dir)
+    record.config = read_yaml_or_empty(run_dir / "config.yaml")
+    if not record.config:
+        record.missing.append("config.yaml")
+    record.summary = atomic_io.read_json(run_dir / "summary.json")
+    if not record.summary:
+        record.missing.append("summary.json")
+    for attr, name in (("metrics", "metrics.csv"), ("lr", "lr.csv")):
+        rows = read_csv_rows(run_dir / name)
+        if rows:
+            setattr(record, attr, pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce"))
+        else:
+            record.missing.append(name)
+    weights = read_csv_rows(run_dir / "weights.csv")
+    if weights:
+        numeric = ["iteration", "epoch", "grad_norm", "weight_norm", "update_norm", "update_ratio"]
+        record.weights = pd.DataFrame(weights).astype({column: float for column in numeric})
+    if not (run_dir / "analysis" / "per_class.csv").is_file():
+        record.missing.append("analysis")
+    if is_pre_validation_run(run_dir):
+        read_pre_validation_run(record)
+    return record
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run folders among the given paths (globs such as results/*/* may also name other files)."""
+    found = [p for p in paths if (p / "config.yaml").is_file() or (p / "summary.json").is_file()]
+    if not found:
+        raise HarnessError(
+            f"no run folders among {', '.join(map(str, paths)) or 'the arguments'} (a run folder holds config.yaml)"
+        )
+    return found

@@ -1,0 +1,194 @@
+"""The HTML report of one run (``report_templates/run.html.j2``): a self-contained file, figures
+embedded, CSS inline. A run that lacks pieces (crashed, not analyzed) shows what it has and says
+what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.analysis.blow_up import first_blow_up
+from harness.core import atomic_io
+from harness.core.run_folder import utc_now
+from harness.reporting import figures
+from harness.reporting.html import decimal, embed_png, environment, percent, table
+from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
+
+
+def training_figures(record: RunRecord) -> dict[str, str | None]:
+    """Curves drawn from metrics.csv and lr.csv into RUN_DIR/figures/, returned embedded."""
+    out_dir = record.run_dir / "figures"
+    footer = figures.provenance(record.run_dir, record.summary)
+    m = record.metrics
+    made: dict[str, str | None] = dict.fromkeys(["loss", "accuracy", "lr", "timing", "updates", "norms"])
+    if not m.empty:
+        epochs = m["epoch"]
+        splits = [s for s in ("train", "val", "test") if f"{s}_loss" in m and m[f"{s}_loss"].notna().any()]
+        label = {"train": "train", "val": "validation", "test": "test"}
+        made["loss"] = embed_png(
+            figures.curves(
+                {label[s]: (epochs, m[f"{s}_loss"]) for s in splits}, "loss", out_dir / "loss.png", footer=footer
+            )
+        )
+        made["accuracy"] = embed_png(
+            figures.curves(
+                {label[s]: (epochs, 100 * m[f"{s}_acc"]) for s in splits},
+                "accuracy (%)",
+                out_dir / "accuracy.png",
+                footer=footer,
+            )
+        )
+        made["timing"] = embed_png(
+            figures.curves(
+                {"training images/s": (epochs, m["train_images_per_s"])},
+                "images / s",
+                out_dir / "throughput.png",
+                footer=footer,
+            )
+        )
+    if not record.lr.empty:
+        made["lr"] = embed_png(
+            figures.curves(
+                {"lr": (record.lr["iteration"], record.lr["lr"])},
+                "learning rate applied",
+                out_dir / "lr.png",
+                xlabel="iteration",
+                footer=footer,
+            )
+        )
+    if not record.weights.empty:
+        made["updates"] = embed_png(
+            figures.update_ratio_figure(record.weights, record.lr, out_dir / "updates.png", footer)
+        )
+        made["norms"] = embed_png(figures.norms_figure(record.weights, out_dir / "norms.png", footer))
+    return made
+
+
+def run_context(record: RunRecord) -> dict[str, Any]:
+    s = record.summary
+    per_class = None
+    if record.analysis("per_class.csv").is_file():
+        frame = pd.read_csv(record.analysis("per_class.csv"))
+        rates = [c for c in ("accuracy", "precision", "recall", "f1") if c in frame]
+        per_class = table(
+            frame.assign(**{c: 100 * frame[c] for c in rates}).rename(columns={c: f"{c} (%)" for c in rates}), "{:.2f}"
+        )
+    class_counts = None
+    if s.get("class_counts") and s.get("classes"):
+        class_counts = table(pd.DataFrame({"class": s["classes"], **s["class_counts"]}))
+    misclassified = None
+    if record.analysis("misclassified.csv").is_file():
+        misclassified = table(pd.read_csv(record.analysis("misclassified.csv")))
+    timings = None
+    if not record.metrics.empty:
+        timings = table(record.metrics[["epoch", "epoch_time_s", "train_images_per_s"]], "{:.1f}")
+    summary_text = record.run_dir / "model_summary.txt"
+    return {
+        "record": record,
+        "title": f"{record.name}: {record.run_dir.name}",
+        "header": {
+            "experiment": record.name,
+            "run folder": str(record.run_dir),
+            "status": record.status,
+            "date (UTC)": s.get("started_utc", "?"),
+            "device": s.get("device", "?"),
+            "world size": s.get("world_size", "?"),
+            "commit": s.get("git_commit") or "unknown",
+            "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
+            "final test accuracy": percent(s.get("final_test_acc")),
+            "final validation accuracy": percent(s.get("final_val_acc")),
+            "best validation accuracy": percent(s.get("best_val_acc"))
+            + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
+            "images: train / validation / test": " / ".join(
+                f"{s[k]:,}" if isinstance(s.get(k), int) else "?" for k in ("train_images", "val_images", "test_images")
+            ),
+            "validation split": validation_said(record),
+            "test calibration error (ECE)": percent(s.get("ece"))
+            + (f", {percent(s['ece_scaled'])} after temperature scaling" if s.get("ece_scaled") is not None else ""),
+            "evaluated": describe_evaluation(record.config.get("train") or {}),
+            "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
+        },
+        "config_yaml": (record.run_dir / "config.yaml").read_text(encoding="utf-8") if record.config else None,
+        "curves": training_figures(record),
+        "blow_up": first_blow_up(record.weights) if record.status == "diverged" and not record.weights.empty else None,
+        "images": {
+            name: embed_png(record.analysis(f"{name}.png"))
+            for name in (
+                "train_samples",
+                "augmentation_preview",
+                "per_class_accuracy",
+                "confusion_matrix",
+                "misclassified",
+                "gradcam_predicted",
+                "gradcam_true",
+                "confused_pairs",
+                "faithfulness_misclassified",
+                "faithfulness_correct",
+                "sanity",
+                "sanity_examples",
+                "reliability",
+                "reliability_scaled",
+            )
+        },
+        "class_counts": class_counts,
+        "confused_pairs": _csv_table(record.analysis("confused_pairs.csv")),
+        "faithfulness": _csv_table(record.analysis("faithfulness.csv")),
+        "sanity": _sanity_table(record.analysis("sanity.csv")),
+        "calibration": {
+            "test ECE": percent(s.get("ece")),
+            "test NLL": decimal(s.get("nll")),
+            "temperature (fitted on validation)": decimal(s.get("temperature")),
+            "test ECE after temperature": percent(s.get("ece_scaled")),
+            "test NLL after temperature": decimal(s.get("nll_scaled")),
+        },
+        "no_validation": record.pre_validation or s.get("val_images") == 0,
+        "pre_validation_note": PRE_VALIDATION_NOTE if record.pre_validation else None,
+        "per_class": per_class,
+        "misclassified": misclassified,
+        "timings": timings,
+        "model_summary": summary_text.read_text(encoding="utf-8") if summary_text.is_file() else None,
+        "versions": s.get("versions") or {},
+        "generated": utc_now(),
+    }
+
+
+def _csv_table(path: Path) -> str | None:
+    return table(pd.read_csv(path), "{:.4g}") if path.is_file() else None
+
+
+def _sanity_table(path: Path) -> str | None:
+    """Spearman correlation with the trained maps: a row per randomization stage, a column per layer."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    wide = frame.pivot(index="randomized_from", columns="layer", values="spearman")
+    wide = wide.reindex(
+        index=list(dict.fromkeys(frame["randomized_from"])), columns=list(dict.fromkeys(frame["layer"]))
+    )
+    return table(wide.reset_index(), "{:.3f}")
+
+
+def describe_evaluation(train: dict[str, Any]) -> str:
+    """What the test accuracy above was measured on: the live or the averaged weights, with or without TTA."""
+    weights = (
+        f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
+    )
+    return weights + (" + flip TTA" if train.get("tta_flip") else "")
+
+
+def validation_said(record: RunRecord) -> str:
+    """Where the run's validation images came from, or that it had none, in words."""
+    if record.pre_validation:
+        return "none: this run predates the validation split"
+    s = record.summary
+    if s.get("val_images") == 0:
+        return "none held out (data.val_size: 0): nothing was chosen on held-out data, and no best checkpoint was kept"
+    return str(s.get("validation") or "?")
+
+
+def render_run_report(run_dir: Path, out: Path | None = None) -> Path:
+    record = load_run(run_dir)
+    html = environment().get_template("run.html.j2").render(**run_context(record))
+    return atomic_io.write_text(out or record.run_dir / "report.html", html)
