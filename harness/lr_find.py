@@ -35,7 +35,6 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -51,7 +50,7 @@ from harness.config import Config, load_config
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit
-from harness.core.run_folder import csv_text, utc_now
+from harness.core.run_folder import csv_text, utc_now, utc_timestamp
 from harness.data.sources import DataSplits, load_arrays
 from harness.data.transforms import check_augment
 from harness.models.builders import build_model, place_model
@@ -185,7 +184,7 @@ def plot_curve(test: RangeTest, title: str, path: Path, footer: str) -> Path:
 
 
 def default_out(cfg: Config) -> Path:
-    return Path("results") / "lr_find" / cfg.name / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("results") / "lr_find" / cfg.name / utc_timestamp()
 
 
 def _three_digits(value: float | None) -> float | None:

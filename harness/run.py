@@ -26,6 +26,7 @@ from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit, library_versions
 from harness.core.run_folder import (
+    RunFiles,
     RunLock,
     create_run_dir,
     default_run_dir,
@@ -95,7 +96,7 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
     if idist.get_rank() == 0:
         try:
             lock = create_run_dir(run_dir)
-            atomic_io.write_text(run_dir / "config.yaml", dump_config(cfg)).chmod(0o444)  # what this run used
+            atomic_io.write_text(RunFiles(run_dir).config, dump_config(cfg)).chmod(0o444)  # what this run used
         except HarnessError as error:
             message = f"error:{error}"
     shared = (
@@ -115,9 +116,9 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads; damaged ones are named, set aside and skipped; what a crash
     while saving left (Ignite's temporary files) is removed."""
     if idist.get_rank() == 0:
-        for partial in (run_dir / "checkpoints").glob("tmp*"):
+        for partial in RunFiles(run_dir).checkpoints.glob("tmp*"):
             partial.unlink(missing_ok=True)
-    for path in list_checkpoints(run_dir / "checkpoints"):
+    for path in list_checkpoints(RunFiles(run_dir).checkpoints):
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # a truncated file raises several types inside torch.load
@@ -141,7 +142,7 @@ def write_model_summary(cfg: Config, path: Path, num_classes: int, image_size: t
 def start_summary(
     cfg: Config, run: Training, splits: DataSplits, run_dir: Path, resumed_from: Path | None
 ) -> dict[str, Any]:
-    earlier = atomic_io.read_json(run_dir / "summary.json") if resumed_from else {}
+    earlier = RunFiles(run_dir).read_summary() if resumed_from else {}
     return {
         "name": cfg.name,
         "status": "running",
@@ -198,12 +199,12 @@ def training(
         if rank == 0:
             print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
     elapsed_before = (
-        float(atomic_io.read_json(run_dir / "summary.json").get("total_time_s") or 0.0) if resumed_from else 0.0
+        float(atomic_io.read_jsonRunFiles(run_dir).summary.get("total_time_s") or 0.0) if resumed_from else 0.0
     )
     summary = start_summary(cfg, run, splits, run_dir, resumed_from)
     if rank == 0:
-        write_model_summary(cfg, run_dir / "model_summary.txt", len(splits.classes), splits.train.images.shape[1:3])
-        atomic_io.write_json(run_dir / "summary.json", summary)
+        write_model_summary(cfg, RunFiles(run_dir).model_summary, len(splits.classes), splits.train.images.shape[1:3])
+        atomic_io.write_json(RunFiles(run_dir).summary, summary)
 
     # A kill after the last checkpoint but before the final summary leaves nothing to train:
     # running the engine again would start it over (ignite restarts a finished state from epoch 0).
@@ -233,14 +234,14 @@ def training(
         finished_utc=utc_now(),
     )
     if rank == 0:
-        atomic_io.write_json(run_dir / "summary.json", summary)
+        atomic_io.write_json(RunFiles(run_dir).summary, summary)
     outcome.status, outcome.signum = summary["status"], run.stop.signum
 
 
 def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None:
     """Mark the run failed in summary.json if the disk still takes it; ``--resume`` continues it."""
     try:
-        atomic_io.write_json(run_dir / "summary.json", {**summary, "status": "failed", "error": message})
+        atomic_io.write_json(RunFiles(run_dir).summary, {**summary, "status": "failed", "error": message})
     except OSError:
         pass
 
@@ -272,7 +273,7 @@ def finish(run_dir: Path, cfg: Config) -> None:
     The process group is gone by now: the analysis is one process's job, and Ignite's metrics in it
     must not wait for ranks that have left.
     """
-    summary = atomic_io.read_json(run_dir / "summary.json")
+    summary = RunFiles(run_dir).read_summary()
     if cfg.analysis.enabled and not summary.get("analysis_completed_utc"):
         from harness.analysis.pipeline import analyze_run
 
@@ -335,7 +336,7 @@ def exit_code(outcome: Outcome) -> int:
 
 def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
     """The run's own config, its lock (held by rank 0), and whether its training already completed."""
-    if not (run_dir / "config.yaml").is_file():
+    if not RunFiles(run_dir).config.is_file():
         raise HarnessError(f"--resume {run_dir}: not a run folder (no config.yaml there)")
     if is_pre_validation_run(run_dir):
         raise HarnessError(
@@ -346,8 +347,8 @@ def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
     if launch_rank() == 0:
         lock = RunLock(run_dir)
         lock.acquire()
-    cfg = load_config(run_dir / "config.yaml")
-    return cfg, lock, atomic_io.read_json(run_dir / "summary.json").get("status") == "completed"
+    cfg = load_config(RunFiles(run_dir).config)
+    return cfg, lock, atomic_io.read_jsonRunFiles(run_dir).summary.get("status") == "completed"
 
 
 def run_command(argv: list[str] | None = None, trial: TrialReporter | None = None) -> int:

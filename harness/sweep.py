@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,7 +23,7 @@ from optuna.trial import TrialState
 
 from harness.config import load_config
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.core.run_folder import create_output_dir
+from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
 from harness.search.engine import (
@@ -55,6 +54,9 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
             if folder in folders:
                 raise HarnessError(f"{path}: name {cfg.name!r} is also the name of {folders[folder]}; "
                                    "give each experiment of a sweep its own name")  # fmt: skip
+            if is_pre_validation_run(folder):
+                raise HarnessError(f"{folder}: a run from before the validation split (its val_acc is the test set); "
+                                   "move it away or sweep into another --out")  # fmt: skip
             folders[folder] = path
             runs.append(SweepRun(path.resolve(), seed, folder))
     return runs
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: expected at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sweep_dir = args.out or Path("results") / "sweeps" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    sweep_dir = args.out or Path("results") / "sweeps" / utc_timestamp()
     return run_sweep(args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker)
 
 

@@ -37,7 +37,7 @@ from harness.analysis.sanity import cascading_randomization, sanity_examples_fig
 from harness.config import Config, load_config
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
-from harness.core.run_folder import find_best_checkpoint, list_checkpoints, utc_now
+from harness.core.run_folder import RunFiles, find_best_checkpoint, list_checkpoints, utc_now
 from harness.data.loaders import AugmentedArrayDataset
 from harness.data.sources import ImageArrays, load_arrays
 from harness.data.transforms import build_eval_transform, build_train_transform
@@ -49,7 +49,7 @@ from harness.training.steps import make_eval_step
 def load_trained_model(
     run_dir: Path, cfg: Config, num_classes: int, device: torch.device
 ) -> tuple[torch.nn.Module, Path]:
-    path = next(iter(list_checkpoints(run_dir / "checkpoints")), None) or find_best_checkpoint(run_dir)
+    path = next(iter(list_checkpoints(RunFiles(run_dir).checkpoints)), None) or find_best_checkpoint(run_dir)
     if path is None:
         raise HarnessError(f"{run_dir}: no checkpoint to analyze in {run_dir / 'checkpoints'}")
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -357,11 +357,11 @@ def write_calibration(a: Analysis, test_logits: np.ndarray, val: tuple[np.ndarra
 def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, Any]:
     """Write ``RUN_DIR/analysis/`` and add what it found to summary.json; return the highlights."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not RunFiles(run_dir).config.is_file():
         raise HarnessError(f"{run_dir}: not a run folder (no config.yaml there)")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunFiles(run_dir).config)
     device = device or idist.device()
-    summary_path = run_dir / "summary.json"
+    summary_path = RunFiles(run_dir).summary
     summary = atomic_io.read_json(summary_path)
     splits = load_arrays(cfg.data, cfg.seed)
     train_arrays, test_arrays = splits.train, splits.test
@@ -373,7 +373,7 @@ def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, 
     val = (predict(model, splits.val, cfg, device)[0], splits.val.labels) if splits.val is not None else None
     a = Analysis(
         cfg,
-        run_dir / "analysis",
+        RunFiles(run_dir).analysis,
         figures.provenance(run_dir, summary),
         classes,
         test_set,

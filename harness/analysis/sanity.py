@@ -19,7 +19,6 @@ import copy
 import warnings
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 
 from harness.analysis.gradcam import gradcam_maps
 from harness.models.builders import unwrap
-from harness.reporting.figures import OVERLAY_ALPHA, plt, save_figure, titled_mosaic
+from harness.reporting.figures import overlay, plt, save_figure, titled_mosaic
 
 TRAINED = "none"  # the stage where nothing is randomized yet
 
@@ -155,15 +154,11 @@ def sanity_examples_figure(
 ) -> Path:
     """A row per image (N, H, W, 3) in [0, 1]: the image, then ``layer``'s Grad-CAM overlaid on it for the
     trained model and after each randomization stage, in the style of ``figures.gradcam_grid``."""
-    jet = matplotlib.colormaps["jet"]
     images_display = np.asarray(images_display, dtype=np.float64)
-    rows = []
-    for index, image in enumerate(images_display):
-        row = [image]
-        for stage_maps in maps_by_stage.values():
-            colored = jet(np.clip(np.asarray(stage_maps[layer][index]), 0, 1))[..., :3]
-            row.append((1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colored)
-        rows.append(row)
+    rows = [
+        [image] + [overlay(image, stage_maps[layer][index]) for stage_maps in maps_by_stage.values()]
+        for index, image in enumerate(images_display)
+    ]
     headers = ["image"] + ["trained" if stage == TRAINED else f"random to {stage}" for stage in maps_by_stage]
     titles = [headers] + [[""] * len(headers)] * (len(rows) - 1)
     caption = f"Grad-CAM of {layer} under cascading randomization"

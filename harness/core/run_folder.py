@@ -12,6 +12,7 @@ import fcntl
 import io
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,70 @@ LR_COLUMNS = ["iteration", "epoch", "lr"]
 WEIGHTS_COLUMNS = ["iteration", "epoch", "layer", "grad_norm", "weight_norm", "update_norm", "update_ratio"]
 CHECKPOINT_PREFIX = "checkpoint"  # ignite names the files checkpoint_<iteration>.pt
 BEST_PREFIX = "best"
-LOCK_NAME = ".lock"
+TIMESTAMP = "%Y%m%d-%H%M%S"  # run, sweep and benchmark folders and files are named by their UTC start
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where each file of a run folder is: the one place their names are written down."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:  # the resolved config, read-only
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def lr(self) -> Path:
+        return self.root / "lr.csv"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights.csv"
+
+    @property
+    def model_summary(self) -> Path:
+        return self.root / "model_summary.txt"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json as a dict ({} when missing or unreadable)."""
+        return atomic_io.read_json(self.summary)
+
+
+def utc_timestamp() -> str:
+    return datetime.now(timezone.utc).strftime(TIMESTAMP)
 
 
 def utc_now() -> str:
@@ -44,7 +108,7 @@ def utc_now() -> str:
 
 
 def default_run_dir(name: str) -> Path:
-    return Path("results") / name / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("results") / name / utc_timestamp()
 
 
 # ---------------------------------------------------------------- CSV logs
@@ -74,9 +138,10 @@ class RunLog:
     """
 
     def __init__(self, run_dir: Path, write: bool = True, weights: bool = False) -> None:
-        self.metrics_path = run_dir / "metrics.csv"
-        self.lr_path = run_dir / "lr.csv"
-        self.weights_path = run_dir / "weights.csv" if weights else None
+        files = RunFiles(run_dir)
+        self.metrics_path = files.metrics
+        self.lr_path = files.lr
+        self.weights_path = files.weights if weights else None
         self.write = write
         self.metrics_rows: list[dict[str, Any]] = []
         self.lr_rows: list[dict[str, Any]] = []
@@ -119,7 +184,7 @@ class RunLog:
 def is_pre_validation_run(run_dir: Path) -> bool:
     """A run from before the validation split (harness 0.3): its metrics.csv has ``val_acc`` but no
     ``test_acc``, and that ``val_acc`` was measured on the test set."""
-    path = run_dir / "metrics.csv"
+    path = RunFiles(run_dir).metrics
     if not path.is_file():
         return False
     with open(path, newline="", encoding="utf-8") as handle:
@@ -141,7 +206,7 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
 
 
 def find_best_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob(f"{BEST_PREFIX}_*.pt"))
+    found = sorted(RunFiles(run_dir).checkpoints.glob(f"{BEST_PREFIX}_*.pt"))
     return found[-1] if found else None
 
 
@@ -171,7 +236,7 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self, orphan_wait_s: float = 15.0) -> None:
-        path = self.run_dir / LOCK_NAME
+        path = RunFiles(self.run_dir).lock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + orphan_wait_s
         while True:
@@ -216,10 +281,10 @@ def create_output_dir(folder: Path) -> Path:
 def create_run_dir(run_dir: Path) -> RunLock:
     """Create and lock a new run folder, refusing one that holds another run; returns the held lock."""
     create_output_dir(run_dir)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    RunFiles(run_dir).checkpoints.mkdir(exist_ok=True)
     lock = RunLock(run_dir)
     lock.acquire(orphan_wait_s=0.0)
-    if (run_dir / "summary.json").exists() or (run_dir / "config.yaml").exists():
+    if RunFiles(run_dir).summary.exists() or RunFiles(run_dir).config.exists():
         lock.release()
         raise HarnessError(
             f"--out {run_dir}: already holds a run; continue it with --resume {run_dir} or choose another folder"

@@ -108,6 +108,16 @@ def image_grid(images: np.ndarray, titles: list[str], path: Path, columns: int =
     return titled_mosaic(rows, row_titles, path, cell_inches=1.5, fontsize=8, footer=footer)
 
 
+def heat_colors(heat: np.ndarray) -> np.ndarray:
+    """A heatmap in [0, 1] as RGB in the jet colormap."""
+    return matplotlib.colormaps["jet"](np.clip(np.asarray(heat), 0, 1))[..., :3]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The one Grad-CAM overlay drawing: ``heat`` (H, W) in [0, 1], coloured, blended over ``image`` (H, W, 3)."""
+    return (1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * heat_colors(heat)
+
+
 def gradcam_grid(
     images: np.ndarray,
     maps: dict[str, np.ndarray],
@@ -116,14 +126,12 @@ def gradcam_grid(
     footer: str | None = None,
 ) -> Path:
     """A row per image: the image, then heatmap and overlay for each layer (heatmaps in [0, 1])."""
-    jet = matplotlib.colormaps["jet"]
     images = _as_unit_float(images)
     rows = []
     for index, image in enumerate(images):
         row = [image]
         for heat in (maps[layer][index] for layer in maps):
-            colored = jet(np.clip(heat, 0, 1))[..., :3]
-            row += [colored, (1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colored]
+            row += [heat_colors(heat), overlay(image, heat)]
         rows.append(row)
     headers = [part for layer in maps for part in (layer, f"{layer} overlay")]
     row_titles = [[title] + (headers if index == 0 else []) for index, title in enumerate(titles)]

@@ -9,9 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.core import atomic_io
 from harness.core.errors import HarnessError
-from harness.core.run_folder import is_pre_validation_run, read_csv_rows
+from harness.core.run_folder import RunFiles, is_pre_validation_run, read_csv_rows
 from harness.core.yaml_io import read_yaml_or_empty
 
 
@@ -43,7 +42,7 @@ class RunRecord:
         return str(self.summary.get("status", "unknown"))
 
     def analysis(self, name: str) -> Path:
-        return self.run_dir / "analysis" / name
+        return RunFiles(self.run_dir).analysis / name
 
 
 PRE_VALIDATION_NOTE = (
@@ -68,25 +67,21 @@ def load_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise HarnessError(f"{run_dir}: run folder not found")
+    files = RunFiles(run_dir)
     record = RunRecord(run_dir)
-    record.config = read_yaml_or_empty(run_dir / "config.yaml")
-    if not record.config:
-        record.missing.append("config.yaml")
-    record.summary = atomic_io.read_json(run_dir / "summary.json")
-    if not record.summary:
-        record.missing.append("summary.json")
-    for attr, name in (("metrics", "metrics.csv"), ("lr", "lr.csv")):
-        rows = read_csv_rows(run_dir / name)
+    record.config = read_yaml_or_empty(files.config)
+    record.summary = files.read_summary()
+    for attr, path in (("metrics", files.metrics), ("lr", files.lr)):
+        rows = read_csv_rows(path)
         if rows:
             setattr(record, attr, pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce"))
-        else:
-            record.missing.append(name)
-    weights = read_csv_rows(run_dir / "weights.csv")
+    weights = read_csv_rows(files.weights)
     if weights:
         numeric = ["iteration", "epoch", "grad_norm", "weight_norm", "update_norm", "update_ratio"]
         record.weights = pd.DataFrame(weights).astype({column: float for column in numeric})
-    if not (run_dir / "analysis" / "per_class.csv").is_file():
-        record.missing.append("analysis")
+    present = {files.config: record.config, files.summary: record.summary, files.metrics: not record.metrics.empty,
+               files.lr: not record.lr.empty, files.analysis: (files.analysis / "per_class.csv").is_file()}  # fmt: skip
+    record.missing = [path.name for path, there in present.items() if not there]
     if is_pre_validation_run(run_dir):
         read_pre_validation_run(record)
     return record
@@ -94,7 +89,7 @@ def load_run(run_dir: Path) -> RunRecord:
 
 def find_run_dirs(paths: list[Path]) -> list[Path]:
     """Run folders among the given paths (globs such as results/*/* may also name other files)."""
-    found = [p for p in paths if (p / "config.yaml").is_file() or (p / "summary.json").is_file()]
+    found = [p for p in paths if RunFiles(p).config.is_file() or RunFiles(p).summary.is_file()]
     if not found:
         raise HarnessError(
             f"no run folders among {', '.join(map(str, paths)) or 'the arguments'} (a run folder holds config.yaml)"

@@ -11,7 +11,7 @@ import pandas as pd
 
 from harness.analysis.blow_up import first_blow_up
 from harness.core import atomic_io
-from harness.core.run_folder import utc_now
+from harness.core.run_folder import RunFiles, utc_now
 from harness.reporting import figures
 from harness.reporting.html import decimal, embed_png, environment, percent, table
 from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
@@ -19,7 +19,7 @@ from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 
 def training_figures(record: RunRecord) -> dict[str, str | None]:
     """Curves drawn from metrics.csv and lr.csv into RUN_DIR/figures/, returned embedded."""
-    out_dir = record.run_dir / "figures"
+    out_dir = RunFiles(record.run_dir).figures
     footer = figures.provenance(record.run_dir, record.summary)
     m = record.metrics
     made: dict[str, str | None] = dict.fromkeys(["loss", "accuracy", "lr", "timing", "updates", "norms"])
@@ -84,7 +84,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
     timings = None
     if not record.metrics.empty:
         timings = table(record.metrics[["epoch", "epoch_time_s", "train_images_per_s"]], "{:.1f}")
-    summary_text = record.run_dir / "model_summary.txt"
+    summary_text = RunFiles(record.run_dir).model_summary
     return {
         "record": record,
         "title": f"{record.name}: {record.run_dir.name}",
@@ -110,7 +110,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "evaluated": describe_evaluation(record.config.get("train") or {}),
             "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
         },
-        "config_yaml": (record.run_dir / "config.yaml").read_text(encoding="utf-8") if record.config else None,
+        "config_yaml": RunFiles(record.run_dir).config.read_text(encoding="utf-8") if record.config else None,
         "curves": training_figures(record),
         "blow_up": first_blow_up(record.weights) if record.status == "diverged" and not record.weights.empty else None,
         "images": {
@@ -191,4 +191,4 @@ def validation_said(record: RunRecord) -> str:
 def render_run_report(run_dir: Path, out: Path | None = None) -> Path:
     record = load_run(run_dir)
     html = environment().get_template("run.html.j2").render(**run_context(record))
-    return atomic_io.write_text(out or record.run_dir / "report.html", html)
+    return atomic_io.write_text(out or RunFiles(record.run_dir).report, html)

@@ -33,9 +33,10 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from harness.core import atomic_io
 from harness.core.errors import HarnessError
 from harness.core.provenance import git_commit
+from harness.core.run_folder import RunFiles
+from harness.core.yaml_io import read_yaml_or_empty
 from harness.search.space import HeartbeatConfig
 
 STORAGE_WAIT_S = 120.0  # how long a worker keeps retrying a storage that went away
@@ -218,14 +219,13 @@ class OptunaReporter:
 
 def run_status(run_dir: Path) -> str | None:
     """``completed`` once trained and, when asked for, analyzed and reported; else the status."""
-    summary = atomic_io.read_json(run_dir / "summary.json")
-    status = summary.get("status")
+    files = RunFiles(run_dir)
+    status = files.read_summary().get("status")
     if status == "completed":
-        config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
-        wants_report = "report:\n  enabled: false" not in config
-        if wants_report and not (run_dir / "report.html").is_file():
+        wants_report = read_yaml_or_empty(files.config).get("report", {}).get("enabled", True)
+        if wants_report and not files.report.is_file():
             return "unfinished"  # killed after training: --resume finishes the analysis and the report
-    return status or ("started" if (run_dir / "config.yaml").is_file() else None)
+    return status or ("started" if files.config.is_file() else None)
 
 
 class Interrupted(Exception):
@@ -247,7 +247,7 @@ def execute(job: Job, trial: optuna.Trial | None, metric: str = "accuracy") -> d
             raise Interrupted(signal.SIGINT) from None
         if code >= 128:
             raise Interrupted(code - 128)
-    return atomic_io.read_json(job.run_dir / "summary.json")
+    return RunFiles(job.run_dir).read_summary()
 
 
 Runner = Callable[[Job, "optuna.Trial | None", str], dict[str, Any]]
@@ -276,7 +276,7 @@ def run_trial(
             )
             raise stop
         except HarnessError as failure:
-            summary, error = atomic_io.read_json(job.run_dir / "summary.json"), str(failure)
+            summary, error = RunFiles(job.run_dir).read_summary(), str(failure)
     status = summary.get("status")
     extra = {
         "status": status,

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from harness.config import Config, TrainConfig
 from harness.core.errors import HarnessError
-from harness.core.run_folder import RunLog
+from harness.core.run_folder import RunFiles, RunLog
 from harness.data.device_augment import DeviceAugment, plan_from_augment
 from harness.data.loaders import (
     AugmentedArrayDataset,
@@ -201,14 +201,15 @@ class Learner:
     batch_shape: tuple[int, int, int, int]
 
 
-def build_learner(cfg: Config, device: torch.device, splits: DataSplits, per_rank_batch_size: int) -> Learner:
-    model = build_model(cfg.model, len(splits.classes))
+def build_learner(
+    cfg: Config, device: torch.device, num_classes: int, batch_shape: tuple[int, int, int, int]
+) -> Learner:
+    """The model, its optimizer and its step module for batches of ``batch_shape`` (one rank's)."""
+    model = build_model(cfg.model, num_classes)
     num_params = count_parameters(model)
     train_cfg = resolve_train_config(cfg, model, device)
     model = idist.auto_model(place_model(model, device, train_cfg.channels_last))
     optimizer = idist.auto_optim(build_optimizer(cfg.optimizer, model))
-    height, width = splits.train.images.shape[1:3]
-    batch_shape = (per_rank_batch_size, 3, height, width)
     step_model, compiled = (
         compile_or_fall_back(model, device, train_cfg.channels_last, batch_shape)
         if cfg.train.compile
@@ -299,7 +300,7 @@ def attach_epoch_end(
     tensorboard = None
     if cfg.logging.tensorboard and idist.get_rank() == 0:
         engines = {split: engine for split, (engine, _) in run.evaluations.items()}
-        tensorboard = attach_tensorboard(trainer, engines, optimizer, run_dir / "tensorboard", start_iteration)
+        tensorboard = attach_tensorboard(trainer, engines, optimizer, RunFiles(run_dir).tensorboard, start_iteration)
         flushers.append(tensorboard.writer.flush)  # with each checkpoint: a resumed run continues from there
         run.closers.append(tensorboard.close)
     if run.diagnostics is not None:  # before the evaluation, which writes the epoch's logs
@@ -323,7 +324,7 @@ def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, f
     trainer = run.trainer
     # Chosen on the validation split alone; without one there is no "best", only the final weights.
     best = (
-        build_best_checkpoint(run.eval_model, run.val_evaluator, trainer, run_dir / "checkpoints")
+        build_best_checkpoint(run.eval_model, run.val_evaluator, trainer, RunFiles(run_dir).checkpoints)
         if run.val_evaluator
         else None
     )
@@ -345,7 +346,7 @@ def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, f
         run.to_save["ema_model"] = run.eval_model
     c = cfg.checkpoint
     save = attach_checkpoints(
-        trainer, run.to_save, run_dir / "checkpoints", c.every_epochs, c.every_iters, c.n_saved, best, flush_logs
+        trainer, run.to_save, RunFiles(run_dir).checkpoints, c.every_epochs, c.every_iters, c.n_saved, best, flush_logs
     )
     attach_stop_on_signal(trainer, run.stop, save)
     attach_progress_bars(trainer, [engine for engine, _ in run.evaluations.values()], sync_every(idist.device()))
@@ -361,7 +362,8 @@ def build_training(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
     loaders = build_loaders(cfg, splits, device)
-    learner = build_learner(cfg, device, splits, loaders.train_sampler.batch_size)
+    height, width = splits.train.images.shape[1:3]
+    learner = build_learner(cfg, device, len(splits.classes), (loaders.train_sampler.batch_size, 3, height, width))
     run = build_engines(cfg, run_dir, loaders, learner, device)
     flush_logs = attach_epoch_end(run, cfg, learner, run_dir, start_iteration, trial)
     attach_saving(run, cfg, learner, run_dir, flush_logs)
