@@ -4,8 +4,8 @@ an LR range test (Smith, "Cyclical Learning Rates", 2015; fastai's ``lr_find``) 
 The config's own model, data, optimizer (momentum, weight decay), augmentation (``augment_on: device``
 included), label smoothing, amp and channels_last make the same training step a run uses; its
 learning-rate schedule is not attached: the finder drives the lr, from ``--start-lr`` (1e-6) up to
-``--end-lr`` (10) in exponential steps over ``--iterations`` (100) batches, or over one epoch of
-the data when that is shorter. ``train.compile`` is ignored (compiling costs more than 100 steps).
+``--end-lr`` (10) in exponential steps over ``--iterations`` (100) batches, over as many epochs
+as a small training set needs. ``train.compile`` is ignored (compiling costs more than 100 steps).
 The sweep stops early once the loss diverges: non-finite, or above ``diverge_th`` = 5 times the
 lowest so far.
 
@@ -118,7 +118,8 @@ def sweep(
     end_lr: float,
     iterations: int,
 ) -> RangeTest:
-    """Run the range test with Ignite's finder; it restores the model and optimizer afterwards."""
+    """Run the range test with Ignite's finder over ``iterations`` batches (a small training set is
+    gone through again); it restores the model and optimizer afterwards."""
     finder = FastaiLRFinder()
     with warnings.catch_warnings():
         # "Run completed without loss diverging": the caller says so in its own words.
@@ -134,6 +135,7 @@ def sweep(
             smooth_f=SMOOTH_F,
             diverge_th=DIVERGE_TH,
         ) as finder_trainer:
+            # One engine epoch of exactly the iterations asked; a loader shorter than that starts over.
             finder_trainer.run(loader, max_epochs=1, epoch_length=iterations)
     history = finder.get_results()
     all_lrs = [_group_lr(lr) for lr in history["lr"]]
@@ -238,7 +240,10 @@ def parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--start-lr", type=float, default=1e-6, help="first lr of the sweep (default: 1e-6)")
     parser.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default: 10)")
     parser.add_argument(
-        "--iterations", type=int, default=100, help="batches in the sweep, at most one epoch (default: 100)"
+        "--iterations",
+        type=int,
+        default=100,
+        help="batches in the sweep, over several epochs if need be (default: 100)",
     )
     args = parser.parse_args(argv)
     for name in ("start_lr", "end_lr"):
@@ -265,14 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     device = idist.device()
     manual_seed(cfg.seed)
     trainer, loader, model, optimizer, iters_per_epoch = build_finder_trainer(cfg, splits, device)
-    if iters_per_epoch < MIN_ITERATIONS:
-        raise HarnessError(
-            f"one epoch of the {len(train)} training images is {iters_per_epoch} batches of {cfg.data.batch_size}; "
-            f"the test needs at least {MIN_ITERATIONS}: lower data.batch_size"
-        )
-    iterations = min(args.iterations, iters_per_epoch)
-    if iterations < args.iterations:
-        print(f"note: one epoch is {iters_per_epoch} batches: sweeping over {iterations}, not {args.iterations}")
+    iterations = args.iterations
+    if iterations > iters_per_epoch:
+        epochs = math.ceil(iterations / iters_per_epoch)
+        print(f"note: one epoch is {iters_per_epoch} batches: the {iterations} batches take {epochs} epochs")
     out = args.out or default_out(cfg)
     device_name = describe_device(device)
     print(

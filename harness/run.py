@@ -37,7 +37,7 @@ from harness.core.run_folder import (
 from harness.data.loaders import EpochBatchSampler, check_batch_size, per_rank_batch
 from harness.data.sources import DataSplits, load_arrays
 from harness.data.transforms import check_augment
-from harness.models.builders import build_model
+from harness.models.builders import build_model, find_layer
 from harness.training.cpu_threads import limit_cpu_threads
 from harness.training.pruning import TrialReporter
 from harness.training.schedules import check_schedule
@@ -75,14 +75,14 @@ def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
     )
     check_schedule(cfg.scheduler, len(batches), cfg.train.epochs)
     if cfg.analysis.enabled:
-        layers = dict(build_model(cfg.model, len(train.classes)).named_modules())
-        missing = [name for name in cfg.analysis.gradcam_layers if name not in layers]
-        if missing:
-            top = [name for name in layers if name and "." not in name]
-            raise HarnessError(
-                f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_name(cfg)} has no "
-                f"module {missing[0]!r} (top-level modules: {', '.join(top)})"
-            )
+        model = build_model(cfg.model, len(train.classes))
+        for name in cfg.analysis.gradcam_layers:
+            try:
+                find_layer(model, name)
+            except ValueError as problem:
+                raise HarnessError(
+                    f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_name(cfg)} {problem}"
+                ) from None
 
 
 def model_name(cfg: Config) -> str:
@@ -198,9 +198,7 @@ def training(
         run.load_state(state)
         if rank == 0:
             print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
-    elapsed_before = (
-        float(atomic_io.read_jsonRunFiles(run_dir).summary.get("total_time_s") or 0.0) if resumed_from else 0.0
-    )
+    elapsed_before = float(RunFiles(run_dir).read_summary().get("total_time_s") or 0.0) if resumed_from else 0.0
     summary = start_summary(cfg, run, splits, run_dir, resumed_from)
     if rank == 0:
         write_model_summary(cfg, RunFiles(run_dir).model_summary, len(splits.classes), splits.train.images.shape[1:3])
@@ -253,6 +251,8 @@ def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome, tr
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
         splits = load_arrays(cfg.data, cfg.seed)
+    if splits.skipped and idist.get_rank() == 0:
+        print(f"warning: {splits.skipped}", file=sys.stderr, flush=True)
     check_before_run(cfg, splits, world_size)
     if resume:
         run_dir = args.resume
@@ -293,7 +293,10 @@ def render_report(run_dir: Path, cfg: Config) -> None:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    parser = ArgumentParser(prog="python -m harness.run", description="Train ResNet18 from a YAML experiment.")
+    parser = ArgumentParser(
+        prog="python -m harness.run",
+        description="Train a YAML experiment's model (ResNet18 or a torchvision classifier), analyze it, report.",
+    )
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. experiments/resnet18.yaml")
     parser.add_overrides()
     parser.add_argument("--out", type=Path, help="run folder (default: results/<name>/<UTC timestamp>)")
@@ -348,7 +351,7 @@ def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
         lock = RunLock(run_dir)
         lock.acquire()
     cfg = load_config(RunFiles(run_dir).config)
-    return cfg, lock, atomic_io.read_jsonRunFiles(run_dir).summary.get("status") == "completed"
+    return cfg, lock, RunFiles(run_dir).read_summary().get("status") == "completed"
 
 
 def run_command(argv: list[str] | None = None, trial: TrialReporter | None = None) -> int:

@@ -69,7 +69,7 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
                 "enabled": False,
                 "misclassified": 6,
                 "order": "confident",
-                "gradcam_layers": ["layer3", "layer4"],
+                "gradcam_layers": ["layer3", "layer4.1"],  # a nested module too: any module path
             }
         }
     )
@@ -112,7 +112,8 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
     precision = np.diag(confusion) / np.maximum(confusion.sum(axis=0), 1)
     assert np.allclose(per_class["precision"], precision, atol=1e-6)
     assert np.allclose(per_class["recall"], expected, atol=1e-6)
-    assert ((per_class["f1"] >= 0) & (per_class["f1"] <= 1)).all()
+    harmonic = np.where(precision + expected > 0, 2 * precision * expected / np.maximum(precision + expected, 1e-12), 0)
+    assert np.allclose(per_class["f1"], harmonic, atol=1e-6)
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 128 and (predictions["label"] == predictions["predicted"]).mean() == pytest.approx(
         summary["analysis_accuracy"], abs=1e-6
@@ -122,8 +123,9 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
     assert {"layer", "target", "deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc"} <= set(
         faithful.columns
     )
-    assert set(faithful["subset"]) == {"misclassified", "correct"} and set(faithful["layer"]) == {"layer3", "layer4"}
-    assert faithful[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()
+    assert set(faithful["subset"]) == {"misclassified", "correct"} and set(faithful["layer"]) == {"layer3", "layer4.1"}
+    wrong_count = len(pd.read_csv(out / "misclassified.csv"))
+    assert set(faithful.groupby("subset")["n_images"].unique().explode()) == {wrong_count}, "as many correct as wrong"
     sanity = pd.read_csv(out / "sanity.csv")
     assert list(dict.fromkeys(sanity["randomized_from"])) == [
         "none",
@@ -137,12 +139,15 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
     calibration = pd.read_csv(out / "calibration.csv")
     assert list(calibration.columns) == ["bin_low", "bin_high", "count", "accuracy", "confidence"]
     assert calibration["count"].sum() == 128 and len(calibration) == 15
-    assert 0 <= summary["ece"] <= 1 and summary["nll"] > 0
+    gaps = (calibration["accuracy"] - calibration["confidence"]).abs().fillna(0)
+    assert summary["ece"] == pytest.approx(float((calibration["count"] / 128 * gaps).sum()), abs=1e-5), (
+        "ECE of the bins"
+    )
     wrong = pd.read_csv(out / "misclassified.csv")
     assert (wrong["true"] != wrong["predicted"]).all()
     with np.load(out / "gradcam.npz") as saved:
-        assert set(saved.files) == {"indices", "predicted/layer3", "predicted/layer4", "true/layer3", "true/layer4"}
-        assert saved["predicted/layer4"].shape == (len(saved["indices"]), 32, 32)
+        assert set(saved.files) == {"indices", "predicted/layer3", "predicted/layer4.1", "true/layer3", "true/layer4.1"}
+        assert saved["predicted/layer4.1"].shape == (len(saved["indices"]), 32, 32)
 
 
 def test_analyze_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):

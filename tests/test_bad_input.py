@@ -62,6 +62,7 @@ BAD_SETTINGS = [
         ["analysis.gradcam_layers=[layer5]"],
         "analysis.gradcam_layers = ['layer5']: resnet18 (width 8) has no module 'layer5'",
     ),
+    (["analysis.gradcam_layers=['']"], "has no module '' (an empty name is the whole model"),
     (["analysis.misclassified=500"], "analysis.misclassified = 500: expected a value >= 0 and <= 200"),
     (
         ["data.augment_on=loader", "data.augment=[{name: RandomCrop, height: 64, width: 64}]"],

@@ -231,3 +231,47 @@ def test_damaged_or_stale_cache_warns_and_decodes_again(damage, tmp_path, capsys
     assert f"warning: image cache {cache} is damaged or stale" in capsys.readouterr().err
     assert np.array_equal(load_arrays(cfg.data, cfg.seed).train.images, decoded.images)  # the rewritten cache is good
     assert capsys.readouterr().err == ""
+
+
+def test_a_folder_made_on_a_laptop_trains_on_its_images_alone(tmp_path, capsys):
+    """macOS, Windows, NAS and Jupyter leave their files behind; images come in every mode."""
+    root = make_image_folder(tmp_path / "pets", train_per_class=4, test_per_class=2)
+    real = {split: sorted(p for p in (root / split).rglob("*.png")) for split in ("train", "test")}
+    junk = {
+        ".DS_Store": b"\0\0\0\1Bud1", "train/.DS_Store": b"x", "train/cat/.DS_Store": b"x",
+        "train/cat/._0000.png": b"\0\5\x16\7AppleDouble", "train/dog/Thumbs.db": b"x",
+        "test/dog/desktop.ini": b"[.ShellClassInfo]", "train/cat/notes.txt": b"cute",
+        "train/__MACOSX/cat/._0001.png": b"x", "test/.ipynb_checkpoints/x.png": b"x",
+        "train/@eaDir/SYNOINDEX": b"x", "train/dog/.hidden/0000.png": b"x", "train/dog/raw/0000.png": b"x",
+    }  # fmt: skip
+    for name, data in junk.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    rgb = np.asarray(Image.open(real["train"][0]).convert("RGB"))
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    modes = {  # the same picture saved as a phone, a scanner or an editor would
+        "train/cat/gray.png": Image.fromarray(gray, "L"),
+        "train/cat/rgba.png": Image.fromarray(np.dstack([rgb, np.full(gray.shape, 200, np.uint8)]), "RGBA"),
+        "train/cat/palette.png": Image.fromarray(rgb).convert("P"),
+        "train/cat/deep.png": Image.fromarray(gray.astype(np.uint16) * 257),
+        "train/cat/cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+    }
+    for name, image in modes.items():
+        image.save(root / name)
+    cfg = config_from_dict({"data": {"dataset": "image_folder", "root": str(root), "cache_dir": str(tmp_path / "c")}})
+    splits = load_arrays(cfg.data, cfg.seed)
+    assert len(splits.train) + len(splits.val) == len(real["train"]) + len(modes)
+    assert len(splits.test) == len(real["test"]) and splits.classes == ["cat", "dog"]
+    assert splits.train.images.dtype == np.uint8 and splits.train.images.shape[1:] == (32, 32, 3)
+    every = np.concatenate([splits.train.images, splits.val.images])
+    deep = np.asarray(Image.open(root / "train/cat/deep.png"))
+    assert any(np.array_equal(image[..., 0], (deep // 257).astype(np.uint8)) for image in every), "16-bit, scaled"
+    note = splits.skipped
+    assert note.startswith(str(root)) and "\n" not in note
+    # One line, each kind with its count and first names: the hidden or system files in class folders
+    # (.DS_Store, ._0000.png, Thumbs.db, desktop.ini: 4), 1 text file, 2 nested folders, 3 system folders.
+    for kind in ("4 hidden or system files", "1 files that are not images", "2 folders inside class folders",
+                 "3 system or hidden folders", "1 files outside the class folders"):  # fmt: skip
+        assert kind in note, (kind, note)
+    for shown in ("'._0000.png'", "'notes.txt'", "'__MACOSX'", "'raw'"):
+        assert shown in note, (shown, note)

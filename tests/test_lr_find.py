@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import yaml
 
 from harness.lr_find import main as lr_find_main
@@ -31,6 +32,19 @@ def test_range_test_writes_the_curve_and_prints_the_line_to_paste(tmp_path, caps
     assert (out / "lr_find.png").stat().st_size > 10_000
     assert config.read_bytes() == before  # the config is read, never written
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.csv", "lr_find.json", "lr_find.png"]
+
+
+def test_a_small_training_set_is_gone_through_again_for_the_iterations_asked(tmp_path, capsys):
+    # 176 training images (after the 10% held out for validation) in batches of 16: 11 an epoch.
+    small = ["data.dataset=synthetic", "data.synthetic_train_size=196", "data.batch_size=16", "model.width=8"]
+    out = tmp_path / "lr"
+    argv = [str(EXPERIMENTS / "resnet18_cpu.yaml"), "--set", *small, "--out", str(out), "--iterations", "40"]
+    code = lr_find_main([*argv, "--end-lr", "0.3"])  # no divergence below 0.3: every step is a point
+    assert code in (0, 1), capsys.readouterr().err
+    assert "the 40 batches take 4 epochs" in capsys.readouterr().out
+    curve = pd.read_csv(out / "lr_find.csv")
+    assert len(curve) == 40, "the iterations asked, not one epoch's 11"
+    assert curve["lr"].iloc[-1] == pytest.approx(0.3, rel=0.01)
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):

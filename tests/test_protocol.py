@@ -74,7 +74,7 @@ def test_without_a_validation_split_nothing_is_chosen(write_config, tmp_path):
     config = write_config({"data": {"val_size": 0, "synthetic_train_size": 256}, "report": {"enabled": True}})
     assert main([str(config), "--out", str(run_dir)]) == 0
     rows = read_csv_rows(run_dir / "metrics.csv")
-    assert rows[0]["val_acc"] == "" and rows[0]["val_loss"] == "" and float(rows[0]["test_acc"]) >= 0
+    assert rows[0]["val_acc"] == "" and rows[0]["val_loss"] == "" and rows[0]["test_acc"] != ""
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["train_images"], summary["val_images"]) == (256, 0), "all training images train"
     assert summary["best_val_acc"] is None and summary["best_epoch"] is None

@@ -152,7 +152,7 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     reference = start_run(str(config), "--out", str(whole))
     interrupted = start_run(str(config), "--out", str(broken))
-    wait_for_checkpoint(broken, 20, interrupted)  # epoch 2 runs iterations 17..32
+    wait_for_checkpoint(broken, 20, interrupted)  # 480 images / 32: epoch 2 runs iterations 16..30
     interrupted.kill()
     interrupted.wait()
     assert reference.wait(timeout=300) == 0
@@ -176,6 +176,12 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
             assert torch.equal(a[key], b[key]), f"{weights}.{key}"
     summary = json.loads((broken / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"]
+    # The resumed epoch trained from the checkpoint (iteration 20) to its end in this process: those
+    # batches over its time, not the whole epoch's.
+    epoch2 = read_rows(broken / "metrics.csv")[1]
+    trained = float(epoch2["train_images_per_s"]) * float(epoch2["epoch_time_s"])
+    assert trained == pytest.approx((int(epoch2["iteration"]) - 20) * 32, rel=0.01), epoch2
+    assert int(epoch2["iteration"]) - 20 < int(epoch2["iteration"]) // 2, "fewer than a whole epoch's batches"
 
 
 def test_sigterm_saves_then_resume_skips_damaged_checkpoint(write_config, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from harness.models.builders import unwrap
+from harness.models.builders import find_layer, unwrap
 
 
 def normalize_per_image(maps: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ def gradcam_maps(
     out: dict[str, list[torch.Tensor]] = {name: [] for name in layer_names}
     size = tuple(images.shape[-2:])
     for name in layer_names:
-        explainer = LayerGradCam(model, getattr(model, name))
+        explainer = LayerGradCam(model, find_layer(model, name))
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device).requires_grad_(True)
             target = targets[start : start + batch_size].to(device)

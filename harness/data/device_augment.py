@@ -18,7 +18,9 @@ import torch
 
 from harness.core.errors import HarnessError
 
-ALWAYS_APPLIED = {"PadIfNeeded": 1.0, "RandomCrop": 1.0, "CoarseDropout": 0.5}  # albumentations' default p
+# The transforms the device path applies to every image, with albumentations' default p for each:
+# a spec must say (or default to) p: 1.0 for them, since on the device they are never skipped.
+EVERY_IMAGE_DEFAULT_P = {"PadIfNeeded": 1.0, "RandomCrop": 1.0, "CoarseDropout": 0.5}
 SUPPORTED = "PadIfNeeded (constant border), RandomCrop, HorizontalFlip, CoarseDropout (one fixed-size hole)"
 
 
@@ -44,7 +46,7 @@ def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: int = 32) -
     for index, spec in enumerate(augment):
         where = f"data.augment[{index}]"
         name = spec["name"]
-        if name in ALWAYS_APPLIED and float(spec.get("p", ALWAYS_APPLIED[name])) != 1.0:
+        if name in EVERY_IMAGE_DEFAULT_P and float(spec.get("p", EVERY_IMAGE_DEFAULT_P[name])) != 1.0:
             raise HarnessError(f"{where} ({name}): data.augment_on=device needs p: 1.0")
         if name == "PadIfNeeded":
             if spec.get("border_mode", 4) != 0:

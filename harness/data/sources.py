@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
@@ -49,6 +49,7 @@ class Splits:
     train: ImageArrays
     test: ImageArrays
     val: ImageArrays | None = None
+    skipped: str | None = None  # what the source left out (an image folder's system files), in one line
 
 
 
@@ -103,12 +104,51 @@ def load_cifar10(cfg: DataConfig, seed: int) -> Splits:
 # ---------------------------------------------------------------- image_folder: <root>/{train,[val,]test}/<class>/*
 
 
-def _list_image_folder(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
+# What a folder made on a laptop holds besides its images: never a class, never a training image.
+SYSTEM_FOLDERS = {"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "lost+found"}
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", ".ds_store"}
+
+
+class Skipped:
+    """What an image folder held that is not a training image, by kind, for one warning line."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, list[str]] = {}
+
+    def add(self, kind: str, path: Path) -> None:
+        self.found.setdefault(kind, []).append(path.name)
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def describe(self) -> str:
+        parts = []
+        for kind, names in self.found.items():
+            shown = ", ".join(repr(n) for n in sorted(set(names))[:3]) + (", ..." if len(set(names)) > 3 else "")
+            parts.append(f"{len(names)} {kind} ({shown})")
+        return "; ".join(parts)
+
+
+def _system_or_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in SYSTEM_FOLDERS or path.name.lower() in SYSTEM_FILES
+
+
+def _list_image_folder(
+    split_dir: Path, classes: list[str] | None, skipped: Skipped
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class folders of ``split_dir`` and their images; hidden files and folders (``.DS_Store``,
+    AppleDouble ``._*`` files, ``.ipynb_checkpoints``), system ones (``__MACOSX``, ``Thumbs.db``),
+    files that are not images and folders inside class folders are left out and noted in ``skipped``."""
     if not split_dir.is_dir():
         raise HarnessError(
             f"data.root: folder {split_dir} not found (expected <root>/train/<class>/* and <root>/test/<class>/*)"
         )
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = []
+    for entry in sorted(split_dir.iterdir()):
+        if entry.is_dir() and not _system_or_hidden(entry):
+            found.append(entry.name)
+        else:
+            skipped.add("system or hidden folders" if entry.is_dir() else "files outside the class folders", entry)
     if classes is None:
         classes = found
         if not classes:
@@ -117,7 +157,16 @@ def _list_image_folder(split_dir: Path, classes: list[str] | None) -> tuple[list
         raise HarnessError(f"{split_dir}: class folders {found} differ from the training classes {classes}")
     files = []
     for label, name in enumerate(classes):
-        images = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = []
+        for entry in sorted((split_dir / name).iterdir()):
+            if entry.is_dir():
+                skipped.add("folders inside class folders", entry)
+            elif _system_or_hidden(entry):
+                skipped.add("hidden or system files", entry)
+            elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.add("files that are not images", entry)
+            else:
+                images.append(entry)
         if not images:
             raise HarnessError(
                 f"{split_dir / name}: empty class folder (no images with suffix {sorted(IMAGE_SUFFIXES)})"
@@ -126,10 +175,22 @@ def _list_image_folder(split_dir: Path, classes: list[str] | None) -> tuple[list
     return classes, files
 
 
+def _as_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode as 8-bit RGB: a phone photo upright (EXIF orientation), 16-bit and float
+    grayscale scaled to 0..255 rather than clipped, palette, grayscale, RGBA and CMYK converted."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else (1.0 if values.max() <= 1 else 255.0)
+        gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def _decode_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            return _as_rgb(image)
     except Exception as error:  # PIL raises many types for a broken file
         raise HarnessError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
 
@@ -203,14 +264,18 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
     root = Path(cfg.root)
     if not root.is_dir():
         raise HarnessError(f"data.root = {cfg.root!r}: folder not found")
-    classes, train_files = _list_image_folder(root / "train", None)
-    _, test_files = _list_image_folder(root / "test", classes)
+    skipped = Skipped()
+    classes, train_files = _list_image_folder(root / "train", None, skipped)
+    _, test_files = _list_image_folder(root / "test", classes, skipped)
     val = None
     if (root / "val").is_dir():  # the folder's own validation images, e.g. ImageNet-style layouts
-        _, val_files = _list_image_folder(root / "val", classes)
+        _, val_files = _list_image_folder(root / "val", classes, skipped)
         val = _load_or_decode("val", val_files, classes, cfg)
     return Splits(
-        _load_or_decode("train", train_files, classes, cfg), _load_or_decode("test", test_files, classes, cfg), val
+        _load_or_decode("train", train_files, classes, cfg),
+        _load_or_decode("test", test_files, classes, cfg),
+        val,
+        f"{root}: left out what is not a training image: {skipped.describe()}" if skipped else None,
     )
 
 
@@ -295,6 +360,7 @@ class DataSplits:
     val: ImageArrays | None
     test: ImageArrays
     val_source: str = "none"  # where the validation images came from, in words (summary.json, the report)
+    skipped: str | None = None  # what the source left out, for one warning
 
     @property
     def classes(self) -> list[str]:
@@ -330,4 +396,4 @@ def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     test = source.test
     if data.test_subset is not None:
         test = stratified_subset(test, data.test_subset, seed + 1, "data.test_subset")
-    return DataSplits(train, val, test, val_source)
+    return DataSplits(train, val, test, val_source, source.skipped)

@@ -49,6 +49,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module at a dotted path (``layer4``, ``layer4.1``, ``layer4.1.conv2``): the one lookup that
+    the config check, Grad-CAM and the sanity check share. ValueError names what the model has."""
+    model = unwrap(model)
+    top = ", ".join(child for child, _ in model.named_children())
+    if not name:
+        raise ValueError(f"has no module '' (an empty name is the whole model; top-level modules: {top})")
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"has no module {name!r} (top-level modules: {top}; nested ones as layer4.1)") from None
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return MODELS[cfg.name](cfg, num_classes)
 

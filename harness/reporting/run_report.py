@@ -90,6 +90,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         "title": f"{record.name}: {record.run_dir.name}",
         "header": {
             "experiment": record.name,
+            "model": describe_model(record.config.get("model") or {}),
             "run folder": str(record.run_dir),
             "status": record.status,
             "date (UTC)": s.get("started_utc", "?"),
@@ -168,6 +169,11 @@ def _sanity_table(path: Path) -> str | None:
         index=list(dict.fromkeys(frame["randomized_from"])), columns=list(dict.fromkeys(frame["layer"]))
     )
     return table(wide.reset_index(), "{:.3f}")
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    name = str(model.get("name", "?"))
+    return f"{name} (width {model['width']})" if name == "resnet18" and "width" in model else name
 
 
 def describe_evaluation(train: dict[str, Any]) -> str:

@@ -136,14 +136,22 @@ def attach_evaluation(
     log: RunLog,
     timer: Timer,
     optimizer: torch.optim.Optimizer,
-    images_per_epoch: int,
+    batch_size: int,
 ) -> None:
     """After every epoch, evaluate on each split of ``evaluations`` (``val``, when there is one, then
-    ``test``: an engine and its loader) and write the epoch's metrics row; a missing split's columns stay empty."""
+    ``test``: an engine and its loader) and write the epoch's metrics row; a missing split's columns stay
+    empty. ``train_images_per_s`` counts the images this process trained in the epoch (``batch_size``
+    is the global batch): a resumed epoch's part, not the whole epoch, over the time it took."""
+    started_at: dict[str, int] = {}
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def note_start(engine: Engine) -> None:
+        started_at["iteration"] = engine.state.iteration  # past the checkpoint when resumed mid-epoch
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def evaluate_and_log(engine: Engine) -> None:
         epoch_time = timer.value()
+        images = (engine.state.iteration - started_at["iteration"]) * batch_size
         train = engine.state.metrics
         measured, shown = (
             {},
@@ -163,7 +171,7 @@ def attach_evaluation(
                 "train_acc": f"{float(train['train_acc']):.6f}",
                 **measured,
                 "epoch_time_s": f"{epoch_time:.3f}",
-                "train_images_per_s": f"{images_per_epoch / max(epoch_time, 1e-9):.1f}",
+                "train_images_per_s": f"{images / max(epoch_time, 1e-9):.1f}",
             }
         )
         log.flush()

@@ -305,7 +305,7 @@ def attach_epoch_end(
         run.closers.append(tensorboard.close)
     if run.diagnostics is not None:  # before the evaluation, which writes the epoch's logs
         flushers.insert(0, attach_update_diagnostics(trainer, run.diagnostics, run.log, tensorboard))
-    attach_evaluation(trainer, run.evaluations, run.log, timer, optimizer, run.iters_per_epoch * cfg.data.batch_size)
+    attach_evaluation(trainer, run.evaluations, run.log, timer, optimizer, cfg.data.batch_size)
     if trial is not None:  # after the evaluation it reads, before the checkpoints (a pruned epoch is not saved)
         if run.val_evaluator is None:
             raise HarnessError("a search trial needs a validation split to report (data.val_size > 0)")
