@@ -130,7 +130,9 @@ def test_two_workers_six_trials_write_the_outputs(study_dir, search_data, tmp_pa
     table = assert_finished_once_each(study_dir, 6)
     assert len(table) == 6 and set(table["state"]) <= {"complete", "pruned"}
     assert list(table.columns[:6]) == ["number", "state", "value", "epochs", "time_s", "run_dir"]
-    assert {"optimizer.lr", "data.batch_size", "scheduler.warmup_epochs"} <= set(table.columns), "a column per parameter"
+    assert {"optimizer.lr", "data.batch_size", "scheduler.warmup_epochs"} <= set(table.columns), (
+        "a column per parameter"
+    )
     pids = {t["user_attrs"]["pid"] for t in study_trials(study_dir)}
     assert len(pids) == 2, "both workers ran trials"
     for _, row in table.iterrows():  # a trial is a run: config, metrics, summary, checkpoints
