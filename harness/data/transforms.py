@@ -1,0 +1,68 @@
+"""albumentations transforms (``data.augment``, strict arguments): built, and tried on a training
+image before anything is written."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import albumentations as A
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+from harness.core.errors import HarnessError
+from harness.data.config import DataConfig
+from harness.data.device_augment import plan_from_augment
+
+
+def _build_augmentation(index: int, spec: dict[str, Any]) -> A.BasicTransform:
+    spec = dict(spec)
+    name = spec.pop("name")
+    cls = getattr(A, name, None)
+    where = f"data.augment[{index}]"
+    if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+        raise HarnessError(f"{where}: unknown albumentations transform {name!r}")
+    try:
+        # strict: albumentations 2.x otherwise ignores misspelled or 1.x-only arguments in silence
+        return cls(**spec, strict=True)
+    except Exception as error:  # pydantic and albumentations raise several types
+        message = " ".join(str(error).split())
+        raise HarnessError(f"{where} ({name}): invalid arguments {spec}: {message}") from None
+
+
+def build_eval_transform(cfg: DataConfig) -> A.Compose:
+    return A.Compose([A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()])
+
+
+def build_train_transform(cfg: DataConfig) -> A.Compose:
+    augmentations = [_build_augmentation(i, spec) for i, spec in enumerate(cfg.augment)]
+    return A.Compose([*augmentations, A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()])
+
+
+def check_augment(cfg: DataConfig, sample: np.ndarray | None = None) -> None:
+    """Fail on a bad ``data.augment`` before anything is written: build it and, given one training
+    image, run it there (a crop larger than the images fails here, not in a loader worker)."""
+    transform = build_train_transform(cfg)
+    if sample is None:
+        if cfg.augment_on == "device":
+            plan_from_augment(cfg.augment)
+        return
+    height, width = sample.shape[:2]
+    shapes = set()
+    for seed in range(4):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        try:
+            shapes.add(tuple(transform(image=sample)["image"].shape))
+        except Exception as error:  # albumentations raises several types for a transform that does not fit
+            message = " ".join(str(error).split())[:300]
+            raise HarnessError(
+                f"data.augment: fails on the {width}x{height} training images ({type(error).__name__}: {message})"
+            ) from None
+    if len(shapes) > 1:
+        sizes = sorted(f"{s[2]}x{s[1]}" for s in shapes)
+        raise HarnessError(
+            f"data.augment: gives images of different sizes ({', '.join(sizes)}); "
+            "end with a fixed-size crop or resize so that a batch can be stacked"
+        )
+    if cfg.augment_on == "device":
+        plan_from_augment(cfg.augment, image_size=height)
