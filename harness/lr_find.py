@@ -53,11 +53,9 @@ from harness.core.provenance import describe_device, git_commit
 from harness.core.run_folder import csv_text, utc_now, utc_timestamp
 from harness.data.sources import DataSplits, load_arrays
 from harness.data.transforms import check_augment
-from harness.models.builders import build_model, place_model
 from harness.reporting.figures import plt, provenance, save_figure
-from harness.training.optim import build_optimizer
 from harness.training.steps import create_trainer
-from harness.training.wiring import build_loaders, build_train_step, resolve_train_config
+from harness.training.wiring import build_learner, build_loaders, build_train_step
 
 SMOOTH_F = 0.05  # Ignite's default
 DIVERGE_TH = 5.0  # Ignite's default: stop once the smoothed loss exceeds 5x the lowest so far
@@ -70,14 +68,15 @@ def build_finder_trainer(
     """The trainer of a run without its handlers (no schedule, evaluation, logs or checkpoints),
     its training loader, model, optimizer and iterations per epoch."""
     loaders = build_loaders(cfg, splits, device)
-    train = splits.train
-    model = build_model(cfg.model, len(train.classes))
-    train_cfg = resolve_train_config(cfg, model, device)
-    model = place_model(model, device, train_cfg.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model)
-    train_step, _ = build_train_step(cfg, train_cfg, model, optimizer, device, train.images.shape[1])
+    height, width = splits.train.images.shape[1:3]
+    # The learner a run builds, uncompiled: compiling costs more than the sweep's hundred steps.
+    uncompiled = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": False})})
+    learner = build_learner(
+        uncompiled, device, len(splits.classes), (loaders.train_sampler.batch_size, 3, height, width)
+    )
+    train_step, _ = build_train_step(uncompiled, learner.train_cfg, learner.model, learner.optimizer, device, height)
     trainer, _ = create_trainer(train_step, device)
-    return trainer, loaders.train, model, optimizer, len(loaders.train_sampler)
+    return trainer, loaders.train, learner.model, learner.optimizer, len(loaders.train_sampler)
 
 
 def _loss_or_inf(output: dict[str, torch.Tensor]) -> float:

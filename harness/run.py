@@ -226,6 +226,7 @@ def training(
         best_val_acc=best_acc,  # chosen on the validation split, as the best checkpoint is
         best_epoch=best_epoch,
         final_val_acc=final_metric(rows, "val_acc"),
+        final_val_loss=final_metric(rows, "val_loss"),
         final_test_acc=final_metric(rows, "test_acc"),  # what a run reports
         final_test_loss=final_metric(rows, "test_loss"),
         total_time_s=round(elapsed_before + time.time() - started, 2),

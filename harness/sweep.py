@@ -83,10 +83,11 @@ def run_sweep(
     sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir))
     heartbeat = HeartbeatConfig()
     if as_worker is not None:
-        return work(open_study(open_storage(storage_url, heartbeat), STUDY, "sweep", "maximize"), sweep, 10)
+        study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
+        return work(study, sweep, heartbeat.interval_s)
 
     create_output_dir(sweep_dir)
-    study = open_study(open_storage(storage_url, heartbeat), STUDY, "sweep", "maximize")
+    study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
     finished = set()
     for index, run in enumerate(runs, start=1):
         done = run_status(run.run_dir) == "completed"
@@ -115,7 +116,7 @@ def failures(study: optuna.Study, runs: list[SweepRun]) -> list[str]:
     last: dict[str, optuna.trial.FrozenTrial] = {}
     for trial in sorted(trials_by_state(study)[TrialState.FAIL], key=lambda t: t.number):
         if not trial.user_attrs.get("surplus"):
-            last[trial.params.get("run")] = trial
+            last[trial.user_attrs.get("run")] = trial
     return [f"{run.run_dir} ({last[run.name].user_attrs.get('error', 'failed')})" for run in runs
             if run_status(run.run_dir) != "completed" and run.name in last]  # fmt: skip
 

@@ -22,24 +22,40 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.config import dump_config
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.run_folder import create_output_dir
 from harness.search.engine import default_storage, open_storage, open_study, start_workers, supervise, work
 from harness.search.plans import SearchPlan
 from harness.search.space import PrunerConfig, Search, load_search
-from harness.search.study_report import redact, top_trials, trials_table, write_outputs
+from harness.search.study_report import (
+    best_trial,
+    redact,
+    top_trials,
+    trial_experiment,
+    trials_table,
+    write_outputs,
+)
 
 
-def build_sampler(search: Search, worker: int) -> optuna.samplers.BaseSampler:
-    """The configured sampler; each worker's seed differs, or all would draw the same first trials."""
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, without its ``study.stop()`` once the grid is used up: outside ``optimize()``
+    that raises from ``tell``. The plan counts the trials itself."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        pass
+
+
+def build_sampler(search: Search, worker: int, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler. Its seed differs per worker and per start (the trials already in the
+    study), or every worker, and every re-run of the command, would draw the same first trials."""
     s = search.spec.sampler
     if s.name == "grid":
-        return optuna.samplers.GridSampler(search.grid(), seed=s.seed)
+        return GridSampler(search.grid(), seed=s.seed)
+    seed = (s.seed * 1_000_003 + worker * 10_007 + trials_so_far) % 2**32
     if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed + worker)
-    return optuna.samplers.TPESampler(seed=s.seed + worker)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def build_pruner(p: PrunerConfig) -> optuna.pruners.BasePruner:
@@ -102,13 +118,11 @@ def progress_printer(search: Search) -> Any:
 
 def write_confirmation_configs(search: Search, trials: list[FrozenTrial], out: Path, extra: list[str]) -> list[Path]:
     """The best trials' configs at the base's full budget, each a ready experiment file."""
-    files = []
-    for trial in trials:
-        name = f"{search.name}-trial{trial.number}"
-        cfg = search.config(dict(trial.params), for_trial=False, extra=extra).model_copy(update={"name": name})
-        header = f"# trial {trial.number} of {search.path}: {search.spec.objective.metric} = {trial.value:.4f}\n"
-        files.append(atomic_io.write_text(out / f"{name}.yaml", header + dump_config(cfg)))
-    return files
+    names = [f"{search.name}-trial{trial.number}" for trial in trials]
+    return [
+        atomic_io.write_text(out / f"{name}.yaml", trial_experiment(search, trial, extra, name))
+        for trial, name in zip(trials, names, strict=True)
+    ]
 
 
 @exit_on_harness_error
@@ -120,19 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what happened
     if args.as_worker is not None:
         storage = open_storage(storage_url, search.spec.heartbeat)
+        plan = SearchPlan(search, out, args.overrides)
         study = open_study(
-            storage,
-            search.name,
-            "search",
-            search.spec.objective.direction,
-            build_sampler(search, args.as_worker),
-            build_pruner(search.spec.pruner),
+            storage, search.name, plan.kind, search.spec.objective.direction, pruner=build_pruner(search.spec.pruner)
         )
-        return work(study, SearchPlan(search, out, args.overrides), search.spec.heartbeat.interval_s)
+        study.sampler = build_sampler(search, args.as_worker, len(study.get_trials(deepcopy=False)))
+        return work(study, plan, search.spec.heartbeat.interval_s)
 
     create_output_dir(out)
     storage = open_storage(storage_url, search.spec.heartbeat)
-    study = open_study(storage, search.name, "search", search.spec.objective.direction)
+    study = open_study(storage, search.name, SearchPlan.kind, search.spec.objective.direction)
     print(
         f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     written = write_outputs(study, search, out, storage_url, args.overrides)
     print(f"trials: {written['trials.csv']}, report: {written['study.html']}", flush=True)
     if "best.yaml" in written:
-        best = top_trials(study, 1)[0]
+        best = best_trial(study)
         print(f"best: trial {best.number}, {search.spec.objective.metric} {best.value:.4f}: {written['best.yaml']}")
     if code:
         return code

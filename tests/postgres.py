@@ -11,12 +11,13 @@ from pathlib import Path
 
 from tests.conftest import free_port
 
-DEBIAN_BIN = Path("/usr/lib/postgresql/15/bin")
+DEBIAN_BINS = "/usr/lib/postgresql/*/bin"  # Debian installs each major version beside the others
 
 
 def _binaries() -> Path:
-    if (DEBIAN_BIN / "initdb").is_file():
-        return DEBIAN_BIN
+    versions = sorted(Path("/").glob(DEBIAN_BINS.lstrip("/") + "/initdb"), key=lambda p: int(p.parts[-3]))
+    if versions:
+        return versions[-1].parent
     found = shutil.which("initdb")
     if found is None:
         raise RuntimeError("PostgreSQL's initdb not found: install Debian's postgresql package (.ci/run does)")

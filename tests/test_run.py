@@ -80,6 +80,7 @@ def test_one_epoch_run_writes_the_run_folder(write_config, tmp_path):
         "best_val_acc",
         "best_epoch",
         "final_val_acc",
+        "final_val_loss",
         "final_test_acc",
         "train_images",
         "val_images",
@@ -95,6 +96,7 @@ def test_one_epoch_run_writes_the_run_folder(write_config, tmp_path):
     assert summary["status"] == "completed" and summary["world_size"] == 1
     assert summary["final_val_acc"] == float(rows[0]["val_acc"])
     assert summary["final_test_acc"] == float(rows[0]["test_acc"])
+    assert summary["final_val_loss"] == float(rows[0]["val_loss"]), "what a search minimizing it reads"
     assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (256, 32, 128)
     assert list_checkpoints(run_dir / "checkpoints")
     assert list((run_dir / "checkpoints").glob("best_model_*.pt"))

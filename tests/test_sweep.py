@@ -55,6 +55,8 @@ def test_two_configs_times_two_seeds_on_two_workers(cifar_like, tmp_path, capsys
     assert printed.count("finished earlier; skipped") == 3
     assert (out / "resnet18_adamw-seed1" / "report.html").is_file()
     assert pd.read_csv(out / "leaderboard.csv").equals(board)
+    # The same folder swept again over fewer seeds: nothing to run, and no clash with the earlier queue.
+    assert sweep_main([*files, "--seeds", "0", "--set", *data_overrides(cifar_like), *SMALL, "--out", str(out)]) == 0
 
 
 def test_sweep_validates_every_config_before_running_any(tmp_path, capsys):

@@ -48,9 +48,9 @@ def tune_args(data: Path, out: Path, *more: str, search: Path = SEARCH) -> list[
     return [str(search), "--out", str(out), *more, "--set", *data_overrides(data), *SEARCH_SMALL]
 
 
-def fast_heartbeat_copy(tmp_path: Path) -> Path:
+def fast_heartbeat_copy(tmp_path: Path, **changes) -> Path:
     """The shipped search with a 1 s heartbeat and 4 s grace, so a killed worker's trial is retried soon."""
-    raw = yaml.safe_load(SEARCH.read_text())
+    raw = {**yaml.safe_load(SEARCH.read_text()), **changes}
     raw["base"] = str((SEARCH.parent / raw["base"]).resolve())
     raw["heartbeat"] = {"interval_s": 1, "grace_s": 4}
     raw["name"] = "resnet18_cpu"  # the shipped file's study name (its file name)
@@ -228,8 +228,11 @@ def test_postgres_two_workers_one_killed_and_the_database_restarted(search_data,
 
 
 def test_sigterm_interrupts_and_a_rerun_resumes(search_data, tmp_path):
+    """On a grid (its two batch sizes): Optuna's grid sampler stops a study when its grid is used up,
+    which outside ``optimize()`` would raise from ``tell``, and an interrupted trial must still be queued."""
     out = tmp_path / "study"
-    args = tune_args(search_data, out, "--trials", "2", search=fast_heartbeat_copy(tmp_path))
+    grid = {"space": {"data.batch_size": {"type": "categorical", "choices": [128, 256]}}, "sampler": {"name": "grid"}}
+    args = tune_args(search_data, out, search=fast_heartbeat_copy(tmp_path, trials=None, **grid))
     tune = start_tune(args)
     victim = wait_for_running_trial_with_checkpoint(out, tune)
     tune.send_signal(signal.SIGTERM)
@@ -343,3 +346,20 @@ def test_a_pruned_run_says_so_and_keeps_its_metrics(write_config, tmp_path):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics["epoch"].tolist() == [1, 2]
     assert [accuracy for _, accuracy in reporter.seen] == pytest.approx(metrics["val_acc"].tolist(), abs=1e-6)
+
+
+def test_each_worker_and_each_start_of_the_command_draws_its_own_trials():
+    import optuna
+
+    from harness.search.space import load_search
+    from harness.tune import build_sampler
+
+    search = load_search(SEARCH)
+
+    def first_draw(worker: int, trials_so_far: int) -> float:
+        study = optuna.create_study(sampler=build_sampler(search, worker, trials_so_far), direction="maximize")
+        return search.suggest(study.ask())["optimizer.lr"]
+
+    draws = {first_draw(w, n) for w in (0, 1) for n in (0, 6)}
+    assert len(draws) == 4, "a second worker, or a re-run of the command, must not repeat the first trials"
+    assert first_draw(1, 6) == first_draw(1, 6), "and each is reproducible"

@@ -91,7 +91,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.bench.__main__", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "which",
         nargs="*",

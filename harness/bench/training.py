@@ -161,10 +161,10 @@ def bench_diagnostics(width: int, batch: int, amp: str, iterations: int, repeats
     }
 
 
-def run_steps(cfg: Config, image_size: tuple[int, int], device: torch.device) -> tuple[Any, Any, nn.Module]:
+def run_steps(cfg: Config, image_size: tuple[int, int], device: torch.device) -> tuple[Any, Any]:
     """The training and evaluation steps of a run of ``cfg`` at full size, built as ``harness.run``
     builds them (``build_learner``, ``build_train_step``: precision, memory format, compilation, device
-    augmentation, weight-update diagnostics at their rate in a CIFAR-10 epoch); and the model."""
+    augmentation, weight-update diagnostics at their rate in a CIFAR-10 epoch)."""
     batch_shape = (cfg.data.batch_size, 3, *image_size)
     learner = build_learner(cfg, device, 10, batch_shape)
     train_cfg = learner.train_cfg.model_copy(update={"low_res_size": None})  # the full-size epochs
@@ -176,7 +176,7 @@ def run_steps(cfg: Config, image_size: tuple[int, int], device: torch.device) ->
     train_step, _ = build_train_step(
         cfg, train_cfg, learner.step_model, learner.optimizer, device, image_size[0], diagnostics
     )
-    return train_step, make_eval_step(learner.step_model, device, train_cfg), learner.model
+    return train_step, make_eval_step(learner.step_model, device, train_cfg)
 
 
 def step_rate(step: Any, batch_size: int, image_size: tuple[int, int], iterations: int, device: torch.device) -> float:
@@ -195,7 +195,7 @@ def step_rate(step: Any, batch_size: int, image_size: tuple[int, int], iteration
 def bench_throughput(cfg: Config, iterations: int, image_size: tuple[int, int]) -> dict[str, Any]:
     """Model speed at full size on synthetic batches (no loader), with the steps ``harness.run`` uses."""
     device = idist.device()
-    train_step, eval_step, _ = run_steps(cfg, image_size, device)
+    train_step, eval_step = run_steps(cfg, image_size, device)
     train_rate = step_rate(train_step, cfg.data.batch_size, image_size, iterations, device)
     eval_rate = step_rate(eval_step, cfg.data.eval_batch_size, image_size, iterations, device)
     projected = cfg.train.epochs * (CIFAR_TRAIN / train_rate + CIFAR_TEST / eval_rate)
@@ -245,7 +245,7 @@ def bench_mfu(cfg: Config, iterations: int, image_size: tuple[int, int]) -> dict
     """Model FLOPs utilization of a config's full-size training: model FLOPs per image x training
     images/s, over the matrix-product peak in the training precision, measured in one run."""
     device = idist.device()
-    train_step, _, model = run_steps(cfg, image_size, device)
+    train_step, _ = run_steps(cfg, image_size, device)
     rate = step_rate(train_step, cfg.data.batch_size, image_size, iterations, device)
     flops = training_flops_per_image(build_model(cfg.model, 10).to(device), image_size, device)
     dtype = resolve_amp_dtype(cfg.train.amp, device) or torch.float32

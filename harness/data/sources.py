@@ -52,8 +52,6 @@ class Splits:
     skipped: str | None = None  # what the source left out (an image folder's system files), in one line
 
 
-
-
 # ---------------------------------------------------------------- cifar10: the python pickles
 
 
@@ -368,11 +366,13 @@ class DataSplits:
 
 
 def load_arrays(data: DataConfig, seed: int) -> DataSplits:
-    """The training, validation and test splits named by ``data`` (``seed``: the run's, for subsets).
+    """The training, validation and test splits named by ``data`` (``seed``: the run's, for the
+    training subset and the synthetic source).
 
     The validation split comes first, from the whole training split (or the source's own), so it is
     the same whatever ``train_subset`` and ``seed`` are; ``train_subset`` is then drawn from the rest.
-    With ``val_size: 0`` a source's own validation images train too.
+    ``test_subset`` is seeded by ``val_seed`` too: one test subset for every seed. With ``val_size: 0``
+    a source's own validation images train too.
     """
     source = SOURCES[data.dataset](data, seed)
     train, val = source.train, source.val
@@ -395,5 +395,7 @@ def load_arrays(data: DataConfig, seed: int) -> DataSplits:
         train = stratified_subset(train, data.train_subset, seed, "data.train_subset", what)
     test = source.test
     if data.test_subset is not None:
-        test = stratified_subset(test, data.test_subset, seed + 1, "data.test_subset")
+        # Seeded like the validation split, not by the run: every seed of a study is measured on the
+        # same test images, so that paired tests between runs (McNemar) compare like with like.
+        test = stratified_subset(test, data.test_subset, data.val_seed + 1, "data.test_subset")
     return DataSplits(train, val, test, val_source, source.skipped)

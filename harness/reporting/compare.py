@@ -4,7 +4,7 @@ Runs whose configs differ only in ``seed`` (and in keys that do not change train
 analysis, report, logging, worker count, cache folder) form a group. Each group gets its mean final
 test accuracy (the last epoch's, what a run reports; never a best epoch), spread, a 95% interval, a
 p-value against the best group and that p-value Holm-corrected for the number of comparisons
-(``harness.stats``), and the comparison says the smallest difference its seeds could detect.
+(``harness.reporting.stats``), and the comparison says the smallest difference its seeds could detect.
 Written as ``compare.html`` (``report_templates/compare.html.j2``) and ``leaderboard.csv`` beside it.
 """
 

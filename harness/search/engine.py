@@ -178,7 +178,8 @@ class Job:
 
     run_dir: Path
     argv: list[str]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # a search's sampled parameters
+    attrs: dict[str, Any] = field(default_factory=dict)  # what else names the job (a sweep's run), kept on a requeue
 
 
 class Plan(Protocol):
@@ -253,30 +254,26 @@ def execute(job: Job, trial: optuna.Trial | None, metric: str = "accuracy") -> d
 Runner = Callable[[Job, "optuna.Trial | None", str], dict[str, Any]]
 
 
-def run_trial(
-    study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, heartbeat_s: int, run: Runner = execute
-) -> str:
+def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, run: Runner = execute) -> str:
     """One trial from start to its told result (``run`` runs the job: ``execute``, or a stand-in that
-    measures the engine alone); returns its state in words."""
+    measures the engine alone); returns its state in words. The caller keeps its heartbeat going."""
     started = time.time()
     attrs = {"run_dir": str(job.run_dir), "commit": git_commit(), "host": socket.gethostname(), "pid": os.getpid()}
     for key, value in attrs.items():
         retrying(f"starting trial {trial.number}", lambda key=key, value=value: trial.set_user_attr(key, value))
     error = None
-    with Heartbeat(study._storage, trial._trial_id, heartbeat_s):
-        try:
-            summary = run(job, trial if plan.prunes else None, plan.reported_metric)
-        except Interrupted as stop:
-            retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
-            retrying(f"recording trial {trial.number}", lambda: study.tell(trial, state=TrialState.FAIL))
-            # Queued again with its folder: the next worker (or the next command) resumes it.
-            retrying(
-                f"queueing trial {trial.number} again",
-                lambda: study.enqueue_trial(job.params, user_attrs={**trial.user_attrs, "resumes": trial.number}),
-            )
-            raise stop
-        except HarnessError as failure:
-            summary, error = RunFiles(job.run_dir).read_summary(), str(failure)
+    try:
+        summary = run(job, trial if plan.prunes else None, plan.reported_metric)
+    except Interrupted as stop:
+        retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
+        fail(study, trial)
+        # Queued again with its folder (and nothing of this attempt's outcome): the next worker, or the
+        # next command, resumes it.
+        again = {**job.attrs, "run_dir": str(job.run_dir), "resumes": trial.number}
+        retrying(f"queueing trial {trial.number} again", lambda: study.enqueue_trial(job.params, user_attrs=again))
+        raise stop
+    except HarnessError as failure:
+        summary, error = RunFiles(job.run_dir).read_summary(), str(failure)
     status = summary.get("status")
     extra = {
         "status": status,
@@ -307,10 +304,14 @@ def run_trial(
     return state
 
 
+def fail(study: optuna.Study, trial: optuna.Trial) -> None:
+    retrying(f"recording trial {trial.number}", lambda: study.tell(trial, state=TrialState.FAIL))
+
+
 def discard_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
     """A trial asked for beyond the plan: failed, marked surplus, never run (trials.csv leaves it out)."""
     retrying("recording a surplus trial", lambda: trial.set_user_attr("surplus", True))
-    retrying("recording a surplus trial", lambda: study.tell(trial, state=TrialState.FAIL))
+    fail(study, trial)
 
 
 def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 3, run: Runner = execute) -> int:
@@ -326,15 +327,22 @@ def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 
             time.sleep(heartbeat_s)
             continue
         trial = retrying("asking for a trial", study.ask)
-        job = plan.job(study, trial)
-        if job is None:  # another worker took the last one between our look and our ask
-            discard_surplus(study, trial)
-            continue
-        try:
-            outcome = run_trial(study, plan, trial, job, heartbeat_s, run)
-        except Interrupted as stop:
-            print(f"trial {trial.number} interrupted; run the same command again to resume it", flush=True)
-            return 128 + stop.signum
+        # Beating from the moment the trial is RUNNING: a worker that dies before its run starts leaves
+        # a stale trial, retried elsewhere, not one that waits forever.
+        with Heartbeat(study._storage, trial._trial_id, heartbeat_s):
+            try:
+                job = plan.job(study, trial)
+            except Exception:
+                fail(study, trial)
+                raise
+            if job is None:  # another worker took the last one between our look and our ask
+                discard_surplus(study, trial)
+                continue
+            try:
+                outcome = run_trial(study, plan, trial, job, run)
+            except Interrupted as stop:
+                print(f"trial {trial.number} interrupted; run the same command again to resume it", flush=True)
+                return 128 + stop.signum
         print(f"trial {trial.number}: {outcome} ({job.run_dir})", flush=True)
         plan.after(job)
         failures = failures + 1 if outcome == "failed" and not plan.failure_ends_trial() else 0

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness.search.engine import Job, frozen, trials_by_state
+from harness.search.engine import Job, frozen, retrying, trials_by_state
 from harness.search.space import Search
 
 # The states that use up a search's budget: a failed or interrupted trial gives its place back.
@@ -53,7 +53,8 @@ class SearchPlan:
         """Asked beyond the budget by a worker that raced another: trials before it already fill it."""
         if frozen(study, trial).system_attrs.get("fixed_params"):
             return False  # a retried or resumed trial takes the place its original gave back
-        before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        trials = retrying("reading the trials", lambda: study.get_trials(deepcopy=False))
+        before = [t for t in trials if t.number < trial.number]
         return sum(t.state in (*FINISHED, TrialState.RUNNING) for t in before) >= self.search.trials
 
     def job(self, study: optuna.Study, trial: optuna.Trial) -> Job | None:
@@ -106,14 +107,16 @@ class SweepPlan:
         self.after_run = after_run
 
     def queue(self, study: optuna.Study, finished: set[str]) -> int:
-        """Queue every planned run that is neither finished nor already queued or running; returns how many."""
+        """Queue every planned run that is neither finished nor already queued or running; returns how many.
+
+        A queued trial carries its run by name in its user attributes, not as a parameter: the set of
+        names changes with the command (other files, other seeds), and a parameter's choices may not."""
         trials = trials_by_state(study)
-        pending = {t.params.get("run") or t.system_attrs.get("fixed_params", {}).get("run")
-                   for s in (TrialState.WAITING, TrialState.RUNNING) for t in trials[s]}  # fmt: skip
+        pending = {t.user_attrs.get("run") for s in (TrialState.WAITING, TrialState.RUNNING) for t in trials[s]}
         queued = 0
         for name, run in self.runs.items():
             if name not in finished and name not in pending:
-                study.enqueue_trial({"run": name}, user_attrs={"run_dir": str(run.run_dir)})
+                study.enqueue_trial({}, user_attrs={"run": name, "run_dir": str(run.run_dir)})
                 queued += 1
         return queued
 
@@ -124,11 +127,11 @@ class SweepPlan:
         return "wait" if trials[TrialState.RUNNING] else "done"
 
     def job(self, study: optuna.Study, trial: optuna.Trial) -> Job | None:
-        if "run" not in frozen(study, trial).system_attrs.get("fixed_params", {}):
+        name = trial.user_attrs.get("run")
+        if name not in self.runs:
             return None  # not one of the queued runs: asked after the queue ran dry
-        name = trial.suggest_categorical("run", list(self.runs))
         run = self.runs[name]
-        return Job(run.run_dir, run.argv(self.overrides), {"run": name})
+        return Job(run.run_dir, run.argv(self.overrides), attrs={"run": name})
 
     def value(self, summary: dict[str, Any]) -> float | None:
         # A sweep decides nothing: the value only records the validation accuracy (0 without a split).

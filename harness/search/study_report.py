@@ -79,21 +79,20 @@ def top_trials(study: optuna.Study, count: int) -> list[FrozenTrial]:
     return sorted(complete, key=lambda t: (sign * t.value, t.number))[:count]
 
 
-def best_yaml(search: Search, trial: FrozenTrial, extra: list[str]) -> str:
-    """The best trial as an experiment file at the base's full budget (``trial_overrides`` left out;
-    the command line's ``--set`` kept: it applied to every run of the search)."""
-    cfg = search.config(dict(trial.params), for_trial=False, extra=extra)
-    cfg = cfg.model_copy(update={"name": f"{search.name}-best"})
+def trial_experiment(search: Search, trial: FrozenTrial, extra: list[str], name: str) -> str:
+    """A trial as a ready experiment file named ``name``, at the base's full budget
+    (``trial_overrides`` left out; the command line's ``--set`` kept: it applied to every run of the
+    search), under a header saying where it came from: best.yaml, and each confirmation's config."""
+    cfg = search.config(dict(trial.params), for_trial=False, extra=extra).model_copy(update={"name": name})
     changed = ", ".join(f"{k}={v!r}" for k, v in trial.params.items())
     header = [
-        f"# The best trial of the search {search.path} (study {search.name!r}): trial {trial.number},",
+        f"# Trial {trial.number} of the search {search.path} (study {search.name!r}):",
         f"# {search.spec.objective.metric} = {trial.value:.4f} on the validation split.",
         f"# Its parameters: {changed}.",
         f"# Trials ran with {search.spec.trial_overrides or 'no trial_overrides'}; this file runs the base's budget.",
+        *([f"# With the search's --set {' '.join(extra)}"] if extra else []),
         f"# Written {utc_now()} at commit {git_commit() or 'unknown'}. Run: python -m harness.run <this file>",
     ]
-    if extra:
-        header.insert(-1, f"# With the search's --set {' '.join(extra)}")
     return "\n".join(header) + "\n" + dump_config(cfg)
 
 
@@ -178,8 +177,9 @@ def slice_figure(study: optuna.Study, search: Search, path: Path, footer: str, m
     return save_figure(fig, path, footer)
 
 
-def curves_figure(study: optuna.Study, path: Path, footer: str) -> Path | None:
-    """Validation accuracy per epoch of every trial: complete ones in colour, pruned ones grey."""
+def curves_figure(study: optuna.Study, path: Path, footer: str, reported: str) -> Path | None:
+    """The ``reported`` validation metric (``accuracy`` or ``loss``) per epoch of every trial:
+    complete ones in colour, pruned ones grey."""
     shown = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values and t.state in
              (TrialState.COMPLETE, TrialState.PRUNED)]  # fmt: skip
     if not shown:
@@ -193,7 +193,7 @@ def curves_figure(study: optuna.Study, path: Path, footer: str) -> Path | None:
         else:
             ax.plot(steps, values, linewidth=1.5, marker="o", markersize=3, label=f"trial {t.number}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(f"validation {reported}")
     ax.grid(alpha=0.3)
     ax.set_title("Complete (colour) and pruned (grey, x) trials", fontsize=10)
     if sum(t.state == TrialState.COMPLETE for t in shown) <= 12:
@@ -210,6 +210,7 @@ def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: s
     table = trials_table(study, search)
     atomic_io.write_text(out / "trials.csv", table.to_csv(index=False))
     metric = search.spec.objective.metric
+    reported = "loss" if metric == "final_val_loss" else "accuracy"  # what the pruner saw each epoch
     trials = study.get_trials(deepcopy=False)
     devices = sorted({str(t.user_attrs["device"]) for t in trials if t.user_attrs.get("device")}) or ["no trial ran"]
     commits = sorted({str(t.user_attrs["commit"])[:12] for t in trials if t.user_attrs.get("commit")}) or ["?"]
@@ -219,7 +220,8 @@ def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: s
     best = best_trial(study)
     written = {"trials.csv": out / "trials.csv"}
     if best is not None:
-        written["best.yaml"] = atomic_io.write_text(out / "best.yaml", best_yaml(search, best, extra))
+        best_file = trial_experiment(search, best, extra, f"{search.name}-best")
+        written["best.yaml"] = atomic_io.write_text(out / "best.yaml", best_file)
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     context = {
         "title": f"Search {search.name}: {len(table)} trials",
@@ -229,11 +231,12 @@ def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: s
         "storage": redact(storage_url),
         "counts": counts,
         "best": best,
-        "history_png": _embed(embed_png, history_figure(study, figure_dir / "history.png", footer, metric)),
-        "importance_png": _embed(embed_png, importance_png),
+        "history_png": embed_if(history_figure(study, figure_dir / "history.png", footer, metric)),
+        "importance_png": embed_if(importance_png),
         "importance_note": importance_note,
-        "slice_png": _embed(embed_png, slice_figure(study, search, figure_dir / "slice.png", footer, metric)),
-        "curves_png": _embed(embed_png, curves_figure(study, figure_dir / "curves.png", footer)),
+        "slice_png": embed_if(slice_figure(study, search, figure_dir / "slice.png", footer, metric)),
+        "curves_png": embed_if(curves_figure(study, figure_dir / "curves.png", footer, reported)),
+        "reported": reported,
         "trials": table.to_html(index=False, border=0, classes="table", na_rep="-", float_format="{:.4g}".format),
         "footer": footer,
         "generated": utc_now(),
@@ -243,5 +246,5 @@ def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: s
     return written
 
 
-def _embed(embed: Any, path: Path | None) -> str | None:
-    return embed(path) if path is not None else None
+def embed_if(path: Path | None) -> str | None:
+    return embed_png(path) if path is not None else None

@@ -33,7 +33,7 @@ def attach_pruning(trainer: Engine, val_evaluator: Engine, reporter: TrialReport
         if reporter is not None:  # rank 0
             prune = reporter.report(dict(val_evaluator.state.metrics), engine.state.epoch)
         if idist.get_world_size() > 1:
-            prune = bool(idist.broadcast(torch.tensor(int(prune)), src=0).item())
+            prune = bool(idist.broadcast(torch.tensor(int(prune), device=idist.device()), src=0).item())
         if prune:
             engine.state.pruned_at_epoch = engine.state.epoch
             engine.terminate()

@@ -145,13 +145,10 @@ def attach_lr_scheduler(
     epochs: int,
 ) -> Any:
     """Attach the configured schedule; return it so that checkpoints can save its state. A schedule
-    that reacts to evaluations watches the validation evaluator, which must exist."""
+    that reacts to evaluations watches the validation evaluator (the config refuses one without a
+    validation split: harness.config)."""
     schedule = build_schedule(cfg, optimizer, iters_per_epoch, epochs)
     if schedule.after_evaluation:
-        if val_evaluator is None:
-            raise HarnessError(
-                f"scheduler.name = {cfg.name!r}: expected a validation split to watch (data.val_size > 0)"
-            )
         val_evaluator.add_event_handler(Events.COMPLETED, schedule.handler)
     else:
         trainer.add_event_handler(Events.ITERATION_STARTED, schedule.handler)

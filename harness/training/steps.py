@@ -1,7 +1,7 @@
 """The training and evaluation steps, and the Ignite engines that run them.
 
-What happens around the steps (evaluation each epoch, logs, checkpoints) is in ``harness.handlers``;
-how one run puts it all together is in ``harness.wiring``.
+What happens around the steps (evaluation each epoch, logs, checkpoints) is in
+``harness.training.handlers``; how one run puts it all together is in ``harness.training.wiring``.
 """
 
 from __future__ import annotations

@@ -306,7 +306,12 @@ def attach_epoch_end(
     if run.diagnostics is not None:  # before the evaluation, which writes the epoch's logs
         flushers.insert(0, attach_update_diagnostics(trainer, run.diagnostics, run.log, tensorboard))
     attach_evaluation(trainer, run.evaluations, run.log, timer, optimizer, cfg.data.batch_size)
-    if trial is not None:  # after the evaluation it reads, before the checkpoints (a pruned epoch is not saved)
+    # Rank 0 alone holds the trial; every rank attaches the handler, since every rank takes part in the
+    # broadcast of its decision. After the evaluation it reads, before the checkpoints (a pruned epoch is not saved).
+    in_trial = trial is not None
+    if idist.get_world_size() > 1:
+        in_trial = bool(idist.broadcast(torch.tensor(int(in_trial), device=idist.device()), src=0).item())
+    if in_trial:
         if run.val_evaluator is None:
             raise HarnessError("a search trial needs a validation split to report (data.val_size > 0)")
         attach_pruning(trainer, run.val_evaluator, trial)
