@@ -217,9 +217,10 @@ def load_search(path: str | Path, trials: int | None = None, extra: list[str] = 
         key = text.partition("=")[0].strip()
         if key in space:
             raise ConfigError(f"--set {text!r}: {key} is searched (space.{key} in {source}); set it there or nowhere")
-    for for_trial in (True, False):  # the trials' config and the confirmations'
-        if search.config({}, for_trial, extra).data.val_size == 0:
-            raise ConfigError(f"{source}: data.val_size = 0: a search reads the validation split; expected > 0")
+    # The trials read the validation split; the confirmations may train on every image (val_size 0 in
+    # the base, the split held out through trial_overrides), as a recipe does once it is chosen.
+    if search.config({}, True, extra).data.val_size == 0:
+        raise ConfigError(f"{source}: data.val_size = 0: a search reads the validation split; expected > 0")
     for key, dist in space.items():
         for value in _corners(dist):
             try:
