@@ -142,8 +142,17 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.fixture(scope="session")
+def main_job_run(tmp_path_factory, cifar_like) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python -m harness.run experiments/resnet18.yaml`, the README's first command, at test size (one
+    epoch) as a user runs it: with its validation split, analysis and report."""
+    out = tmp_path_factory.mktemp("main_job") / "run"
+    return out, run_cli(*experiment_args("resnet18", cifar_like, "train.epochs=1"), "--out", str(out))
+
+
+@pytest.fixture(scope="session")
 def analyzed_run(tmp_path_factory, cifar_like) -> Path:
-    """The CPU experiment at test size, trained, analyzed and reported as a user runs it; shared by the report tests."""
+    """The CPU experiment at test size (it trains on every training image: data.val_size 0), trained,
+    analyzed and reported as a user runs it; shared by the report tests."""
     from harness.run import main as run_main
 
     out = tmp_path_factory.mktemp("report") / "run"

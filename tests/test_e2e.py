@@ -37,8 +37,9 @@ def comparable_summary(run_dir: Path) -> dict:
     return {k: v for k, v in json.loads(text).items() if k not in VOLATILE_SUMMARY}
 
 
-def assert_run_complete(run_dir: Path, test_images: int) -> None:
-    """Trained, analyzed over every test image once, and reported."""
+def assert_run_complete(run_dir: Path, test_images: int, val_images: int = 0) -> None:
+    """Trained on the folder's 180 training images less ``val_images`` held out, analyzed over every test
+    image once, and reported."""
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["analysis_completed_utc"], summary
     confusion = pd.read_csv(run_dir / "analysis" / "confusion.csv", index_col=0).to_numpy()
@@ -46,23 +47,26 @@ def assert_run_complete(run_dir: Path, test_images: int) -> None:
     # The analysis is of the final weights, the ones final_test_acc was measured on (one image of slack
     # for a borderline logit: the analysis does not run the model in channels_last).
     assert abs(summary["analysis_accuracy"] - summary["final_test_acc"]) <= 1 / test_images + 1e-9
-    assert summary["train_images"] + summary["val_images"] == 180 and summary["val_images"] == 18
+    assert (summary["train_images"], summary["val_images"]) == (180 - val_images, val_images)
     assert len(pd.read_csv(run_dir / "analysis" / "predictions.csv")) == test_images
     html = (run_dir / "report.html").read_text()
     assert 'id="gradcam"' in html and "not available" not in html and "status-completed" in html
 
 
-def test_main_job_at_test_size(cifar_like, tmp_path):
-    """`python -m harness.run experiments/resnet18.yaml`, the README's first command, smaller."""
-    out = tmp_path / "run"
-    result = run_cli(*experiment_args("resnet18", cifar_like, "train.epochs=1"), "--out", str(out))
+def test_main_job_at_test_size(main_job_run):
+    """`python -m harness.run experiments/resnet18.yaml`, the README's first command, smaller: 10% held out."""
+    out, result = main_job_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run folder: {out} (completed)" in result.stdout
-    assert_run_complete(out, test_images=50)
+    assert_run_complete(out, test_images=50, val_images=18)
+    assert list((out / "checkpoints").glob("best_*.pt")), "the best checkpoint, chosen on validation"
 
 
 def test_cpu_experiment_in_process_is_complete(analyzed_run):
+    """The CPU recipe trains on every training image (val_size 0); the report says nothing was chosen."""
     assert_run_complete(analyzed_run, test_images=50)
+    assert not list((analyzed_run / "checkpoints").glob("best_*.pt"))
+    assert "No validation split was held out" in (analyzed_run / "report.html").read_text()
 
 
 def torchrun(*options: str) -> list[str]:

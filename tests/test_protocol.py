@@ -112,11 +112,19 @@ def test_a_run_from_before_the_validation_split_reads_as_test(tmp_path):
     assert result.returncode == 2 and "predates the validation split" in result.stderr
 
 
-def test_temperature_fitted_on_validation_lands_in_summary(analyzed_run: Path):
-    summary = json.loads((analyzed_run / "summary.json").read_text())
+def test_temperature_fitted_on_validation_lands_in_summary(main_job_run):
+    run_dir, result = main_job_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["val_images"] > 0 and summary["temperature"] > 0
     for key in ("ece", "nll", "ece_scaled", "nll_scaled"):
         assert isinstance(summary[key], float), key
-    assert (analyzed_run / "analysis" / "reliability_scaled.png").is_file()
-    html = (analyzed_run / "report.html").read_text()
+    assert (run_dir / "analysis" / "reliability_scaled.png").is_file()
+    html = (run_dir / "report.html").read_text()
     assert "temperature (fitted on validation)" in html
+
+
+def test_without_a_validation_split_no_temperature_is_fitted(analyzed_run: Path):
+    """The shipped CPU recipe trains on everything: calibration is measured, not fitted."""
+    summary = json.loads((analyzed_run / "summary.json").read_text())
+    assert summary["val_images"] == 0 and summary["temperature"] is None and isinstance(summary["ece"], float)

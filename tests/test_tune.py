@@ -263,7 +263,7 @@ BAD_SEARCHES = [
     ({"sampler": {"name": "grid"}}, "the grid sampler needs type: categorical"),
     ({"pruner": {"name": "hyperband"}}, "pruner.name = 'hyperband'"),
     ({"trials": 0}, "trials = 0: expected a value >= 1"),
-    ({"overrides": {"data.val_size": 0}}, "data.val_size = 0: a search reads the validation split"),
+    ({"trial_overrides": {"data.val_size": 0}}, "data.val_size = 0: a search reads the validation split"),
     ({"base": "missing.yaml"}, "base = 'missing.yaml': expected an experiment file"),
     ({"spaces": {}}, "unknown key 'spaces'"),
 ]
