@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.run_folder import create_output_dir
-from harness.search.engine import default_storage, open_storage, open_study, start_workers, supervise, work
+from harness.search.engine import default_storage, open_storage, open_study, retrying, start_workers, supervise, work
 from harness.search.plans import SearchPlan
 from harness.search.space import PrunerConfig, Search, load_search
 from harness.search.study_report import (
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
         flush=True,
     )
+    if search.spec.baseline_first and not study.get_trials(deepcopy=False):  # once, when the study is new
+        retrying("queueing the base's own values", lambda: study.enqueue_trial(search.base_params(args.overrides)))
     on_change = progress_printer(search)
     code = 0
     if SearchPlan(search, out, args.overrides).state(study) != "done":  # a finished study starts no worker

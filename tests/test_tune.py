@@ -44,19 +44,29 @@ def search_data(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("search_data"), 30, 5, CIFAR10_CLASSES, ".jpg")
 
 
-def tune_args(data: Path, out: Path, *more: str, search: Path = SEARCH) -> list[str]:
+def tune_args(data: Path, out: Path, *more: str, search: Path | None = None) -> list[str]:
+    search = search or sized_search(out.parent)
     return [str(search), "--out", str(out), *more, "--set", *data_overrides(data), *SEARCH_SMALL]
 
 
-def fast_heartbeat_copy(tmp_path: Path, **changes) -> Path:
-    """The shipped search with a 1 s heartbeat and 4 s grace, so a killed worker's trial is retried soon."""
-    raw = {**yaml.safe_load(SEARCH.read_text()), **changes}
+def sized_search(folder: Path, fast_heartbeat: bool = False, **changes) -> Path:
+    """The shipped search at the tests' size: its pruning rung after epoch 1 of 3 (shipped: 9 of 15);
+    with ``fast_heartbeat`` a 1 s heartbeat and 4 s grace, so a killed worker's trial is retried soon."""
+    raw = yaml.safe_load(SEARCH.read_text())
+    raw["pruner"] = {**raw["pruner"], "min_epochs": 1}
+    raw.update(changes)
     raw["base"] = str((SEARCH.parent / raw["base"]).resolve())
-    raw["heartbeat"] = {"interval_s": 1, "grace_s": 4}
+    if fast_heartbeat:
+        raw["heartbeat"] = {"interval_s": 1, "grace_s": 4}
     raw["name"] = "resnet18_cpu"  # the shipped file's study name (its file name)
-    path = tmp_path / "search.yaml"
+    path = folder / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def faults_search(folder: Path) -> Path:
+    """For the fault tests: pruning only at the last epoch, so a trial runs long enough to be killed."""
+    return sized_search(folder, fast_heartbeat=True, pruner={"name": "successive_halving", "min_epochs": 3})
 
 
 def start_tune(args: list[str]) -> subprocess.Popen:
@@ -133,6 +143,10 @@ def test_two_workers_six_trials_write_the_outputs(study_dir, search_data, tmp_pa
     assert {"optimizer.lr", "data.batch_size", "scheduler.warmup_epochs"} <= set(table.columns), (
         "a column per parameter"
     )
+    base = yaml.safe_load(SEARCH.parent.joinpath("../resnet18_cpu.yaml").read_text())
+    first = table.set_index("number").loc[0]
+    assert (first["optimizer.lr"], first["data.batch_size"]) == (base["optimizer"]["lr"], base["data"]["batch_size"])
+    assert first["train.label_smoothing"] == base["train"]["label_smoothing"], "trial 0 is the recipe itself"
     pids = {t["user_attrs"]["pid"] for t in study_trials(study_dir)}
     assert len(pids) == 2, "both workers ran trials"
     for _, row in table.iterrows():  # a trial is a run: config, metrics, summary, checkpoints
@@ -188,9 +202,7 @@ def test_rerunning_continues_the_study_then_confirms_the_best_on_the_test_set(st
 
 def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(search_data, tmp_path):
     out = tmp_path / "study"
-    tune = start_tune(
-        tune_args(search_data, out, "--trials", "4", "--workers", "2", search=fast_heartbeat_copy(tmp_path))
-    )
+    tune = start_tune(tune_args(search_data, out, "--trials", "4", "--workers", "2", search=faults_search(tmp_path)))
     victim = wait_for_running_trial_with_checkpoint(out, tune)
     os.kill(victim["user_attrs"]["pid"], signal.SIGKILL)
     stdout, stderr = tune.communicate(timeout=600)
@@ -211,7 +223,7 @@ def test_postgres_two_workers_one_killed_and_the_database_restarted(search_data,
     try:
         out = tmp_path / "study"
         args = tune_args(search_data, out, "--trials", "4", "--workers", "2", "--storage", server.url,
-                         search=fast_heartbeat_copy(tmp_path))  # fmt: skip
+                         search=faults_search(tmp_path))  # fmt: skip
         tune = start_tune(args)
         victim = wait_for_running_trial_with_checkpoint(out, tune, server.url)
         os.kill(victim["user_attrs"]["pid"], signal.SIGKILL)
@@ -231,8 +243,12 @@ def test_sigterm_interrupts_and_a_rerun_resumes(search_data, tmp_path):
     """On a grid (its two batch sizes): Optuna's grid sampler stops a study when its grid is used up,
     which outside ``optimize()`` would raise from ``tell``, and an interrupted trial must still be queued."""
     out = tmp_path / "study"
-    grid = {"space": {"data.batch_size": {"type": "categorical", "choices": [128, 256]}}, "sampler": {"name": "grid"}}
-    args = tune_args(search_data, out, search=fast_heartbeat_copy(tmp_path, trials=None, **grid))
+    grid = {
+        "space": {"data.batch_size": {"type": "categorical", "choices": [128, 256]}},
+        "sampler": {"name": "grid"},
+        "baseline_first": False,
+    }
+    args = tune_args(search_data, out, search=sized_search(tmp_path, True, trials=None, **grid))
     tune = start_tune(args)
     victim = wait_for_running_trial_with_checkpoint(out, tune)
     tune.send_signal(signal.SIGTERM)
@@ -266,6 +282,14 @@ BAD_SEARCHES = [
     ({"trial_overrides": {"data.val_size": 0}}, "data.val_size = 0: a search reads the validation split"),
     ({"base": "missing.yaml"}, "base = 'missing.yaml': expected an experiment file"),
     ({"spaces": {}}, "unknown key 'spaces'"),
+    (
+        {"space": {"optimizer.lr": {"type": "float", "low": 0.2, "high": 0.3}}},
+        "baseline_first: the base's optimizer.lr = 0.1 lies outside space.optimizer.lr",
+    ),
+    (
+        {"sampler": {"name": "grid"}, "space": {"data.batch_size": {"type": "categorical", "choices": [128, 256]}}},
+        "baseline_first = true: the grid sampler runs every point already",
+    ),
 ]
 
 

@@ -15,12 +15,14 @@ sampler: {name: tpe, seed: 0}         # tpe (default) | random | grid (categoric
 pruner: {name: successive_halving}    # successive_halving (default) | median | none
 overrides: {}                         # every run: the trials and their confirmations
 trial_overrides: {train.epochs: 6}    # the trials only (a smaller budget); confirmations run the base's
+baseline_first: true                  # trial 0 runs the base's own values of the searched keys
 ```
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -107,6 +109,9 @@ class SearchConfig(Section):
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
     overrides: dict[str, Any] = Field(default_factory=dict)
     trial_overrides: dict[str, Any] = Field(default_factory=dict)
+    # The first trial runs the base's own values of the searched keys: without it a search cannot say
+    # whether anything it found beats the recipe it started from (or only the other samples).
+    baseline_first: bool = False
 
 
 class Search(BaseModel):
@@ -149,8 +154,19 @@ class Search(BaseModel):
                 params[key] = trial.suggest_categorical(key, d.choices)
         return params
 
+    def base_params(self, extra: list[str] = ()) -> dict[str, Any]:
+        """The searched keys' values in the trials' config before any is sampled (``baseline_first``)."""
+        config = self.config({}, True, extra)
+        return {key: functools.reduce(getattr, key.split("."), config) for key in self.space}
+
     def grid(self) -> dict[str, list[Any]]:
         return {key: list(d.choices) for key, d in self.space.items()}
+
+
+def _admits(dist: Distribution, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    return isinstance(value, int | float) and dist.low <= value <= dist.high
 
 
 def parse_distribution(source: str, key: str, raw: Any) -> Distribution:
@@ -221,6 +237,8 @@ def load_search(path: str | Path, trials: int | None = None, extra: list[str] = 
     # the base, the split held out through trial_overrides), as a recipe does once it is chosen.
     if search.config({}, True, extra).data.val_size == 0:
         raise ConfigError(f"{source}: data.val_size = 0: a search reads the validation split; expected > 0")
+    if spec.baseline_first and spec.sampler.name == "grid":
+        raise ConfigError(f"{source}: baseline_first = true: the grid sampler runs every point already; expected false")
     for key, dist in space.items():
         for value in _corners(dist):
             try:
@@ -228,4 +246,8 @@ def load_search(path: str | Path, trials: int | None = None, extra: list[str] = 
             except ConfigError as error:
                 reason = str(error).split(": ", 1)[-1]
                 raise ConfigError(f"{source}: space.{key} = {value!r}: {reason}") from None
+    if spec.baseline_first:
+        for key, value in search.base_params(extra).items():
+            if not _admits(space[key], value):
+                raise ConfigError(f"{source}: baseline_first: the base's {key} = {value!r} lies outside space.{key}")
     return search
