@@ -52,12 +52,12 @@ BAD_SETTINGS = [
     (["train.epochs"], "expected KEY.PATH=VALUE"),
     (
         ["data.train_subset=100000"],
-        "data.train_subset = 100000: expected at most the 162 training images left after the validation split",
+        "data.train_subset = 100000: expected at most the 180 training images",
     ),
     (["data.val_size=180"], "data.val_size = 180: expected fewer than the 180 training images (some must train)"),
     (["data.val_size=1.5"], "data.val_size = 1.5: expected an image count (an integer >= 0) or a fraction"),
     (["data.val_size=0", "scheduler.name=plateau"], "scheduler.name = 'plateau': expected a validation split"),
-    (["data.batch_size=1000"], "data.batch_size = 1000: expected at most the 162 training images"),
+    (["data.batch_size=1000"], "data.batch_size = 1000: expected at most the 180 training images"),
     (
         ["analysis.gradcam_layers=[layer5]"],
         "analysis.gradcam_layers = ['layer5']: resnet18 (width 8) has no module 'layer5'",

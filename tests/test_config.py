@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from harness.config import Config, config_from_dict, load_config, parse_override
 from harness.core.errors import ConfigError
-from tests.conftest import EXPERIMENTS
+from tests.conftest import EXPERIMENTS, REPO
 
 
 def test_every_experiment_file_is_valid_and_named_after_itself():
@@ -87,3 +88,13 @@ def test_every_search_file_is_valid_and_its_ends_make_valid_configs():
     for path in files:
         search = load_search(path)  # every range's ends and every choice through the experiment's schema
         assert search.name == path.stem and search.base_path.is_file() and search.space
+
+
+@pytest.mark.parametrize("path", sorted((EXPERIMENTS / "study").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_study_files_still_make_the_committed_runs(path):
+    """Tuning the recipe the study starts from must not change the study: each file resolves to the
+    config of its committed runs (results/study/), the seed aside."""
+    committed = yaml.safe_load((REPO / "results" / "study" / f"{path.stem}-seed0" / "config.yaml").read_text())
+    data = [f"data.dataset={committed['data']['dataset']}", f"data.root={committed['data']['root']}"]
+    now = load_config(path, data).model_dump(mode="json")
+    assert {**now, "seed": None} == {**committed, "seed": None}
