@@ -46,6 +46,7 @@ from ignite.utils import manual_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from harness.analysis.figures import plt, provenance, save_figure
 from harness.config import Config, load_config
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
@@ -53,7 +54,6 @@ from harness.core.provenance import describe_device, git_commit
 from harness.core.run_folder import csv_text, utc_now, utc_timestamp
 from harness.data.sources import DataSplits, load_arrays
 from harness.data.transforms import check_augment
-from harness.reporting.figures import plt, provenance, save_figure
 from harness.training.steps import create_trainer
 from harness.training.wiring import build_learner, build_loaders, build_train_step
 

@@ -114,7 +114,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, timeout: float = 300, module: str = "harness.run", cwd: Path = REPO
+    *args: str, timeout: float = 300, module: str = "harness.run", cwd: Path = REPO, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -122,7 +122,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         cwd=cwd,
-        env=subprocess_env(),
+        env=env or subprocess_env(),
     )
 
 

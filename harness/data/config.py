@@ -1,9 +1,8 @@
 """The ``data`` section of a config, and the registry of data sources that ``data.dataset`` names
-(``harness.data.sources`` registers them)."""
+(lazy: validating a config imports no torch)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator
@@ -13,7 +12,19 @@ from harness.core.schema import Section, registered
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
-SOURCES: Registry[Callable[..., Any]] = Registry("data.dataset")
+SOURCES = Registry(
+    "data.dataset",
+    "dataset",
+    "a function called with data.kwargs, returning (train, test) as (images, labels) arrays or torch datasets: "
+    "./my_data.py:load",
+)
+_SOURCE_FUNCTIONS = {"cifar10": "load_cifar10", "image_folder": "load_image_folder", "synthetic": "make_synthetic"}
+for _name, _description in {
+    "cifar10": "CIFAR-10 (Krizhevsky 2009): torchvision's copy in data.root, downloaded when data.download is true",
+    "image_folder": "a folder of data.root/{train,test}/<class>/<image> (and val/ when it has one), cached as arrays",
+    "synthetic": "learnable toy images (a bright square per class): for tests",
+}.items():
+    SOURCES.add(_name, f"harness.data.sources:{_SOURCE_FUNCTIONS[_name]}", _description, native=True)
 
 
 def _rgb(values: list[float]) -> list[float]:
@@ -80,3 +91,5 @@ class DataConfig(Section):
     std: Annotated[list[float], AfterValidator(_positive_rgb)] = Field(default_factory=lambda: list(CIFAR10_STD))
     augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(default_factory=_default_augment)
     augment_on: Literal["loader", "device"] = "loader"
+    # Keyword arguments of a data source given by import path (a function returning the splits).
+    kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.core.errors import HarnessError
+from harness.data.arrays import ImageArrays
 from harness.data.config import DataConfig
-from harness.data.sources import ImageArrays
 from harness.data.transforms import build_eval_transform, build_train_transform
 
 

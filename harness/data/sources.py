@@ -1,7 +1,8 @@
 """Data sources: where the images come from, read whole into memory as uint8 arrays.
 
-Each source is registered by the name that ``data.dataset`` takes; adding one is a function here
-(and a line in the README's config reference).
+Each source is registered by the name that ``data.dataset`` takes (``harness.data.config``); adding
+one is a function here and its line there. A user's own source, by import path, is read by
+``harness.data.user_sources``.
 """
 
 from __future__ import annotations
@@ -20,36 +21,13 @@ from PIL import Image, ImageOps
 
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
+from harness.core.registry import PluginError
+from harness.data.arrays import ImageArrays, Splits
 from harness.data.config import SOURCES, DataConfig
+from harness.data.user_sources import splits_from_user_function
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 CIFAR10_FOLDER = "cifar-10-batches-py"
-
-
-@dataclass
-class ImageArrays:
-    """A whole split in memory: images (N, H, W, 3) uint8, labels (N,) int64, class names."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, indices: np.ndarray) -> ImageArrays:
-        return ImageArrays(self.images[indices], self.labels[indices], self.classes)
-
-
-@dataclass
-class Splits:
-    """What a source holds: its training and test images, and its own validation images when it has
-    them (an image folder's ``val/``); otherwise ``load_arrays`` holds a validation split out of ``train``."""
-
-    train: ImageArrays
-    test: ImageArrays
-    val: ImageArrays | None = None
-    skipped: str | None = None  # what the source left out (an image folder's system files), in one line
 
 
 # ---------------------------------------------------------------- cifar10: the python pickles
@@ -72,7 +50,6 @@ def _read_cifar10_pickles(folder: Path) -> Splits:
     return Splits(ImageArrays(*train, classes), ImageArrays(*test, classes))
 
 
-@SOURCES.register("cifar10")
 def load_cifar10(cfg: DataConfig, seed: int) -> Splits:
     root = Path(cfg.root)
     folder = root / CIFAR10_FOLDER
@@ -257,7 +234,6 @@ def _load_or_decode(split: str, files: list[tuple[Path, int]], classes: list[str
     return arrays
 
 
-@SOURCES.register("image_folder")
 def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
     root = Path(cfg.root)
     if not root.is_dir():
@@ -280,7 +256,6 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
 # ---------------------------------------------------------------- synthetic: learnable toy images, for tests
 
 
-@SOURCES.register("synthetic")
 def make_synthetic(cfg: DataConfig, seed: int, num_classes: int = 10) -> Splits:
     """Each class is a bright square at its own place on its own colour, plus noise."""
 
@@ -365,6 +340,17 @@ class DataSplits:
         return self.train.classes
 
 
+def read_source(data: DataConfig, seed: int) -> Splits:
+    """The splits of the source ``data.dataset`` names: a built-in one, or a user's function."""
+    try:
+        found = SOURCES.resolve(data.dataset)
+        if found.native:
+            return found.obj(data, seed)
+        return splits_from_user_function(found, data.kwargs)
+    except PluginError as problem:
+        raise HarnessError(f"data.dataset = {data.dataset!r}: {problem}") from None
+
+
 def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     """The training, validation and test splits named by ``data`` (``seed``: the run's, for the
     training subset and the synthetic source).
@@ -374,7 +360,7 @@ def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     ``test_subset`` is seeded by ``val_seed`` too: one test subset for every seed. With ``val_size: 0``
     a source's own validation images train too.
     """
-    source = SOURCES[data.dataset](data, seed)
+    source = read_source(data, seed)
     train, val = source.train, source.val
     val_source = "none: data.val_size is 0"
     if val is not None and data.val_size == 0:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.analysis import figures
 from harness.core import atomic_io
 from harness.core.run_folder import utc_now
-from harness.reporting import figures, stats
+from harness.reporting import stats
 from harness.reporting.html import embed_png, environment
 from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 

@@ -15,7 +15,7 @@ from ignite.engine import Engine
 from ignite.metrics import Accuracy, Average, Loss, Metric
 from torch import nn
 
-from harness.config import TrainConfig
+from harness.training.config import TrainConfig
 from harness.training.diagnostics import UpdateDiagnostics
 
 

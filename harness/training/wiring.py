@@ -20,9 +20,9 @@ from ignite.metrics import Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.config import Config, TrainConfig
 from harness.core.errors import HarnessError
 from harness.core.run_folder import RunFiles, RunLog
+from harness.data.arrays import ImageArrays
 from harness.data.device_augment import DeviceAugment, plan_from_augment
 from harness.data.loaders import (
     AugmentedArrayDataset,
@@ -33,7 +33,7 @@ from harness.data.loaders import (
     per_rank_batch,
     resolve_num_workers,
 )
-from harness.data.sources import DataSplits, ImageArrays
+from harness.data.sources import DataSplits
 from harness.data.transforms import build_eval_transform
 from harness.models.builders import (
     build_model,
@@ -42,6 +42,7 @@ from harness.models.builders import (
     place_model,
     resolve_channels_last,
 )
+from harness.training.config import RunSpec, TrainConfig
 from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.handlers import (
     RNGState,
@@ -133,7 +134,7 @@ class Training:
         self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
 
 
-def build_loaders(cfg: Config, splits: DataSplits, device: torch.device) -> Loaders:
+def build_loaders(cfg: RunSpec, splits: DataSplits, device: torch.device) -> Loaders:
     rank, world_size = idist.get_rank(), idist.get_world_size()
     check_batch_size(cfg.data, len(splits.train), world_size)
     batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
@@ -159,13 +160,13 @@ def build_loaders(cfg: Config, splits: DataSplits, device: torch.device) -> Load
     )
 
 
-def resolve_train_config(cfg: Config, model: nn.Module, device: torch.device) -> TrainConfig:
+def resolve_train_config(cfg: RunSpec, model: nn.Module, device: torch.device) -> TrainConfig:
     """``cfg.train`` with ``channels_last`` decided for this model and device."""
     return cfg.train.model_copy(update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)})
 
 
 def build_train_step(
-    cfg: Config,
+    cfg: RunSpec,
     train_cfg: TrainConfig,
     step_model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -202,7 +203,7 @@ class Learner:
 
 
 def build_learner(
-    cfg: Config, device: torch.device, num_classes: int, batch_shape: tuple[int, int, int, int]
+    cfg: RunSpec, device: torch.device, num_classes: int, batch_shape: tuple[int, int, int, int]
 ) -> Learner:
     """The model, its optimizer and its step module for batches of ``batch_shape`` (one rank's)."""
     model = build_model(cfg.model, num_classes)
@@ -225,7 +226,7 @@ def build_learner(
     return Learner(model, optimizer, step_model, compiled, train_cfg, num_params, batch_shape)
 
 
-def build_engines(cfg: Config, run_dir: Path, loaders: Loaders, learner: Learner, device: torch.device) -> Training:
+def build_engines(cfg: RunSpec, run_dir: Path, loaders: Loaders, learner: Learner, device: torch.device) -> Training:
     """The trainer (its step, metrics, weight average and diagnostics) and the evaluators, as a Training
     with nothing attached yet but the epoch start (data order, resumed running averages)."""
     iters_per_epoch = len(loaders.train_sampler)
@@ -284,7 +285,7 @@ def build_engines(cfg: Config, run_dir: Path, loaders: Loaders, learner: Learner
 
 
 def attach_epoch_end(
-    run: Training, cfg: Config, learner: Learner, run_dir: Path, start_iteration: int, trial: TrialReporter | None
+    run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, start_iteration: int, trial: TrialReporter | None
 ) -> Callable[[], None]:
     """What happens around each epoch's end, in this order: timing, the learning rate, the NaN guard,
     the schedule, TensorBoard and diagnostics, the evaluation and its log row, pruning. Returns the
@@ -323,7 +324,7 @@ def attach_epoch_end(
     return flush_logs
 
 
-def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, flush_logs: Callable[[], None]) -> None:
+def attach_saving(run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, flush_logs: Callable[[], None]) -> None:
     """The best checkpoint (chosen on validation), the resumable checkpoints of everything in
     ``run.to_save``, the clean stop on a signal, and the progress bars."""
     trainer = run.trainer
@@ -358,7 +359,7 @@ def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, f
 
 
 def build_training(
-    cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
+    cfg: RunSpec, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
 ) -> Training:
     """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load;
     ``trial``: the search trial this run is, told the validation accuracy after each epoch (and pruned).
