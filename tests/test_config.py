@@ -61,7 +61,7 @@ def test_parse_override(text, path, value):
         ({"train": {"channels_last": "yes"}}, [], "train.channels_last = 'yes': expected true or false"),
         ({"optimizer": {"lr": -1}}, [], "optimizer.lr = -1: expected a value > 0.0"),
         ({"analysis": {"misclassified": 500}}, [], "analysis.misclassified = 500: expected a value >= 0 and <= 200"),
-        ({"data": {"mean": [0.5]}}, [], "data.mean = [0.5]: expected 3 numbers"),
+        ({"data": {"mean": [0.5, 0.5]}}, [], "data.mean = [0.5, 0.5]: expected auto, or 1 or 3 numbers"),
         ({"scheduler": {"name": "plateau", "warmup_epochs": 1}}, [], "expected 0 with the plateau scheduler"),
         (
             {"scheduler": {"name": "multistep", "milestones": [2], "warmup_epochs": 2}},

@@ -31,3 +31,5 @@ class AnalysisSpec(Protocol):
     model: ModelConfig
     train: TrainConfig
     analysis: AnalysisConfig
+
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> AnalysisSpec: ...

@@ -41,20 +41,20 @@ from harness.core.errors import HarnessError
 from harness.core.run_folder import RunFiles, find_best_checkpoint, list_checkpoints, utc_now
 from harness.data.arrays import ImageArrays
 from harness.data.loaders import AugmentedArrayDataset
-from harness.data.sources import load_arrays
 from harness.data.transforms import build_eval_transform, build_train_transform
 from harness.models.builders import build_model
+from harness.models.inputs import prepare_inputs
 from harness.training.steps import make_eval_step
 
 
 def load_trained_model(
-    run_dir: Path, cfg: AnalysisSpec, num_classes: int, device: torch.device
+    run_dir: Path, cfg: AnalysisSpec, num_classes: int, device: torch.device, in_channels: int = 3
 ) -> tuple[torch.nn.Module, Path]:
     path = next(iter(list_checkpoints(RunFiles(run_dir).checkpoints)), None) or find_best_checkpoint(run_dir)
     if path is None:
         raise HarnessError(f"{run_dir}: no checkpoint to analyze in {run_dir / 'checkpoints'}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, in_channels)
     try:
         # A training checkpoint of a run with train.ema_decay holds both; the average is what was evaluated.
         model.load_state_dict(state.get("ema_model", state.get("model", state)))
@@ -103,10 +103,10 @@ def write_data_figures(cfg: AnalysisSpec, train_arrays: Any, out_dir: Path, foot
         out_dir / "train_samples.png",
         footer=footer,
     )
-    dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data))
+    dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data, train_arrays.images.shape[1:3]))
     views = torch.stack([dataset[(int(picks[0]), seed)][0] for seed in range(8)])
     shown = np.concatenate(
-        [train_arrays.images[picks[:1]] / 255.0, figures.denormalize(views, cfg.data.mean, cfg.data.std)]
+        [figures.as_display(train_arrays.images[picks[:1]]), figures.denormalize(views, cfg.data.mean, cfg.data.std)]
     )
     figures.image_grid(
         shown,
@@ -361,10 +361,12 @@ def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None
     device = device or idist.device()
     summary_path = RunFiles(run_dir).summary
     summary = atomic_io.read_json(summary_path)
-    splits = load_arrays(cfg.data, cfg.seed)
+    inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+    cfg = cfg.model_copy(update={"data": inputs.data})  # data.mean and data.std as numbers
+    splits = inputs.splits
     train_arrays, test_arrays = splits.train, splits.test
     classes = test_arrays.classes
-    model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device)
+    model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device, inputs.in_channels)
     test_set = AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data))
     test_logits, confusion = predict(model, test_arrays, cfg, device)
     probabilities = softmax(test_logits).astype(np.float32)

@@ -47,7 +47,7 @@ def build_train_dataset(arrays: ImageArrays, cfg: DataConfig) -> AugmentedArrayD
     ones (the trainer then augments whole batches on the device)."""
     if cfg.augment_on == "device":
         return AugmentedArrayDataset(arrays, build_eval_transform(cfg), random_transform=False)
-    return AugmentedArrayDataset(arrays, build_train_transform(cfg))
+    return AugmentedArrayDataset(arrays, build_train_transform(cfg, arrays.images.shape[1:3]))
 
 
 class EpochBatchSampler(Sampler):

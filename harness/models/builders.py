@@ -5,6 +5,7 @@ own class or function by import path; placement, compilation and layer lookup.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 
@@ -17,8 +18,8 @@ from harness.models.config import MODELS, ModelConfig
 from harness.models.resnet import ResNet
 
 
-def resnet18(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    return ResNet([2, 2, 2, 2], width=cfg.width, num_classes=num_classes, **cfg.kwargs)
+def resnet18(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+    return ResNet([2, 2, 2, 2], width=cfg.width, num_classes=num_classes, in_channels=in_channels, **cfg.kwargs)
 
 
 def torchvision_model(name: str) -> Callable[[ModelConfig, int], nn.Module]:
@@ -29,24 +30,42 @@ def torchvision_model(name: str) -> Callable[[ModelConfig, int], nn.Module]:
     if name not in known:
         raise ValueError(f"torchvision has no classifier {name!r} (e.g. {', '.join(known[:5])}, ...)")
 
-    def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    def build(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **cfg.kwargs)
 
+    build.colour_only = True  # torchvision's classifiers take three channels
     return build
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The model ``cfg.name`` names, with ``num_classes`` outputs. A plug-in is called with
-    ``model.kwargs`` and ``num_classes``; anything but an ``nn.Module`` is refused in one line."""
+def takes_grey(cfg: ModelConfig) -> bool:
+    """Whether the model can be built for one-channel images: the built-in ResNet, and a plug-in whose
+    constructor has an ``in_channels`` argument; torchvision's classifiers and other plug-ins take three."""
+    try:
+        found = MODELS.resolve(cfg.name)
+    except PluginError as problem:
+        raise HarnessError(f"model.name = {cfg.name!r}: {problem}") from None
+    if found.native:
+        return not getattr(found.obj, "colour_only", False)
+    try:
+        return "in_channels" in inspect.signature(found.obj).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """The model ``cfg.name`` names, with ``num_classes`` outputs, for images of ``in_channels``. A
+    plug-in is called with ``model.kwargs``, ``num_classes`` (and ``in_channels`` for grey images);
+    anything but an ``nn.Module`` is refused in one line."""
     try:
         found = MODELS.resolve(cfg.name)
         if found.native:
             try:
-                model = found.obj(cfg, num_classes)
+                model = found.obj(cfg, num_classes, in_channels)
             except TypeError as error:  # model.kwargs a built-in model does not take
                 raise PluginError(f"model.kwargs = {cfg.kwargs}: {error}") from None
         else:
-            model = call_plain(found, "model.kwargs", cfg.kwargs, num_classes=num_classes)
+            grey = {"in_channels": in_channels} if in_channels != 3 else {}
+            model = call_plain(found, "model.kwargs", cfg.kwargs, num_classes=num_classes, **grey)
     except PluginError as problem:
         raise HarnessError(f"model.name = {cfg.name!r}: {problem}") from None
     if not isinstance(model, nn.Module):

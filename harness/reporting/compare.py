@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis import figures
+from harness.analysis.figures import MAX_CLASSES_SHOWN
 from harness.core import atomic_io
 from harness.core.run_folder import utc_now
 from harness.reporting import stats
@@ -225,7 +226,8 @@ def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
 
 
 def per_class_heat(groups: list[Group], best_label: str | None) -> str | None:
-    """Mean per-class accuracy (%) per group as a heat table, and each group's difference to the best."""
+    """Mean per-class accuracy (%) per group as a heat table, and each group's difference to the best; with
+    many classes, the ones the best group finds hardest."""
     columns = {}
     for group in groups:
         analyzed = [r.summary["per_class_acc"] for r in group.records if r.summary.get("per_class_acc")]
@@ -234,6 +236,8 @@ def per_class_heat(groups: list[Group], best_label: str | None) -> str | None:
     if not columns:
         return None
     frame = pd.DataFrame(columns).rename_axis("class")
+    if len(frame) > MAX_CLASSES_SHOWN and best_label in frame:  # the classes the best group finds hardest
+        frame = frame.sort_values(best_label).head(MAX_CLASSES_SHOWN)
     if best_label in frame:
         for label in [c for c in frame.columns if c != best_label]:
             frame[f"{label} - best"] = frame[label] - frame[best_label]

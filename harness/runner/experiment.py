@@ -37,9 +37,10 @@ from harness.core.run_folder import (
     utc_now,
 )
 from harness.data.loaders import EpochBatchSampler, check_batch_size, per_rank_batch
-from harness.data.sources import DataSplits, load_arrays
+from harness.data.sources import DataSplits
 from harness.data.transforms import check_augment
 from harness.models.builders import build_model, check_model_output, find_layer
+from harness.models.inputs import ModelInputs, prepare_inputs
 from harness.runner.plugins import check_plugins_unchanged, imported_plugins
 from harness.training.cpu_threads import limit_cpu_threads
 from harness.training.optim import build_optimizer
@@ -99,9 +100,9 @@ def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
     train = splits.train
     check_batch_size(cfg.data, len(train), world_size)
     check_augment(cfg.data, train.images[0])
-    model = build_model(cfg.model, len(splits.classes))
-    height, width = train.images.shape[1:3]
-    check_model_output(model, cfg.model, (3, height, width), len(splits.classes))
+    _, height, width, channels = train.images.shape
+    model = build_model(cfg.model, len(splits.classes), channels)
+    check_model_output(model, cfg.model, (channels, height, width), len(splits.classes))
     build_optimizer(cfg.optimizer, model)
     batches = EpochBatchSampler(
         len(train),
@@ -167,18 +168,21 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def write_model_summary(cfg: Config, path: Path, num_classes: int, image_size: tuple[int, int]) -> None:
+def write_model_summary(cfg: Config, path: Path, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+    """torchinfo's summary of the model for images of ``image_shape`` (height, width, channels)."""
     from torchinfo import summary
 
-    model = build_model(cfg.model, num_classes)
-    text = str(summary(model, input_size=(2, 3, *image_size), verbose=0, mode="eval", device="cpu"))
+    height, width, channels = image_shape
+    model = build_model(cfg.model, num_classes, channels)
+    text = str(summary(model, input_size=(2, channels, height, width), verbose=0, mode="eval", device="cpu"))
     atomic_io.write_text(path, text + "\n")
 
 
 def start_summary(
-    cfg: Config, run: Training, splits: DataSplits, run_dir: Path, resumed_from: Path | None
+    cfg: Config, run: Training, inputs: ModelInputs, run_dir: Path, resumed_from: Path | None
 ) -> dict[str, Any]:
     earlier = RunFiles(run_dir).read_summary() if resumed_from else {}
+    splits = inputs.splits
     return {
         "name": cfg.name,
         "status": "running",
@@ -195,6 +199,7 @@ def start_summary(
         "test_images": len(splits.test),
         "validation": splits.val_source,
         "classes": splits.classes,
+        **inputs.notes,  # image size, channels, normalization: what the data became for the model
         "iterations_per_epoch": run.iters_per_epoch,
         "started_utc": earlier.get("started_utc") or utc_now(),
         "resumed_from": str(resumed_from) if resumed_from else None,
@@ -222,9 +227,10 @@ def final_metric(rows: list[dict[str, Any]], column: str) -> float | None:
 
 
 def training(
-    cfg: Config, run_dir: Path, splits: DataSplits, resume: bool, outcome: Outcome, trial: TrialReporter | None
+    cfg: Config, run_dir: Path, inputs: ModelInputs, resume: bool, outcome: Outcome, trial: TrialReporter | None
 ) -> None:
     rank = idist.get_rank()
+    splits = inputs.splits
     started = time.time()
     manual_seed(cfg.seed)
     found = load_resume_checkpoint(run_dir) if resume else None
@@ -236,9 +242,9 @@ def training(
         if rank == 0:
             print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
     elapsed_before = float(RunFiles(run_dir).read_summary().get("total_time_s") or 0.0) if resumed_from else 0.0
-    summary = start_summary(cfg, run, splits, run_dir, resumed_from)
+    summary = start_summary(cfg, run, inputs, run_dir, resumed_from)
     if rank == 0:
-        write_model_summary(cfg, RunFiles(run_dir).model_summary, len(splits.classes), splits.train.images.shape[1:3])
+        write_model_summary(cfg, RunFiles(run_dir).model_summary, len(splits.classes), splits.train.images.shape[1:])
         atomic_io.write_json(RunFiles(run_dir).summary, summary)
 
     # A kill after the last checkpoint but before the final summary leaves nothing to train:
@@ -294,16 +300,19 @@ def run_in_process(
     limit_cpu_threads(idist.device())  # before any work: summary.json records threads_per_process
     # Data first: a missing folder or a corrupt image fails before the run folder exists.
     with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
-        splits = load_arrays(cfg.data, cfg.seed)
+        inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+    splits = inputs.splits
     if splits.skipped and idist.get_rank() == 0:
         print(f"warning: {splits.skipped}", file=sys.stderr, flush=True)
+    # The data section with numbers for data.mean and data.std: what config.yaml records and analysis reads.
+    cfg = cfg.model_copy(update={"data": inputs.data})
     check_before_run(cfg, splits, world_size)
     if not resume:
         run_dir, outcome.lock = open_run_dir(cfg, run_dir)
     outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
     if outcome.rank == 0:
         print(f"run folder: {run_dir}", flush=True)
-    training(cfg, run_dir, splits, resume, outcome, trial)
+    training(cfg, run_dir, inputs, resume, outcome, trial)
 
 
 # ---------------------------------------------------------------- after training (one process)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, PlainValidator
 
 from harness.core.registry import Registry
 from harness.core.schema import Section, registered
@@ -76,6 +76,13 @@ class SchedulerConfig(Section):
     interval: Literal["epoch", "iteration"] = "epoch"
 
 
+def _low_res_size(value: Any) -> int | float | None:
+    is_pixels = isinstance(value, int) and not isinstance(value, bool) and value >= 8
+    if value is None or is_pixels or (isinstance(value, float) and 0.0 < value < 1.0):
+        return value
+    raise ValueError("expected null, a side of at least 8 pixels, or a fraction of the images' side in (0, 1)")
+
+
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
@@ -85,15 +92,24 @@ class TrainConfig(Section):
     compile: bool = False
     tta_flip: bool = False
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
-    # Progressive resizing: the first low_res_epochs train on images scaled down to low_res_size; the
-    # last epoch always trains at full size (TrainConfig.low_res_epochs_used), so shortening a run stays valid.
-    low_res_size: int | None = Field(None, ge=8)
+    # Progressive resizing: the first low_res_epochs train on images scaled down to low_res_size (pixels,
+    # or a float: a fraction of the images' side, 0.75 for 24 on 32x32); the last epoch always trains at
+    # full size (TrainConfig.low_res_epochs_used), so shortening a run stays valid.
+    low_res_size: Annotated[int | float | None, PlainValidator(_low_res_size)] = None
     low_res_epochs: int = Field(0, ge=0)
     backend: Literal["nccl", "gloo"] | None = None
 
     @property
     def low_res_epochs_used(self) -> int:
         return min(self.low_res_epochs, self.epochs - 1) if self.low_res_size else 0
+
+    def low_res_pixels(self, height: int, width: int) -> tuple[int, int] | None:
+        """The size the low-resolution epochs train at, for images of ``height`` x ``width``."""
+        if self.low_res_size is None:
+            return None
+        if isinstance(self.low_res_size, float):
+            return (max(8, round(self.low_res_size * height)), max(8, round(self.low_res_size * width)))
+        return (self.low_res_size, self.low_res_size)
 
 
 class CheckpointConfig(Section):

@@ -171,7 +171,7 @@ def build_train_step(
     step_model: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    image_size: int,
+    image_size: tuple[int, int],
     diagnostics: UpdateDiagnostics | None = None,
 ) -> tuple[Callable[[Engine | None, Any], dict[str, torch.Tensor]], torch.amp.GradScaler | None]:
     """The training step of a run (loss, precision, device augmentation) and its GradScaler (fp16 only):
@@ -180,7 +180,7 @@ def build_train_step(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing).to(device)
     batch_augment = None
     if cfg.data.augment_on == "device":
-        plan = plan_from_augment(cfg.data.augment, image_size=image_size)
+        plan = plan_from_augment(cfg.data.augment, image_size)
         batch_augment = DeviceAugment(
             plan, cfg.data.mean, cfg.data.std, cfg.seed, device, idist.get_rank(), idist.get_world_size()
         )
@@ -206,7 +206,7 @@ def build_learner(
     cfg: RunSpec, device: torch.device, num_classes: int, batch_shape: tuple[int, int, int, int]
 ) -> Learner:
     """The model, its optimizer and its step module for batches of ``batch_shape`` (one rank's)."""
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, in_channels=batch_shape[1])
     num_params = count_parameters(model)
     train_cfg = resolve_train_config(cfg, model, device)
     model = idist.auto_model(place_model(model, device, train_cfg.channels_last))
@@ -238,7 +238,7 @@ def build_engines(cfg: RunSpec, run_dir: Path, loaders: Loaders, learner: Learne
     )
     train_cfg = learner.train_cfg
     train_step, scaler = build_train_step(
-        cfg, train_cfg, learner.step_model, learner.optimizer, device, learner.batch_shape[2], diagnostics
+        cfg, train_cfg, learner.step_model, learner.optimizer, device, learner.batch_shape[2:], diagnostics
     )
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
@@ -366,10 +366,11 @@ def build_training(
     Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, pruning, checkpoints, stop."""
     device = idist.device()
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
+        torch.backends.cudnn.benchmark = True  # fixed image shapes: autotuned kernels pay off at once
     loaders = build_loaders(cfg, splits, device)
-    height, width = splits.train.images.shape[1:3]
-    learner = build_learner(cfg, device, len(splits.classes), (loaders.train_sampler.batch_size, 3, height, width))
+    _, height, width, channels = splits.train.images.shape
+    batch_shape = (loaders.train_sampler.batch_size, channels, height, width)
+    learner = build_learner(cfg, device, len(splits.classes), batch_shape)
     run = build_engines(cfg, run_dir, loaders, learner, device)
     flush_logs = attach_epoch_end(run, cfg, learner, run_dir, start_iteration, trial)
     attach_saving(run, cfg, learner, run_dir, flush_logs)
