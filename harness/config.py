@@ -123,16 +123,11 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: expected 0 with the plateau scheduler"
         )
-    if s.warmup_epochs >= cfg.train.epochs and s.name in ("onecycle", "cosine"):
-        raise ConfigError(
-            f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
-            f"expected fewer than train.epochs ({cfg.train.epochs})"
-        )
     t = cfg.train
     if t.low_res_epochs and t.low_res_size is None:
         raise ConfigError(f"{source}: train.low_res_epochs = {t.low_res_epochs}: expected train.low_res_size as well")
     first_step = s.step_epochs if s.name == "step" else min(s.milestones, default=None)
-    if s.name in ("step", "multistep") and first_step is not None and first_step <= s.warmup_epochs:
+    if s.name in ("step", "multistep") and first_step is not None and first_step <= s.warmup_epochs_used(t.epochs):
         raise ConfigError(
             f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
             f"expected the warm-up to end before the first step (epoch {first_step})"

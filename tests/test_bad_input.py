@@ -26,7 +26,6 @@ BAD_SETTINGS = [
         ["scheduler.name=multistep", "scheduler.milestones=[0,3]"],
         "scheduler.milestones = [0, 3]: expected strictly increasing",
     ),
-    (["scheduler.warmup_epochs=5"], "scheduler.warmup_epochs = 5.0: expected fewer than train.epochs (2)"),
     (["train.low_res_size=null"], "train.low_res_epochs = 7: expected train.low_res_size as well"),
     (["train.low_res_size=4"], "train.low_res_size = 4: expected null, a side of at least 8 pixels, or a fraction"),
     (["diagnostics.samples_per_epoch=-1"], "diagnostics.samples_per_epoch = -1: expected a value >= 0"),

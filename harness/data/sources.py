@@ -410,7 +410,12 @@ def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     elif val is not None:
         val_source = f"the data folder's own val/ ({len(val)} images)"
     elif data.val_size:
-        train, val = hold_out_validation(train, data.val_size, data.val_seed)
+        val_size = data.val_size
+        if isinstance(val_size, float) and data.train_subset is not None:
+            # A fraction of the images the run uses (its subset and its validation split), not of the whole
+            # split: 2,000 training images hold out 222, not 5,000 of CIFAR-10's 50,000.
+            val_size = max(1, round(val_size / (1 - val_size) * data.train_subset))
+        train, val = hold_out_validation(train, val_size, data.val_seed)
         val_source = (
             f"held out of the training images: {len(val)} (data.val_size {data.val_size}, "
             f"stratified, data.val_seed {data.val_seed})"

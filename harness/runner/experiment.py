@@ -112,6 +112,13 @@ def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
         world_size=world_size,
     )
     check_schedule(cfg.scheduler, len(batches), cfg.train.epochs)
+    warmup = cfg.scheduler.warmup_epochs_used(cfg.train.epochs)
+    if warmup < cfg.scheduler.warmup_epochs and idist.get_rank() == 0:
+        print(
+            f"note: scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} is more than half of the "
+            f"{cfg.train.epochs}-epoch run: warming up for {warmup:g} epochs",
+            flush=True,
+        )
     if cfg.analysis.enabled:
         for name in cfg.analysis.gradcam_layers:
             try:

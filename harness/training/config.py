@@ -75,6 +75,11 @@ class SchedulerConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     interval: Literal["epoch", "iteration"] = "epoch"
 
+    def warmup_epochs_used(self, epochs: int) -> float:
+        """The warm-up, at most half of a run of ``epochs``: a recipe shortened for a first try
+        (``--set train.epochs=2``) keeps a warm-up and its decay (the last half of the run)."""
+        return min(self.warmup_epochs, epochs / 2)
+
 
 def _low_res_size(value: Any) -> int | float | None:
     is_pixels = isinstance(value, int) and not isinstance(value, bool) and value >= 8

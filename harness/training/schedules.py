@@ -47,22 +47,23 @@ class StepTorchScheduler:
         self.scheduler.load_state_dict(state)
 
 
-def _warmup_start(cfg: SchedulerConfig, lr: float, iters_per_epoch: int) -> list[tuple[int, float]]:
-    warmup_iters = round(cfg.warmup_epochs * iters_per_epoch)
+def _warmup_start(cfg: SchedulerConfig, lr: float, iters_per_epoch: int, epochs: int) -> list[tuple[int, float]]:
+    warmup_iters = round(cfg.warmup_epochs_used(epochs) * iters_per_epoch)
     return [(0, lr * cfg.start_factor), (warmup_iters, lr)] if warmup_iters else [(0, lr)]
 
 
 def _step_points(cfg: SchedulerConfig, lr: float, iters_per_epoch: int, epochs: int, step_epochs: list[int]) -> list:
     """Warm-up, then the learning rate times gamma at each of ``step_epochs``, as (iteration, lr) corners."""
     total_iters = iters_per_epoch * epochs
-    points = _warmup_start(cfg, lr, iters_per_epoch)
+    points = _warmup_start(cfg, lr, iters_per_epoch, epochs)
     value = lr
     for epoch in step_epochs:
         at = epoch * iters_per_epoch
         if at >= total_iters:
             break
         if at - 1 <= points[-1][0]:
-            raise HarnessError(f"scheduler: a step at epoch {epoch} falls inside the {cfg.warmup_epochs}-epoch warm-up")
+            warmup = cfg.warmup_epochs_used(epochs)
+            raise HarnessError(f"scheduler: a step at epoch {epoch} falls inside the {warmup}-epoch warm-up")
         points += [(at - 1, value), (at, value * cfg.gamma)]
         value *= cfg.gamma
     if points[-1][0] < total_iters:
@@ -77,7 +78,7 @@ def _piecewise(points: list[tuple[int, float]], optimizer: torch.optim.Optimizer
 def onecycle(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int, epochs: int) -> Schedule:
     """Linear warm-up to lr, then linear decay to lr * final_factor (Smith & Topin, 2017)."""
     lr = optimizer.param_groups[0]["lr"]
-    points = _warmup_start(cfg, lr, iters_per_epoch) + [(iters_per_epoch * epochs, lr * cfg.final_factor)]
+    points = _warmup_start(cfg, lr, iters_per_epoch, epochs) + [(iters_per_epoch * epochs, lr * cfg.final_factor)]
     return _piecewise(points, optimizer)
 
 
@@ -98,7 +99,7 @@ def multistep(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, iters_per_
 
 def cosine(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, iters_per_epoch: int, epochs: int) -> Schedule:
     lr = optimizer.param_groups[0]["lr"]
-    warmup_iters = round(cfg.warmup_epochs * iters_per_epoch)
+    warmup_iters = round(cfg.warmup_epochs_used(epochs) * iters_per_epoch)
     scheduler = CosineAnnealingScheduler(
         optimizer,
         "lr",
