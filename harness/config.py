@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 from harness.analysis.config import AnalysisConfig
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
-from harness.core.schema import Section, format_validation_error
+from harness.core.schema import Section, error_key, format_validation_error
 from harness.core.yaml_io import absolute_plugin_files, dump_yaml, parse_yaml, read_yaml
 from harness.data.config import SOURCES, DataConfig
 from harness.models.config import MODELS, ModelConfig
@@ -134,6 +134,15 @@ def _check_consistency(cfg: Config, source: str) -> None:
         )
 
 
+def _source_of(key: str, overrides: list[str], source: str) -> str:
+    """Where a bad key came from: the ``--set`` that gave it (the last one wins), or the file."""
+    for text in reversed(overrides):
+        given = text.partition("=")[0].strip()
+        if key == given or key.startswith((f"{given}.", f"{given}[")) or given.startswith(f"{key}."):
+            return f"--set {text!r}"
+    return source
+
+
 def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<config>") -> Config:
     """Validate a config given as a dict (a YAML file's, read), with ``--set`` overrides applied; a
     plug-in file named by a relative path (``./my_models.py:Net``) is taken from the working folder."""
@@ -145,7 +154,9 @@ def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<confi
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source, Config)) from None
+        raise ConfigError(
+            format_validation_error(error, _source_of(error_key(error), overrides, source), Config)
+        ) from None
     _check_consistency(cfg, source)
     return cfg
 

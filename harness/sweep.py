@@ -108,7 +108,7 @@ def run_sweep(
         return code
     failed = failures(study, runs)
     if failed:
-        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
+        print(f"error: failed runs: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -67,7 +67,11 @@ def build_pruner(p: PrunerConfig) -> optuna.pruners.BasePruner:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    parser = ArgumentParser(prog="python -m harness.tune", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python -m harness.tune",
+        description="Search hyperparameters on the validation split (Optuna, several workers), then confirm the "
+        "best over seeds on the test set.",
+    )
     parser.add_argument("search", type=Path, help="search file, e.g. experiments/search/resnet18_cpu.yaml")
     parser.add_argument("--trials", type=int, help="complete + pruned trials to reach (default: the file's)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")

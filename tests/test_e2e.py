@@ -24,7 +24,7 @@ from tests.conftest import REPO, experiment_args, free_port, run_cli, subprocess
 
 TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
 # What differs between any two runs of the same config, interrupted or not.
-VOLATILE_SUMMARY = {"started_utc", "finished_utc", "total_time_s", "resumed_from", "analysis_completed_utc"}
+VOLATILE_SUMMARY = {"started_utc", "finished_utc", "total_time_s", "resumed_from", "analysis_completed_utc", "history"}
 
 
 def read_rows(path: Path, drop: set[str] = frozenset()) -> list[dict]:

@@ -91,7 +91,9 @@ def print_table(results: dict[str, Any]) -> None:
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python -m harness.bench", description="Measure speed: the harness against a plain loop, data, Grad-CAM."
+    )
     parser.add_argument(
         "which",
         nargs="*",

@@ -210,6 +210,16 @@ def start_summary(
         "iterations_per_epoch": run.iters_per_epoch,
         "started_utc": earlier.get("started_utc") or utc_now(),
         "resumed_from": str(resumed_from) if resumed_from else None,
+        # Every start and end of this run's training, so the report can say what happened to it.
+        "history": [
+            *earlier.get("history", []),
+            {
+                "event": "resumed" if resumed_from else "started",
+                "utc": utc_now(),
+                "iteration": run.trainer.state.iteration,
+                **({"checkpoint": resumed_from.name} if resumed_from else {}),
+            },
+        ],
         "plugins": imported_plugins(cfg),  # what was imported by path or from a package: --resume checks it
         "git_commit": git_commit(),
         "versions": library_versions(),
@@ -269,6 +279,7 @@ def training(
         run.close()
 
     summary.update(training_status(run))
+    summary["history"].append({"event": summary["status"], "utc": utc_now(), "iteration": run.trainer.state.iteration})
     best_acc, best_epoch = run.log.best()
     rows = run.log.metrics_rows
     summary.update(
