@@ -104,6 +104,8 @@ class CheckpointConfig(Section):
 
 class LoggingConfig(Section):
     tensorboard: bool = True  # event files in RUN_DIR/tensorboard/: tensorboard --logdir results
+    # auto: tqdm bars on a terminal, tqdm.auto's in a notebook, progress lines in a log (harness.training.progress)
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
 
 
 class DiagnosticsConfig(Section):
