@@ -1,6 +1,6 @@
 """What a user sees while a run trains: a bar on a terminal (a real pseudo-terminal, as a shell
-gives), progress lines with an ETA in a log, the estimate of the whole run. The clock is driven by
-hand where only the arithmetic is under test."""
+gives), progress lines with an ETA in a log, the estimate of the whole run, the word on a GPU recipe
+started on a CPU. The clock is driven by hand where only the arithmetic is under test."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from ignite.engine import Engine
 
-from harness.training.progress import Lines, ProgressClock, RunProgress
-from tests.conftest import REPO, subprocess_env
+from harness.config import load_config
+from harness.training.progress import Lines, ProgressClock, RunProgress, gpu_recipe_warning
+from tests.conftest import EXPERIMENTS, REPO, subprocess_env
 
 
 def read_until_exit(process: subprocess.Popen, terminal: int, timeout: float) -> str:
@@ -116,3 +118,15 @@ def test_the_clock_skips_the_warm_up_weighs_small_epochs_and_adds_the_epoch_ends
     assert clock.epoch_end_s == 5.0
     assert clock.run_left_s(state) == 10 * 8.0 + 5.0
     assert clock.images_per_s(state, batch_size=64) == 8.0
+
+
+@pytest.mark.parametrize(
+    ("experiment", "device", "warns"),
+    [("resnet18", "cpu", True), ("resnet18", "cuda", False), ("resnet18_cpu", "cpu", False)],
+)
+def test_a_gpu_recipe_on_a_cpu_says_so_and_names_the_cpu_recipe(experiment, device, warns):
+    warning = gpu_recipe_warning(load_config(EXPERIMENTS / f"{experiment}.yaml").train, torch.device(device))
+    assert (warning is not None) == warns
+    if warns:
+        assert warning.startswith("warning: this config is a GPU recipe") and "\n" not in warning
+        assert "experiments/resnet18_cpu.yaml" in warning and warning.endswith("Going on.")

@@ -43,6 +43,7 @@ from harness.models.builders import build_model, check_model_output, find_layer
 from harness.runner.plugins import check_plugins_unchanged, imported_plugins
 from harness.training.cpu_threads import limit_cpu_threads
 from harness.training.optim import build_optimizer
+from harness.training.progress import gpu_recipe_warning
 from harness.training.pruning import TrialReporter
 from harness.training.schedules import check_schedule
 from harness.training.wiring import Training, build_training
@@ -226,6 +227,9 @@ def training(
 ) -> None:
     rank = idist.get_rank()
     started = time.time()
+    warning = gpu_recipe_warning(cfg.train, idist.device())
+    if warning and rank == 0:
+        print(warning, file=sys.stderr, flush=True)
     manual_seed(cfg.seed)
     found = load_resume_checkpoint(run_dir) if resume else None
     resumed_from, state = found or (None, None)

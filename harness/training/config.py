@@ -90,6 +90,8 @@ class TrainConfig(Section):
     low_res_size: int | None = Field(None, ge=8)
     low_res_epochs: int = Field(0, ge=0)
     backend: Literal["nccl", "gloo"] | None = None
+    # Set in a GPU recipe: the config to run instead without a GPU. Started on a CPU, the run says so and goes on.
+    cpu_recipe: str | None = None
 
     @property
     def low_res_epochs_used(self) -> int:

@@ -1,6 +1,6 @@
 """What a user sees while a run trains, on rank 0: a bar per epoch and per evaluation on a terminal,
 ``tqdm.auto`` bars in a notebook, a progress line now and then in a log; one estimate of the whole
-run's training time after its first measured iterations.
+run's training time after its first measured iterations; a word when a GPU recipe starts on a CPU.
 
 tqdm is driven directly rather than through Ignite's ``ProgressBar``, for two reasons. The bar shows
 this module's own clock (images/s, the time left in the epoch and in the run), the one measurement
@@ -67,6 +67,18 @@ def relative_epoch_cost(train: TrainConfig, image_size: int) -> Callable[[int], 
     epochs of progressive resizing (a convolution's cost grows with the pixels), 1 for the others."""
     low_res = (train.low_res_size / image_size) ** 2 if train.low_res_size else 1.0
     return lambda epoch: low_res if epoch <= train.low_res_epochs_used else 1.0
+
+
+def gpu_recipe_warning(train: TrainConfig, device: torch.device) -> str | None:
+    """The one line for a GPU recipe started on a CPU: the config marks its intent itself
+    (``train.cpu_recipe`` names the recipe to run without a GPU), since nothing else in a config
+    (its precision, its batch, where it augments) says what hardware its author meant."""
+    if train.cpu_recipe is None or device.type != "cpu":
+        return None
+    return (
+        "warning: this config is a GPU recipe and this machine trains on its CPU, many times slower (the estimate "
+        f"follows the first iterations); the recipe for a CPU is {train.cpu_recipe}. Going on."
+    )
 
 
 class ProgressClock:
