@@ -68,9 +68,15 @@ def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def with_progress(cfg: Config, progress: str) -> Config:
+    return cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"progress": progress})})
+
+
 def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
     """Pairs of one plain and one harness repetition, run back to back; the median of the pairs'
-    ratios is the harness's efficiency.
+    ratios is the harness's efficiency. Then pairs of harness repetitions with the terminal's
+    progress bars (drawn into stderr, whatever it is) and without any progress display: what the
+    bars cost.
 
     A shared machine's speed drifts by more than the overhead being measured; within a pair it
     drifts little, and the order alternates (ABBA) so that neither loop always runs second. The
@@ -92,7 +98,13 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
             lambda repeat: harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"),
             repeats,
         )
+        bars, quiet = paired(
+            lambda repeat: harness_images_per_s(with_progress(cfg, "bar"), iterations, Path(tmp) / f"bars{repeat}"),
+            lambda repeat: harness_images_per_s(with_progress(cfg, "off"), iterations, Path(tmp) / f"quiet{repeat}"),
+            repeats,
+        )
     ratios = [h / p for h, p in zip(harness, plain, strict=True)]
+    bar_ratios = [b / q for b, q in zip(bars, quiet, strict=True)]
     return {
         **setting(width, batch, amp, iterations, repeats),
         "plain_images_per_s": plain,
@@ -101,6 +113,10 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
         "plain_median": statistics.median(plain),
         "harness_median": statistics.median(harness),
         "harness_over_plain": statistics.median(ratios),
+        "bars_images_per_s": bars,
+        "no_progress_images_per_s": quiet,
+        "bars_pair_ratios": bar_ratios,
+        "bars_over_no_progress": statistics.median(bar_ratios),
     }
 
 
