@@ -37,7 +37,7 @@ LINE_INTERVAL_S = 30.0
 LINE_EPOCH_FRACTION = 0.1
 # The estimate comes once this many iterations, or seconds, are measured (or at the first epoch's end).
 ESTIMATE_AFTER_ITERATIONS = 10
-ESTIMATE_AFTER_S = 10.0
+ESTIMATE_AFTER_S = 20.0
 UNSIZED_TERMINAL = (100, 24)  # columns, lines
 EPOCH_BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"
 EVALUATION_BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}"
@@ -393,10 +393,15 @@ class RunProgress:
         clock = self.clock
         total_s = clock.work_left(state, from_iteration=clock.start_iteration) * clock.seconds_per_work
         first_epoch = clock.start_iteration // state.epoch_length + 1
+        measured = (
+            f"iterations {clock.first_measured}-{state.iteration}"
+            if state.iteration > clock.first_measured
+            else f"iteration {state.iteration}"
+        )
         self.display.write(
             f"estimate: training epochs {first_epoch}-{state.max_epochs} takes about {format_duration(total_s)} "
             f"on this {self.device_name} ({clock.images_per_s(state, self.batch_size):,.0f} img/s over "
-            f"iterations {clock.first_measured}-{state.iteration}); each epoch's evaluation comes on top"
+            f"{measured}); each epoch's evaluation comes on top"
         )
 
     def close(self) -> None:
