@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ def read_until_exit(process: subprocess.Popen, terminal: int, timeout: float) ->
     """Everything the process writes to the terminal, in order, until it exits."""
     chunks, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if not select.select([terminal], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(terminal, 65536)
         except OSError:  # the last writer closed its end: the process is gone
@@ -52,6 +55,8 @@ def test_a_bar_shows_during_the_first_epoch_on_a_terminal(write_config, tmp_path
         shown = read_until_exit(process, controller, timeout=300)
     finally:
         os.close(controller)
+        if process.poll() is None:
+            process.kill()
     assert process.returncode == 0, shown[-3000:]
     during_epoch = shown[: shown.index("epoch 1/1: train_loss")]
     assert re.search(r"epoch 1/1 +\d+%\|.*\| \d/8, loss \d\.\d{4}, lr [\d.e-]+, ", during_epoch), during_epoch[-2000:]
