@@ -67,7 +67,9 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
     return runs
 
 
-def progress_printer(runs: list[SweepRun], finished_before: set[str], workers: int) -> Callable[[list], None]:
+def progress_printer(
+    runs: list[SweepRun], finished_before: set[str], workers: int
+) -> Callable[[list[FrozenTrial]], None]:
     """Prints a line per run as it ends and the sweep's status line on every change, from what the storage says."""
     told: set[int] = set()
     names = {run.name for run in runs}
