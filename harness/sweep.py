@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import load_config
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
@@ -38,6 +40,7 @@ from harness.search.engine import (
     work,
 )
 from harness.search.plans import SweepPlan, SweepRun
+from harness.search.progress import StudyStatus, latest_per_run
 from harness.search.space import HeartbeatConfig
 
 STUDY = "sweep"
@@ -62,6 +65,34 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
             folders[folder] = path
             runs.append(SweepRun(path.resolve(), seed, folder))
     return runs
+
+
+def progress_printer(
+    runs: list[SweepRun], finished_before: set[str], workers: int
+) -> Callable[[list[FrozenTrial]], None]:
+    """Prints a line per run as it ends and the sweep's status line on every change, from what the storage says."""
+    told: set[int] = set()
+    names = {run.name for run in runs}
+
+    def on_change(trials: list[FrozenTrial]) -> None:
+        latest = {name: trial for name, trial in latest_per_run(trials).items() if name in names}
+        for name, trial in latest.items():
+            if trial.number in told or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            told.add(trial.number)
+            attrs = trial.user_attrs
+            what = "completed" if trial.state == TrialState.COMPLETE else f"failed: {attrs.get('error', '?')}"
+            print(f"run {name}: {what} ({attrs.get('epochs')} epochs, {attrs.get('time_s', '?')} s)", flush=True)
+        status = StudyStatus(
+            "runs",
+            len(runs),
+            list(latest.values()),
+            done_before=len(finished_before - latest.keys()),
+            failure_ends=True,
+        )
+        print(status.line(workers, datetime.now()), flush=True)
+
+    return on_change
 
 
 def comparison(runs: list[SweepRun], sweep_dir: Path) -> None:
@@ -101,7 +132,9 @@ def run_sweep(
     command = [sys.executable, "-m", "harness.sweep", *map(str, configs), "--out", str(sweep_dir)]
     command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
     command += ["--set", *overrides] if overrides else []
-    code = supervise(start_workers(command, workers, sweep_dir / "logs"), study, lambda _: None)
+    code = supervise(
+        start_workers(command, workers, sweep_dir / "logs"), study, progress_printer(runs, finished, workers)
+    )
     comparison(runs, sweep_dir)
     print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
     if code:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,6 +28,7 @@ from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_er
 from harness.core.run_folder import create_output_dir
 from harness.search.engine import default_storage, open_storage, open_study, retrying, start_workers, supervise, work
 from harness.search.plans import SearchPlan
+from harness.search.progress import StudyStatus, counted
 from harness.search.space import PrunerConfig, Search, load_search
 from harness.search.study_report import (
     best_trial,
@@ -98,10 +100,12 @@ def worker_command(args: Any, search: Search, out: Path, storage_url: str) -> li
     return command + (["--set", *args.overrides] if args.overrides else [])
 
 
-def progress_printer(search: Search) -> Any:
-    """Prints a line per trial as it ends, and rewrites trials.csv, from what the storage says."""
+def progress_printer(search: Search, workers: int) -> Any:
+    """Prints a line per trial as it ends and the study's status line on every change, and rewrites
+    trials.csv, from what the storage says."""
     told: set[int] = set()
     metric = search.spec.objective.metric
+    maximize = search.spec.objective.direction == "maximize"
 
     def on_change(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> None:
         atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
@@ -116,6 +120,10 @@ def progress_printer(search: Search) -> Any:
                 what = "interrupted" if t.user_attrs.get("interrupted") else f"failed: {t.user_attrs.get('error', '?')}"
             epochs = t.user_attrs.get("epochs")
             print(f"trial {t.number}: {what} ({epochs} epochs, {t.user_attrs.get('time_s', '?')} s)", flush=True)
+        status = StudyStatus(
+            "trials", search.trials, [t for t in trials if counted(t)], metric=metric, maximize=maximize
+        )
+        print(status.line(workers, datetime.now()), flush=True)
 
     return on_change
 
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if search.spec.baseline_first and not study.get_trials(deepcopy=False):  # once, when the study is new
         retrying("queueing the base's own values", lambda: study.enqueue_trial(search.base_params(args.overrides)))
-    on_change = progress_printer(search)
+    on_change = progress_printer(search, args.workers)
     code = 0
     if SearchPlan(search, out, args.overrides).state(study) != "done":  # a finished study starts no worker
         workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")

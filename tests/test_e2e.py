@@ -58,6 +58,7 @@ def test_main_job_at_test_size(main_job_run):
     out, result = main_job_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run folder: {out} (completed)" in result.stdout
+    assert "this config is a GPU recipe" in result.stderr, "it ran on a CPU, and says so"
     assert_run_complete(out, test_images=50, val_images=18)
     assert list((out / "checkpoints").glob("best_*.pt")), "the best checkpoint, chosen on validation"
 

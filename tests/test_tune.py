@@ -387,3 +387,33 @@ def test_each_worker_and_each_start_of_the_command_draws_its_own_trials():
     draws = {first_draw(w, n) for w in (0, 1) for n in (0, 6)}
     assert len(draws) == 4, "a second worker, or a re-run of the command, must not repeat the first trials"
     assert first_draw(1, 6) == first_draw(1, 6), "and each is reproducible"
+
+
+def test_the_status_line_counts_the_trials_names_the_best_and_spreads_the_eta_over_the_workers():
+    from datetime import datetime, timedelta
+
+    from optuna.trial import FrozenTrial, TrialState
+
+    from harness.search.progress import StudyStatus, counted
+
+    now = datetime(2026, 1, 1, 12)
+
+    def trial(number: int, state: TrialState, seconds: float, value: float | None = None, **attrs) -> FrozenTrial:
+        start = now - timedelta(seconds=seconds)
+        end = now if state != TrialState.RUNNING else None
+        return FrozenTrial(number, state, value, start, end, {}, {}, attrs, {}, {}, number)
+
+    trials = [
+        trial(0, TrialState.COMPLETE, 600, 0.80),
+        trial(1, TrialState.PRUNED, 300),
+        trial(2, TrialState.COMPLETE, 600, 0.8123),
+        trial(3, TrialState.FAIL, 10),
+        trial(4, TrialState.FAIL, 10, interrupted=True),  # queued again as trial 5
+        trial(5, TrialState.RUNNING, 100),
+        trial(6, TrialState.RUNNING, 900),  # past the mean of 500 s: about to end
+    ]
+    status = StudyStatus("trials", 10, [t for t in trials if counted(t)], metric="final_val_acc")
+    # 5 trials still to start at 500 s and 400 s left of trial 5, on 2 workers: (2,500 + 400) / 2 s.
+    assert status.line(workers=2, now=now) == (
+        "trials: 3 of 10 done (1 pruned), 1 failed, 2 running, best final_val_acc 0.8123 (trial 2), ETA 24 min"
+    )

@@ -30,7 +30,8 @@ from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 
 # Keys that do not change what is trained or measured: runs that differ only in these are replicates.
 NOT_THE_EXPERIMENT = (
-    "seed", "checkpoint.", "analysis.", "report.", "logging.", "diagnostics.", "data.num_workers", "data.cache_dir"
+    "seed", "checkpoint.", "analysis.", "report.", "logging.", "diagnostics.", "data.num_workers", "data.cache_dir",
+    "train.cpu_recipe",
 )  # fmt: skip
 DEFAULT_LAYER = "layer4"  # the block whose update/weight ratio the comparison overlays
 SIGNIFICANCE = 0.05

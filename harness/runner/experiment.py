@@ -44,6 +44,7 @@ from harness.models.inputs import ModelInputs, prepare_inputs
 from harness.runner.plugins import check_plugins_unchanged, imported_plugins
 from harness.training.cpu_threads import limit_cpu_threads
 from harness.training.optim import build_optimizer
+from harness.training.progress import gpu_recipe_warning
 from harness.training.pruning import TrialReporter
 from harness.training.schedules import check_schedule
 from harness.training.wiring import Training, build_training
@@ -249,6 +250,9 @@ def training(
     rank = idist.get_rank()
     splits = inputs.splits
     started = time.time()
+    warning = gpu_recipe_warning(cfg.train, idist.device())
+    if warning and rank == 0:
+        print(warning, file=sys.stderr, flush=True)
     manual_seed(cfg.seed)
     found = load_resume_checkpoint(run_dir) if resume else None
     resumed_from, state = found or (None, None)

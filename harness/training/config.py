@@ -103,6 +103,8 @@ class TrainConfig(Section):
     low_res_size: Annotated[int | float | None, PlainValidator(_low_res_size)] = None
     low_res_epochs: int = Field(0, ge=0)
     backend: Literal["nccl", "gloo"] | None = None
+    # Set in a GPU recipe: the config to run instead without a GPU. Started on a CPU, the run says so and goes on.
+    cpu_recipe: str | None = None
 
     @property
     def low_res_epochs_used(self) -> int:
@@ -125,6 +127,8 @@ class CheckpointConfig(Section):
 
 class LoggingConfig(Section):
     tensorboard: bool = True  # event files in RUN_DIR/tensorboard/: tensorboard --logdir results
+    # auto: tqdm bars on a terminal, tqdm.auto's in a notebook, progress lines in a log (harness.training.progress)
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
 
 
 class DiagnosticsConfig(Section):

@@ -1,11 +1,11 @@
-"""Everything attached to the engines besides the training step: evaluation, logs, checkpoints,
-progress bars, NaN and signal handling. Side effects on disk happen on rank 0 only."""
+"""Everything attached to the engines besides the training step and the progress display
+(``harness.training.progress``): evaluation, logs, checkpoints, NaN and signal handling. Side
+effects on disk happen on rank 0 only."""
 
 from __future__ import annotations
 
 import random
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from ignite.handlers import (
     Checkpoint,
     DiskSaver,
     EMAHandler,
-    ProgressBar,
     TensorboardLogger,
     TerminateOnNan,
     Timer,
@@ -68,7 +67,9 @@ class StopRequest:
         self.signum = signum
 
 
-def _every_or_epoch_end(every: int) -> Callable[[Engine, int], bool]:
+def every_or_epoch_end(every: int) -> Callable[[Engine, int], bool]:
+    """An event filter: every ``every``-th iteration, and each epoch's last."""
+
     def due(engine: Engine, iteration: int) -> bool:
         return iteration % every == 0 or iteration % engine.state.epoch_length == 0
 
@@ -79,7 +80,7 @@ def attach_nan_guard(trainer: Engine, check_every: int) -> None:
     """TerminateOnNan on the loss; checked every ``check_every`` iterations (and at each epoch end)
     since each check reads the loss back from the device."""
     trainer.add_event_handler(
-        Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(check_every)),
+        Events.ITERATION_COMPLETED(event_filter=every_or_epoch_end(check_every)),
         TerminateOnNan(output_transform=lambda out: out["loss"]),
     )
 
@@ -102,19 +103,6 @@ def attach_weight_average(trainer: Engine, model: torch.nn.Module, decay: float)
 
     ema.attach(trainer, name="ema_momentum")
     return ema.ema_model
-
-
-def attach_progress_bars(trainer: Engine, evaluators: list[Engine], update_every: int) -> None:
-    """tqdm bars on an interactive terminal; logs and CI get the one line per epoch instead."""
-    if idist.get_rank() != 0 or not sys.stderr.isatty():
-        return
-    ProgressBar(persist=False).attach(
-        trainer,
-        output_transform=lambda out: {"loss": out["loss"]},
-        event_name=Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(update_every)),
-    )
-    for evaluator in evaluators:
-        ProgressBar(persist=False, desc="eval").attach(evaluator)
 
 
 def attach_epoch_timer(trainer: Engine) -> Timer:
