@@ -150,10 +150,9 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
 
 def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads; damaged ones are named, set aside and skipped; what a crash
-    while saving left (Ignite's temporary files) is removed."""
+    while saving left (a temporary file) is removed."""
     if idist.get_rank() == 0:
-        for partial in RunFiles(run_dir).checkpoints.glob("tmp*"):
-            partial.unlink(missing_ok=True)
+        atomic_io.remove_partial_files(RunFiles(run_dir).checkpoints)
     for path in list_checkpoints(RunFiles(run_dir).checkpoints):
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
