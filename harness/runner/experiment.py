@@ -26,6 +26,7 @@ from ignite.utils import manual_seed
 from harness.config import Config, dump_config, load_config
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
+from harness.core.full_disk import DiskFullError
 from harness.core.provenance import describe_device, git_commit, library_versions
 from harness.core.run_folder import (
     RunFiles,
@@ -246,13 +247,17 @@ def training(
     try:
         if run.trainer.state.iteration < run.iters_per_epoch * cfg.train.epochs:
             run.trainer.run(run.loaders.train, max_epochs=cfg.train.epochs)
-    except HarnessError as error:
-        if rank == 0:
+    except BaseException as error:
+        if rank == 0 and isinstance(error, HarnessError):
             record_failure(run_dir, summary, str(error))
+        try:
+            run.close()
+        except DiskFullError:
+            pass  # the same full disk, met again by TensorBoard's writer: the error raised is the one to report
         raise
     finally:
         run.stop.uninstall()
-        run.close()
+    run.close()
 
     summary.update(training_status(run))
     best_acc, best_epoch = run.log.best()

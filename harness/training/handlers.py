@@ -30,6 +30,7 @@ from harness.core import atomic_io
 from harness.core.errors import HarnessError
 from harness.core.run_folder import BEST_PREFIX, RunLog
 from harness.training.diagnostics import UpdateDiagnostics
+from harness.training.event_files import open_event_file
 
 
 class RNGState:
@@ -288,8 +289,9 @@ def attach_tensorboard(
 ) -> TensorboardLogger:
     """TensorBoard event files: the learning rate every iteration, train loss and accuracy and each
     evaluated split's (``val/``, ``test/``) every epoch, all against the iteration. A resumed run
-    purges what the crashed one logged past its checkpoint, so TensorBoard shows each step once."""
-    logger = TensorboardLogger(log_dir=str(log_dir), purge_step=start_iteration + 1 if start_iteration else None)
+    purges what the crashed one logged past its checkpoint (all of it, resumed from none), so
+    TensorBoard shows each step once."""
+    logger = open_event_file(log_dir, purge_step=start_iteration + 1)
     at_iteration = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
     logger.attach(trainer, OptimizerParamsHandler(optimizer, "lr", tag="train"), Events.ITERATION_COMPLETED)
     logger.attach_output_handler(
