@@ -136,6 +136,8 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
             atomic_io.write_text(RunFiles(run_dir).config, dump_config(cfg)).chmod(0o444)  # what this run used
         except HarnessError as error:
             message = f"error:{error}"
+            if lock is not None:
+                lock.release()
     shared = (
         idist.broadcast(message or str(run_dir), src=0, safe_mode=True)
         if idist.get_world_size() > 1
@@ -282,7 +284,7 @@ def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None
     """Mark the run failed in summary.json if the disk still takes it; ``--resume`` continues it."""
     try:
         atomic_io.write_json(RunFiles(run_dir).summary, {**summary, "status": "failed", "error": message})
-    except OSError:
+    except (OSError, DiskFullError):
         pass
 
 
@@ -420,6 +422,11 @@ def run_experiment(
             print(f"run folder: {outcome.run_dir} ({outcome.status})", flush=True)
             return RunResult.read(outcome.run_dir, outcome.status, outcome.signum)
         return RunResult(outcome.run_dir, outcome.status, {}, pd.DataFrame(), outcome.signum)
+    except DiskFullError as full:
+        folder = outcome.run_dir or run_dir
+        if folder is not None and RunFiles(folder).config.is_file():  # a run folder to continue
+            raise full.then(f"--resume {folder}") from None
+        raise
     finally:
         for held in (lock, outcome.lock):
             if held is not None:
