@@ -9,11 +9,14 @@ writer thread re-raises its OSError in whichever call comes next.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from harness.core.errors import HarnessError
 
@@ -73,3 +76,33 @@ def reported_as_full_disk(path: str | Path, tidy: Callable[[], None] | None = No
         if tidy is not None:
             tidy()
         raise DiskFullError(path, reason) from None
+
+
+class LogDroppingOnFullDisk(io.TextIOBase):
+    """A log file as a process's stdout or stderr, written through at once, that drops what a full disk
+    refuses: a lost log line must not stop a worker's run, whose own files report the full disk."""
+
+    def __init__(self, stream: TextIO) -> None:
+        stream.flush()
+        self._fd = stream.fileno()
+
+    def write(self, text: str) -> int:
+        data = text.encode(errors="replace")
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as error:
+            if error.errno not in FULL_DISK_ERRNOS:
+                raise
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def log_to_a_disk_that_may_fill() -> None:
+    """A worker process's stdout and stderr (its log file) drop the lines a full disk refuses."""
+    sys.stdout, sys.stderr = LogDroppingOnFullDisk(sys.stdout), LogDroppingOnFullDisk(sys.stderr)
