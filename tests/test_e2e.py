@@ -4,7 +4,6 @@ on the same folder."""
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import signal
@@ -20,21 +19,17 @@ import torch
 from harness.core.run_folder import list_checkpoints
 from harness.run import main
 from harness.training.cpu_threads import available_cores
-from tests.conftest import REPO, experiment_args, free_port, run_cli, subprocess_env, tensorboard_scalars
-
-TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
-# What differs between any two runs of the same config, interrupted or not.
-VOLATILE_SUMMARY = {"started_utc", "finished_utc", "total_time_s", "resumed_from", "analysis_completed_utc"}
-
-
-def read_rows(path: Path, drop: set[str] = frozenset()) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
-
-
-def comparable_summary(run_dir: Path) -> dict:
-    text = (run_dir / "summary.json").read_text().replace(str(run_dir), "RUN_DIR")
-    return {k: v for k, v in json.loads(text).items() if k not in VOLATILE_SUMMARY}
+from tests.conftest import (
+    REPO,
+    TIMING_COLUMNS,
+    comparable_summary,
+    experiment_args,
+    free_port,
+    read_rows,
+    run_cli,
+    subprocess_env,
+    tensorboard_scalars,
+)
 
 
 def assert_run_complete(run_dir: Path, test_images: int, val_images: int = 0) -> None:
