@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import load_config
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.full_disk import log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
@@ -116,6 +117,7 @@ def run_sweep(
     sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir))
     heartbeat = HeartbeatConfig()
     if as_worker is not None:
+        log_to_a_disk_that_may_fill()
         study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
         return work(study, sweep, heartbeat.interval_s)
 

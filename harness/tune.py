@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
 from harness.search.engine import default_storage, open_storage, open_study, retrying, start_workers, supervise, work
 from harness.search.plans import SearchPlan
@@ -108,7 +109,10 @@ def progress_printer(search: Search, workers: int) -> Any:
     maximize = search.spec.objective.direction == "maximize"
 
     def on_change(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> None:
-        atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+        try:
+            atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+        except DiskFullError:
+            pass  # written again once the workers end, which reports a disk still full
         for t in trials:
             if t.number in told or t.state in (TrialState.RUNNING, TrialState.WAITING):
                 continue
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     storage_url = args.storage or default_storage(out, "study")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what happened
     if args.as_worker is not None:
+        log_to_a_disk_that_may_fill()
         storage = open_storage(storage_url, search.spec.heartbeat)
         plan = SearchPlan(search, out, args.overrides)
         study = open_study(

@@ -26,6 +26,7 @@ from ignite.utils import manual_seed
 from harness.config import Config, dump_config, load_config
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
+from harness.core.full_disk import DiskFullError
 from harness.core.provenance import describe_device, git_commit, library_versions
 from harness.core.run_folder import (
     RunFiles,
@@ -144,6 +145,8 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
             atomic_io.write_text(RunFiles(run_dir).config, dump_config(cfg)).chmod(0o444)  # what this run used
         except HarnessError as error:
             message = f"error:{error}"
+            if lock is not None:
+                lock.release()
     shared = (
         idist.broadcast(message or str(run_dir), src=0, safe_mode=True)
         if idist.get_world_size() > 1
@@ -159,10 +162,9 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
 
 def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads; damaged ones are named, set aside and skipped; what a crash
-    while saving left (Ignite's temporary files) is removed."""
+    while saving left (a temporary file) is removed."""
     if idist.get_rank() == 0:
-        for partial in RunFiles(run_dir).checkpoints.glob("tmp*"):
-            partial.unlink(missing_ok=True)
+        atomic_io.remove_partial_files(RunFiles(run_dir).checkpoints)
     for path in list_checkpoints(RunFiles(run_dir).checkpoints):
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
@@ -274,13 +276,17 @@ def training(
     try:
         if run.trainer.state.iteration < run.iters_per_epoch * cfg.train.epochs:
             run.trainer.run(run.loaders.train, max_epochs=cfg.train.epochs)
-    except HarnessError as error:
-        if rank == 0:
+    except BaseException as error:
+        if rank == 0 and isinstance(error, HarnessError):
             record_failure(run_dir, summary, str(error))
+        try:
+            run.close()
+        except DiskFullError:
+            pass  # the same full disk, met again by TensorBoard's writer: the error raised is the one to report
         raise
     finally:
         run.stop.uninstall()
-        run.close()
+    run.close()
 
     summary.update(training_status(run))
     summary["history"].append({"event": summary["status"], "utc": utc_now(), "iteration": run.trainer.state.iteration})
@@ -306,7 +312,7 @@ def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None
     """Mark the run failed in summary.json if the disk still takes it; ``--resume`` continues it."""
     try:
         atomic_io.write_json(RunFiles(run_dir).summary, {**summary, "status": "failed", "error": message})
-    except OSError:
+    except (OSError, DiskFullError):
         pass
 
 
@@ -447,6 +453,11 @@ def run_experiment(
             print(f"run folder: {outcome.run_dir} ({outcome.status})", flush=True)
             return RunResult.read(outcome.run_dir, outcome.status, outcome.signum)
         return RunResult(outcome.run_dir, outcome.status, {}, pd.DataFrame(), outcome.signum)
+    except DiskFullError as full:
+        folder = outcome.run_dir or run_dir
+        if folder is not None and RunFiles(folder).config.is_file():  # a run folder to continue
+            raise full.then(f"--resume {folder}") from None
+        raise
     finally:
         for held in (lock, outcome.lock):
             if held is not None:

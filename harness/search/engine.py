@@ -34,7 +34,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from harness.config import Config
-from harness.core.errors import HarnessError
+from harness.core.errors import EXIT_BAD_INPUT, HarnessError
+from harness.core.full_disk import RUN_AGAIN, DiskFullError, full_disk_reason
 from harness.core.provenance import git_commit
 from harness.core.run_folder import RunFiles
 from harness.core.yaml_io import read_yaml_or_empty
@@ -81,6 +82,8 @@ def open_storage(url: str, heartbeat: HeartbeatConfig) -> RDBStorage:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}  # reconnect after a database restart
+    if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "handle_error", report_full_sqlite_file):
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "handle_error", report_full_sqlite_file)  # before any table
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # several worker processes share one file
     try:
@@ -99,6 +102,15 @@ def open_storage(url: str, heartbeat: HeartbeatConfig) -> RDBStorage:
         )
     except (ValueError, ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as error:
         raise HarnessError(f"--storage {url}: cannot be opened ({str(error).splitlines()[0]})") from None
+
+
+def report_full_sqlite_file(context: sqlalchemy.engine.ExceptionContext) -> None:
+    """SQLite's "database or disk is full" as the one-line error naming the file, never retried:
+    waiting frees no space."""
+    url = context.engine.url if context.engine is not None else None
+    reason = full_disk_reason(context.original_exception)
+    if url is not None and url.get_backend_name() == "sqlite" and reason:
+        raise DiskFullError(url.database, reason)
 
 
 def open_study(
@@ -158,8 +170,8 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 self._storage.record_heartbeat(self._trial_id)
-            except STORAGE_ERRORS:
-                pass  # the next beat tries again; the trial's calls print the outage
+            except (*STORAGE_ERRORS, DiskFullError):
+                pass  # the next beat tries again; the trial's calls print the outage or the full disk
             self._stop.wait(self._interval)
 
     def __enter__(self) -> Heartbeat:
@@ -268,12 +280,13 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
         summary = run(job, trial if plan.prunes else None, plan.reported_metric)
     except Interrupted as stop:
         retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
-        fail(study, trial)
-        # Queued again with its folder (and nothing of this attempt's outcome): the next worker, or the
-        # next command, resumes it.
-        again = {**job.attrs, "run_dir": str(job.run_dir), "resumes": trial.number}
-        retrying(f"queueing trial {trial.number} again", lambda: study.enqueue_trial(job.params, user_attrs=again))
+        queue_again(study, trial, job)
         raise stop
+    except DiskFullError as full:  # not the trial's failure: the command continues its run once there is room
+        again = full.then(RUN_AGAIN)
+        retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("error", str(again)))
+        queue_again(study, trial, job)
+        raise again from None
     except HarnessError as failure:
         summary, error = RunFiles(job.run_dir).read_summary(), str(failure)
     status = summary.get("status")
@@ -308,6 +321,14 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
 
 def fail(study: optuna.Study, trial: optuna.Trial) -> None:
     retrying(f"recording trial {trial.number}", lambda: study.tell(trial, state=TrialState.FAIL))
+
+
+def queue_again(study: optuna.Study, trial: optuna.Trial, job: Job) -> None:
+    """Fail a trial that did not end on its own and queue it again with its folder (and nothing of this
+    attempt's outcome): the next worker, or the next command, resumes it."""
+    fail(study, trial)
+    again = {**job.attrs, "run_dir": str(job.run_dir), "resumes": trial.number}
+    retrying(f"queueing trial {trial.number} again", lambda: study.enqueue_trial(job.params, user_attrs=again))
 
 
 def discard_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -416,6 +437,14 @@ def supervise(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     for k, (process, log) in enumerate(workers):
+        if process.returncode == EXIT_BAD_INPUT and not stopped:  # a full disk, a bad plug-in: the command's error
+            raise HarnessError(last_error(log) or f"worker {k} ended with exit code 2; its log {log} could not say why")
         if process.returncode not in (0, None) and not stopped:
             print(f"warning: worker {k} ended with exit code {process.returncode} (log: {log})", file=sys.stderr)
     return 128 + stopped[0] if stopped else 0
+
+
+def last_error(log: Path) -> str | None:
+    """The one-line error a worker printed last (None when its log has none: a full disk can refuse it)."""
+    errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+    return errors[-1].removeprefix("error: ") if errors else None
