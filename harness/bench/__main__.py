@@ -36,7 +36,7 @@ from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit
 from harness.core.run_folder import utc_now, utc_timestamp
-from harness.data.sources import load_arrays
+from harness.models.inputs import prepare_inputs
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
     if "diagnostics" in which:
         results["diagnostics"] = bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats)
-    train = load_arrays(cfg.data, cfg.seed).train if {"throughput", "mfu", "data"} & set(which) else None
+    train = None
+    if {"throughput", "mfu", "data"} & set(which):
+        inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+        cfg, train = cfg.model_copy(update={"data": inputs.data}), inputs.splits.train
     if "throughput" in which:
         results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])
     if "mfu" in which:

@@ -19,9 +19,10 @@ from torch import nn
 from harness.bench.common import CIFAR_TEST, CIFAR_TRAIN, bench_config, paired, setting, synchronize
 from harness.config import Config, DiagnosticsConfig
 from harness.data.loaders import AugmentedArrayDataset, EpochBatchSampler, build_loader, build_train_dataset
-from harness.data.sources import load_arrays, make_synthetic
+from harness.data.sources import make_synthetic
 from harness.data.transforms import build_eval_transform
 from harness.models.builders import build_model, place_model, resolve_channels_last
+from harness.models.inputs import prepare_inputs
 from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.optim import build_optimizer
 from harness.training.progress import BAR_REFRESH_S, Bars, ProgressClock, RunProgress
@@ -63,7 +64,7 @@ def plain_loop_images_per_s(
 
 def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
     """The Ignite trainer built exactly as ``harness.run`` builds it, handlers and checkpoints included."""
-    run = build_training(cfg, run_dir, load_arrays(cfg.data, cfg.seed))
+    run = build_training(cfg, run_dir, prepare_inputs(cfg.data, cfg.model, cfg.seed).splits)
     seen = iterations * cfg.data.batch_size
     start = time.perf_counter()
     run.trainer.run(run.loaders.train, max_epochs=1, epoch_length=iterations)
@@ -225,7 +226,7 @@ def run_steps(cfg: Config, image_size: tuple[int, int], device: torch.device) ->
         else None
     )
     train_step, _ = build_train_step(
-        cfg, train_cfg, learner.step_model, learner.optimizer, device, image_size[0], diagnostics
+        cfg, train_cfg, learner.step_model, learner.optimizer, device, tuple(image_size), diagnostics
     )
     return train_step, make_eval_step(learner.step_model, device, train_cfg)
 

@@ -332,15 +332,16 @@ def run_in_process(
     splits = inputs.splits
     if splits.skipped and idist.get_rank() == 0:
         print(f"warning: {splits.skipped}", file=sys.stderr, flush=True)
-    # The data section with numbers for data.mean and data.std: what config.yaml records and analysis reads.
-    cfg = cfg.model_copy(update={"data": inputs.data})
-    check_before_run(cfg, splits, world_size)
+    # config.yaml keeps what was asked (data.mean: auto); training uses the numbers, which summary.json
+    # records, and which a resumed run or the analysis measure again on the same images.
+    measured = cfg.model_copy(update={"data": inputs.data})
+    check_before_run(measured, splits, world_size)
     if not resume:
         run_dir, outcome.lock = open_run_dir(cfg, run_dir)
     outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
     if outcome.rank == 0:
         print(f"run folder: {run_dir}", flush=True)
-    training(cfg, run_dir, inputs, resume, outcome, trial)
+    training(measured, run_dir, inputs, resume, outcome, trial)
 
 
 # ---------------------------------------------------------------- after training (one process)
