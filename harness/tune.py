@@ -25,9 +25,10 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.run_folder import create_output_dir
-from harness.search.engine import default_storage, open_storage, open_study, retrying, start_workers, supervise, work
+from harness.search.engine import start_workers, supervise, work
 from harness.search.plans import SearchPlan
 from harness.search.space import PrunerConfig, Search, load_search
+from harness.search.storage import default_storage, exclusive, open_storage, open_study
 from harness.search.study_report import (
     best_trial,
     redact,
@@ -72,7 +73,7 @@ def parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--trials", type=int, help="complete + pruned trials to reach (default: the file's)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="study storage URL (default: sqlite:///DIR/study.db); PostgreSQL: "
-                        "postgresql+psycopg2://user:password@host/db")  # fmt: skip
+                        "postgresql://user:password@host/db")  # fmt: skip
     parser.add_argument("--out", type=Path, help="study folder (default: results/tune/<search name>)")
     parser.add_overrides()
     parser.add_argument("--confirm", type=int, default=0, metavar="K", help="re-run the K best configs over --seeds")
@@ -143,17 +144,18 @@ def main(argv: list[str] | None = None) -> int:
 
     create_output_dir(out)
     storage = open_storage(storage_url, search.spec.heartbeat)
-    study = open_study(storage, search.name, SearchPlan.kind, search.spec.objective.direction)
+    plan = SearchPlan(search, out, args.overrides)
+    with exclusive(storage_url):  # another command starting on the same study waits: one baseline
+        study = open_study(storage, search.name, plan.kind, search.spec.objective.direction)
+        plan.queue_baseline(study)
     print(
         f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
         flush=True,
     )
-    if search.spec.baseline_first and not study.get_trials(deepcopy=False):  # once, when the study is new
-        retrying("queueing the base's own values", lambda: study.enqueue_trial(search.base_params(args.overrides)))
     on_change = progress_printer(search)
     code = 0
-    if SearchPlan(search, out, args.overrides).state(study) != "done":  # a finished study starts no worker
+    if plan.state(study) != "done":  # a finished study starts no worker
         workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")
         code = supervise(workers, study, lambda trials: on_change(study, trials, out))
     written = write_outputs(study, search, out, storage_url, args.overrides)

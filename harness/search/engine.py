@@ -9,8 +9,8 @@ No coordinator process of our own: every worker asks the storage for its next tr
   (Optuna's ``RetryHeartbeatStaleTrialCallback``), resuming the same run folder.
 - SIGINT/SIGTERM: the run saves a checkpoint and stops; the trial is failed with ``interrupted`` and
   queued again, so re-running the command resumes it.
-- A storage that goes away: every call is retried for ``STORAGE_WAIT_S``; after that, one line. A
-  result is told in one transaction, so a trial is recorded whole or not at all.
+- The storage (``harness.search.storage``) gives a queued trial to exactly one worker, and retries a
+  storage that went away. A result is told in one transaction, so a trial is recorded whole or not at all.
 """
 
 from __future__ import annotations
@@ -22,111 +22,25 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import optuna
-import sqlalchemy.exc
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from harness.core.errors import HarnessError
 from harness.core.provenance import git_commit
 from harness.core.run_folder import RunFiles
 from harness.core.yaml_io import read_yaml_or_empty
-from harness.search.space import HeartbeatConfig
+from harness.search.storage import STORAGE_ERRORS, retrying
 
-STORAGE_WAIT_S = 120.0  # how long a worker keeps retrying a storage that went away
 POLL_S = 2.0
-T = TypeVar("T")
-STORAGE_ERRORS = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    optuna.exceptions.StorageInternalError,
-)
 
 
-# ---------------------------------------------------------------- storage
-
-
-def default_storage(out: Path, kind: str) -> str:
-    return f"sqlite:///{(out / f'{kind}.db').resolve()}"
-
-
-def retrying(what: str, call: Callable[[], T], wait_s: float = STORAGE_WAIT_S) -> T:
-    """``call()``, retried while the storage is unreachable; a HarnessError once ``wait_s`` has passed."""
-    deadline, warned = time.monotonic() + wait_s, False
-    while True:
-        try:
-            return call()
-        except STORAGE_ERRORS as error:
-            reason = str(error).strip().splitlines()[0][:200]
-            if time.monotonic() > deadline:
-                raise HarnessError(f"storage unreachable for {wait_s:.0f} s while {what} ({reason})") from None
-            if not warned:
-                print(f"warning: storage unreachable while {what} ({reason}); retrying", file=sys.stderr, flush=True)
-                warned = True
-            time.sleep(2.0)
-
-
-def open_storage(url: str, heartbeat: HeartbeatConfig) -> RDBStorage:
-    """An RDB storage with heartbeats; a stale trial is retried (its intermediate values kept)."""
-    # Heartbeats, their retry callback and fail_stale_trials are "experimental" in Optuna 5 (since 2.8);
-    # and we ask and tell with our own heartbeat, since Study.optimize's thread dies at the first storage error.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}  # reconnect after a database restart
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}  # several worker processes share one file
-    try:
-        return retrying(
-            f"opening {url}",
-            lambda: RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat.interval_s,
-                grace_period=heartbeat.grace_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=heartbeat.max_retry, inherit_intermediate_values=True
-                ),
-            ),
-            wait_s=10.0,
-        )
-    except (ValueError, ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as error:
-        raise HarnessError(f"--storage {url}: cannot be opened ({str(error).splitlines()[0]})") from None
-
-
-def open_study(
-    storage: RDBStorage,
-    name: str,
-    kind: str,
-    direction: str,
-    sampler: optuna.samplers.BaseSampler | None = None,
-    pruner: optuna.pruners.BasePruner | None = None,
-) -> optuna.Study:
-    """Create the study, or join it; a study of another kind or direction under that name is refused."""
-    study = retrying(
-        f"opening study {name!r}",
-        lambda: optuna.create_study(
-            storage=storage,
-            study_name=name,
-            direction=direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        ),
-    )
-    found = study.user_attrs.get("kind")
-    if found is None:
-        retrying("marking the study", lambda: study.set_user_attr("kind", kind))
-    elif found != kind:
-        raise HarnessError(f"study {name!r} in this storage is a {found}, not a {kind}: choose another --out or name")
-    if study.direction.name.lower() != direction:
-        raise HarnessError(f"study {name!r} in this storage is to {study.direction.name.lower()}, not to {direction}")
-    return study
+# ---------------------------------------------------------------- the study
 
 
 def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
