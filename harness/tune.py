@@ -31,6 +31,7 @@ from harness.search.space import PrunerConfig, Search, load_search
 from harness.search.storage import default_storage, exclusive, open_storage, open_study
 from harness.search.study_report import (
     best_trial,
+    lost_baseline,
     redact,
     top_trials,
     trial_experiment,
@@ -168,14 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
     if finished < search.trials:
         raise HarnessError(f"the study has {finished} of {search.trials} trials (see {out / 'logs'}); run it again")
+    lost = lost_baseline(study, search)
+    if lost is not None:
+        print(f"error: the baseline (trial {lost.number}, the base's own values) failed: "
+              f"{lost.user_attrs.get('error', '?')}; nothing in this study is measured against the recipe "
+              f"(see {lost.user_attrs.get('run_dir', out)})", file=sys.stderr)  # fmt: skip
     if args.confirm:
         from harness.sweep import run_sweep
 
         best = top_trials(study, args.confirm)
         files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
         print(f"confirming the {len(best)} best trial(s) over seeds {args.seeds} on the test set: {out / 'confirm'}")
-        return run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
-    return 0
+        code = run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
+    return code or (1 if lost is not None else 0)  # 1: a run failed, as a sweep says it
 
 
 def cli() -> NoReturn:

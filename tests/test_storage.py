@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from harness.bench.engine import engine_search, run_workers, stand_in_run
 from harness.core.errors import HarnessError
-from harness.search.engine import work
+from harness.search.engine import OptunaReporter, work
 from harness.search.plans import SearchPlan
 from harness.search.space import HeartbeatConfig
 from harness.search.storage import default_storage, exclusive, open_storage, open_study, retrying
@@ -166,3 +166,31 @@ def test_the_storage_lock_is_held_by_one_process_at_a_time(where, tmp_path, requ
         acquired_at = time.time()
     holder.join()
     assert acquired_at >= released_at.value > 0
+
+
+# ---------------------------------------------------------------- a trial another worker finished
+
+
+@pytest.mark.parametrize("then", ["reports an epoch", "tells its result"])
+def test_a_worker_whose_trial_another_finished_moves_on(then, tmp_path, capsys):
+    """Another worker fails this worker's trial mid-run (as it does to a trial whose heartbeat it took
+    for dead): the next report or the told result finds the trial finished. The worker says so and
+    runs the rest of the study; before, it died of UpdateFinishedTrialError."""
+    search = engine_search(tmp_path, 3)
+    url = default_storage(tmp_path, "study")
+    study = open_study(open_storage(url, search.spec.heartbeat), search.name, SearchPlan.kind, "maximize")
+    elsewhere = open_storage(url, search.spec.heartbeat)
+    runs = []
+
+    def run(job, trial, metric: str) -> dict:
+        runs.append(trial.number)
+        if len(runs) == 1:
+            elsewhere.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if then == "reports an epoch":
+                OptunaReporter(trial, metric).report({"accuracy": 0.5}, 1)
+        return {"status": "completed", "final_val_acc": 0.5, "epochs_completed": 1}
+
+    assert work(study, SearchPlan(search, tmp_path, []), 1, run=run) == 0
+    assert f"warning: trial {runs[0]} was finished by another worker; moving on" in capsys.readouterr().err
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL] + [TrialState.COMPLETE] * 3, "the failed trial's budget went to a new one"

@@ -179,11 +179,16 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
     try:
         summary = run(job, trial if plan.prunes else None, plan.reported_metric)
     except Interrupted as stop:
-        retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
-        fail(study, trial)
+        try:
+            retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
+            fail(study, trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise stop from None  # given up as stale meanwhile: its retry is queued already
         # Queued again with its folder (and nothing of this attempt's outcome): the next worker, or the
-        # next command, resumes it.
+        # next command, resumes it. A requeued baseline is still the baseline.
         again = {**job.attrs, "run_dir": str(job.run_dir), "resumes": trial.number}
+        if trial.user_attrs.get("baseline"):
+            again["baseline"] = True
         retrying(f"queueing trial {trial.number} again", lambda: study.enqueue_trial(job.params, user_attrs=again))
         raise stop
     except HarnessError as failure:
@@ -207,14 +212,10 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
         told, state = TrialState.COMPLETE, "complete"
     else:
         told, state = TrialState.FAIL, "failed"
-    try:
-        retrying(
-            f"recording trial {trial.number}",
-            lambda: study.tell(trial, value if told == TrialState.COMPLETE else None, state=told),
-        )
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Given up as stale while the storage was away: its retry reads this finished folder.
-        print(f"warning: trial {trial.number} was retried elsewhere; the retry reads {job.run_dir}", file=sys.stderr)
+    retrying(
+        f"recording trial {trial.number}",
+        lambda: study.tell(trial, value if told == TrialState.COMPLETE else None, state=told),
+    )
     return state
 
 
@@ -226,6 +227,21 @@ def discard_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
     """A trial asked for beyond the plan: failed, marked surplus, never run (trials.csv leaves it out)."""
     retrying("recording a surplus trial", lambda: trial.set_user_attr("surplus", True))
     fail(study, trial)
+
+
+def planned_job(study: optuna.Study, plan: Plan, trial: optuna.Trial) -> Job | None:
+    """The asked trial's job; None, and the trial discarded, when another worker took the last one
+    between our look and our ask. A plan that fails fails the trial."""
+    try:
+        job = plan.job(study, trial)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
+    except Exception:
+        fail(study, trial)
+        raise
+    if job is None:
+        discard_surplus(study, trial)
+    return job
 
 
 def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 3, run: Runner = execute) -> int:
@@ -245,18 +261,18 @@ def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 
         # a stale trial, retried elsewhere, not one that waits forever.
         with Heartbeat(study._storage, trial._trial_id, heartbeat_s):
             try:
-                job = plan.job(study, trial)
-            except Exception:
-                fail(study, trial)
-                raise
-            if job is None:  # another worker took the last one between our look and our ask
-                discard_surplus(study, trial)
-                continue
-            try:
-                outcome = run_trial(study, plan, trial, job, run)
+                job = planned_job(study, plan, trial)
+                outcome = run_trial(study, plan, trial, job, run) if job is not None else None
             except Interrupted as stop:
                 print(f"trial {trial.number} interrupted; run the same command again to resume it", flush=True)
                 return 128 + stop.signum
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This worker was given up as stale (its heartbeat late past the grace period) and the
+                # trial retried elsewhere, whose run resumes the same folder: nothing of ours to record.
+                print(f"warning: trial {trial.number} was finished by another worker; moving on", file=sys.stderr)
+                continue
+        if job is None:
+            continue
         print(f"trial {trial.number}: {outcome} ({job.run_dir})", flush=True)
         plan.after(job)
         failures = failures + 1 if outcome == "failed" and not plan.failure_ends_trial() else 0
@@ -329,5 +345,7 @@ def supervise(
             signal.signal(signum, handler)
     for k, (process, log) in enumerate(workers):
         if process.returncode not in (0, None) and not stopped:
-            print(f"warning: worker {k} ended with exit code {process.returncode} (log: {log})", file=sys.stderr)
+            last = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+            print(f"warning: worker {k} ended with exit code {process.returncode} (log: {log}): {last[0]}",
+                  file=sys.stderr)  # fmt: skip
     return 128 + stopped[0] if stopped else 0
