@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.config import load_config
+from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
 from harness.data.transforms import check_augment
@@ -55,9 +56,12 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
 
 
 def comparison(runs: list[SweepRun], sweep_dir: Path) -> None:
-    existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
-    if existing:
-        render_comparison(existing, sweep_dir / "compare.html")
+    """compare.html and leaderboard.csv of the runs that exist, listed and written under the folder's
+    writer lock: workers finishing at once take turns, and the last one shows every run."""
+    with atomic_io.one_writer(sweep_dir):
+        existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
+        if existing:
+            render_comparison(existing, sweep_dir / "compare.html")
 
 
 def run_sweep(

@@ -102,7 +102,8 @@ def progress_printer(search: Search) -> Any:
     metric = search.spec.objective.metric
 
     def on_change(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> None:
-        atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+        with atomic_io.one_writer(out):  # another command on the same study may be writing it too
+            atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
         for t in trials:
             if t.number in told or t.state in (TrialState.RUNNING, TrialState.WAITING):
                 continue
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if plan.state(study) != "done":  # a finished study starts no worker
         workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")
         code = supervise(workers, study, lambda trials: on_change(study, trials, out))
-    written = write_outputs(study, search, out, storage_url, args.overrides)
+    with atomic_io.one_writer(out):
+        written = write_outputs(study, search, out, storage_url, args.overrides)
     print(f"trials: {written['trials.csv']}, report: {written['study.html']}", flush=True)
     if "best.yaml" in written:
         best = best_trial(study)

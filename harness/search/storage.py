@@ -24,8 +24,6 @@ PostgreSQL database (many machines). Opened here so that any number of workers c
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sys
 import time
 import warnings
@@ -39,6 +37,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from harness.core import atomic_io
 from harness.core.errors import HarnessError
 from harness.search.space import HeartbeatConfig
 
@@ -97,13 +96,8 @@ def exclusive(url: str) -> Iterator[None]:
     """One process at a time, on any machine, for what must happen once per storage."""
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with atomic_io.locked(path.with_name(f"{path.name}.lock")):
             yield
-        finally:
-            os.close(handle)
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
