@@ -235,7 +235,7 @@ def planned_job(study: optuna.Study, plan: Plan, trial: optuna.Trial) -> Job | N
     try:
         job = plan.job(study, trial)
     except optuna.exceptions.UpdateFinishedTrialError:
-        raise
+        raise  # finished by another worker (a sampled parameter could not be stored): the worker moves on
     except Exception:
         fail(study, trial)
         raise
