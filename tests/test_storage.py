@@ -1,6 +1,6 @@
 """The study's storage under many workers: every PostgreSQL URL spelling users write, a queued trial
 taken by exactly one of the workers that ask for it at the same instant (SQLite and PostgreSQL), and
-many worker processes on one SQLite study (the engine with a stand-in for the runs, so a trial takes
+8 worker processes on one SQLite study (the engine with a stand-in for the runs, so a trial takes
 well under a second)."""
 
 from __future__ import annotations
@@ -137,14 +137,14 @@ def assert_each_trial_ran_once(url: str, search, out: Path, result: dict) -> lis
     return complete
 
 
-@pytest.mark.parametrize("workers, trials", [(8, 48), (16, 48)])
-def test_many_workers_on_one_sqlite_study(workers, trials, tmp_path):
-    """8 and 16 worker processes, trials of 0.1 s: no "database is locked", no trial run twice or lost."""
-    search = engine_search(tmp_path, trials)
+def test_eight_workers_on_one_sqlite_study(tmp_path):
+    """8 worker processes, trials of 0.1 s: no "database is locked", no trial run twice or lost (16 and 32:
+    ``python -m harness.bench engine --engine-workers 32``)."""
+    search = engine_search(tmp_path, 48)
     url = default_storage(tmp_path, "study")
-    result = run_workers(search, tmp_path, url, workers, run_s=0.1)
+    result = run_workers(search, tmp_path, url, 8, run_s=0.1)
     complete = assert_each_trial_ran_once(url, search, tmp_path, result)
-    assert len({t.user_attrs["pid"] for t in complete}) >= workers // 2, "the workers shared the trials"
+    assert len({t.user_attrs["pid"] for t in complete}) >= 4, "the workers shared the trials"
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
