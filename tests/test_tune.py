@@ -378,7 +378,7 @@ def test_bad_command_lines_are_one_line(tmp_path, capsys):
 
 
 def test_an_unreachable_storage_is_one_line(search_data, tmp_path):
-    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
     result = run_cli(*tune_args(search_data, tmp_path / "out", "--storage", url), module="harness.tune", timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: storage unreachable")
