@@ -24,25 +24,18 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import load_config
+from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.full_disk import log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
 from harness.runner.plugins import imported_plugins
-from harness.search.engine import (
-    default_storage,
-    open_storage,
-    open_study,
-    run_status,
-    start_workers,
-    supervise,
-    trials_by_state,
-    work,
-)
+from harness.search.engine import run_status, start_workers, supervise, trials_by_state, work
 from harness.search.plans import SweepPlan, SweepRun
 from harness.search.progress import StudyStatus, latest_per_run
 from harness.search.space import HeartbeatConfig
+from harness.search.storage import default_storage, exclusive, open_storage, open_study
 
 STUDY = "sweep"
 
@@ -97,9 +90,12 @@ def progress_printer(
 
 
 def comparison(runs: list[SweepRun], sweep_dir: Path) -> None:
-    existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
-    if existing:
-        render_comparison(existing, sweep_dir / "compare.html")
+    """compare.html and leaderboard.csv of the runs that exist, listed and written under the folder's
+    writer lock: workers finishing at once take turns, and the last one shows every run."""
+    with atomic_io.one_writer(sweep_dir):
+        existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
+        if existing:
+            render_comparison(existing, sweep_dir / "compare.html")
 
 
 def run_sweep(
@@ -122,7 +118,7 @@ def run_sweep(
         return work(study, sweep, heartbeat.interval_s)
 
     create_output_dir(sweep_dir)
-    study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
+    storage = open_storage(storage_url, heartbeat)
     finished = set()
     for index, run in enumerate(runs, start=1):
         done = run_status(run.run_dir) == "completed"
@@ -130,7 +126,9 @@ def run_sweep(
               + (": finished earlier; skipped" if done else ""), flush=True)  # fmt: skip
         if done:
             finished.add(run.name)
-    sweep.queue(study, finished)
+    with exclusive(storage_url):  # another command queueing the same runs waits, then finds them queued
+        study = open_study(storage, STUDY, sweep.kind, "maximize")
+        sweep.queue(study, finished)
     command = [sys.executable, "-m", "harness.sweep", *map(str, configs), "--out", str(sweep_dir)]
     command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
     command += ["--set", *overrides] if overrides else []

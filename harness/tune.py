@@ -27,12 +27,14 @@ from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
-from harness.search.engine import default_storage, open_storage, open_study, retrying, start_workers, supervise, work
+from harness.search.engine import start_workers, supervise, work
 from harness.search.plans import SearchPlan
 from harness.search.progress import StudyStatus, counted
 from harness.search.space import PrunerConfig, Search, load_search
+from harness.search.storage import default_storage, exclusive, open_storage, open_study
 from harness.search.study_report import (
     best_trial,
+    lost_baseline,
     redact,
     top_trials,
     trial_experiment,
@@ -79,7 +81,7 @@ def parse_args(argv: list[str] | None) -> Any:
     parser.add_argument("--trials", type=int, help="complete + pruned trials to reach (default: the file's)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="study storage URL (default: sqlite:///DIR/study.db); PostgreSQL: "
-                        "postgresql+psycopg2://user:password@host/db")  # fmt: skip
+                        "postgresql://user:password@host/db")  # fmt: skip
     parser.add_argument("--out", type=Path, help="study folder (default: results/tune/<search name>)")
     parser.add_overrides()
     parser.add_argument("--confirm", type=int, default=0, metavar="K", help="re-run the K best configs over --seeds")
@@ -110,7 +112,8 @@ def progress_printer(search: Search, workers: int) -> Any:
 
     def on_change(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> None:
         try:
-            atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+            with atomic_io.one_writer(out):  # another command on the same study may be writing it too
+                atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
         except DiskFullError:
             pass  # written again once the workers end, which reports a disk still full
         for t in trials:
@@ -160,20 +163,22 @@ def main(argv: list[str] | None = None) -> int:
 
     create_output_dir(out)
     storage = open_storage(storage_url, search.spec.heartbeat)
-    study = open_study(storage, search.name, SearchPlan.kind, search.spec.objective.direction)
+    plan = SearchPlan(search, out, args.overrides)
+    with exclusive(storage_url):  # another command starting on the same study waits: one baseline
+        study = open_study(storage, search.name, plan.kind, search.spec.objective.direction)
+        plan.queue_baseline(study)
     print(
         f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
         flush=True,
     )
-    if search.spec.baseline_first and not study.get_trials(deepcopy=False):  # once, when the study is new
-        retrying("queueing the base's own values", lambda: study.enqueue_trial(search.base_params(args.overrides)))
     on_change = progress_printer(search, args.workers)
     code = 0
-    if SearchPlan(search, out, args.overrides).state(study) != "done":  # a finished study starts no worker
+    if plan.state(study) != "done":  # a finished study starts no worker
         workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")
         code = supervise(workers, study, lambda trials: on_change(study, trials, out))
-    written = write_outputs(study, search, out, storage_url, args.overrides)
+    with atomic_io.one_writer(out):
+        written = write_outputs(study, search, out, storage_url, args.overrides)
     print(f"trials: {written['trials.csv']}, report: {written['study.html']}", flush=True)
     if "best.yaml" in written:
         best = best_trial(study)
@@ -183,14 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
     if finished < search.trials:
         raise HarnessError(f"the study has {finished} of {search.trials} trials (see {out / 'logs'}); run it again")
+    lost = lost_baseline(study, search)
+    if lost is not None:
+        print(f"error: the baseline (trial {lost.number}, the base's own values) failed: "
+              f"{lost.user_attrs.get('error', '?')}; nothing in this study is measured against the recipe "
+              f"(see {lost.user_attrs.get('run_dir', out)})", file=sys.stderr)  # fmt: skip
     if args.confirm:
         from harness.sweep import run_sweep
 
         best = top_trials(study, args.confirm)
         files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
         print(f"confirming the {len(best)} best trial(s) over seeds {args.seeds} on the test set: {out / 'confirm'}")
-        return run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
-    return 0
+        code = run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
+    return code or (1 if lost is not None else 0)  # 1: a run failed, as a sweep says it
 
 
 def cli() -> NoReturn:

@@ -19,6 +19,7 @@ import torch
 import yaml
 from ignite.engine import Engine
 
+from harness.core.run_folder import RunLock
 from harness.training.pruning import attach_pruning
 from harness.tune import main as tune_main
 from tests.conftest import (
@@ -266,6 +267,63 @@ def test_sigterm_interrupts_and_a_rerun_resumes(search_data, tmp_path):
     assert json.loads((Path(victim["user_attrs"]["run_dir"]) / "summary.json").read_text())["resumed_from"]
 
 
+SMALL_SPACE = {
+    "optimizer.lr": {"type": "float", "low": 0.05, "high": 0.3, "log": True},
+    "data.batch_size": {"type": "categorical", "choices": [128, 256]},
+}
+
+
+def small_tune(data: Path, out: Path, trials: int) -> list[str]:
+    """The shipped search over the learning rate and batch only, its trials of one epoch without warm-up
+    or pruning (a few seconds each), a waiting worker looking again every second."""
+    search = sized_search(out.parent, True, space=SMALL_SPACE, pruner={"name": "none"})
+    return [str(search), "--out", str(out), "--trials", str(trials), "--set", *data_overrides(data), "model.width=8",
+            "train.epochs=1", "scheduler.warmup_epochs=0", "data.eval_batch_size=50"]  # fmt: skip
+
+
+def test_two_commands_started_together_on_a_new_study_share_it(search_data, tmp_path):
+    """Two ``harness.tune`` commands reach the same new SQLite study at the same instant (each with a
+    worker): one baseline is queued, every trial runs once in its own folder, neither command fails."""
+    out = tmp_path / "study"
+    args = small_tune(search_data, out, 2)
+    at = time.time() + 10  # after both have imported the harness
+    commands = [
+        subprocess.Popen([sys.executable, "-m", "tests.start_at", str(at), "harness.tune", *args], cwd=REPO,
+                         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    for command in commands:
+        stdout, stderr = command.communicate(timeout=600)
+        assert command.returncode == 0, stdout[-2000:] + stderr[-3000:]
+        assert "Traceback" not in stderr and "warning" not in stderr, stderr[-3000:]
+    table = assert_finished_once_each(out, 2)
+    base = yaml.safe_load(SEARCH.parent.joinpath("../resnet18_cpu.yaml").read_text())
+    lr, batch = base["optimizer"]["lr"], base["data"]["batch_size"]
+    recipe = table[(table["optimizer.lr"] == lr) & (table["data.batch_size"] == batch)]
+    assert recipe["number"].tolist() == [0], "one baseline, trial 0"
+    logs = "".join(log.read_text() for log in (out / "logs").glob("worker-*.log"))
+    assert "database is locked" not in logs and "in use by another" not in logs, logs[-3000:]
+
+
+def test_a_study_that_lost_its_baseline_says_so(search_data, tmp_path):
+    """The baseline's run fails (here its folder is held by another harness.run): the search goes on,
+    then the command says the study has no baseline, exits 1, and study.html says it too."""
+    out = tmp_path / "study"
+    held = RunLock(out / "trial-0000")
+    (out / "trial-0000").mkdir(parents=True)
+    held.acquire()
+    try:
+        result = run_cli(*small_tune(search_data, out, 1), module="harness.tune")
+    finally:
+        held.release()
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the baseline (trial 0, the base's own values) failed:") and "in use by" in last
+    assert "The baseline (trial 0, the base's own values) failed" in (out / "study.html").read_text()
+    assert assert_finished_once_each(out, 1)["number"].tolist() == [0, 1]
+
+
 BAD_SEARCHES = [
     ({"space": {"optimizer.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "unknown key 'optimizer.lrr'"),
     ({"space": {"optimizer.lr": {"type": "float", "low": 0.2, "high": 0.1}}}, "expected low < high"),
@@ -320,7 +378,7 @@ def test_bad_command_lines_are_one_line(tmp_path, capsys):
 
 
 def test_an_unreachable_storage_is_one_line(search_data, tmp_path):
-    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
     result = run_cli(*tune_args(search_data, tmp_path / "out", "--storage", url), module="harness.tune", timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: storage unreachable")

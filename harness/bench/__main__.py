@@ -14,7 +14,8 @@
               on the same threads.
 - gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time.
 - engine:     milliseconds a search trial costs besides its run (asking, the surplus check, the
-              heartbeat, recording and telling the result), against an SQLite storage.
+              heartbeat, recording and telling the result, waiting for the storage), with
+              --engine-workers processes on one study in an SQLite file or --engine-storage URL.
 
 Results go to ``results/bench/<UTC timestamp>.json`` with the device and commit, and to a table.
 """
@@ -87,7 +88,10 @@ def print_table(results: dict[str, Any]) -> None:
         )
     if "engine" in results:
         e = results["engine"]
-        print(f"engine    {e['trials']} trials, {e['storage']}: {e['ms_per_trial']:.1f} ms per trial besides its run")
+        print(
+            f"engine    {e['trials']} trials, {e['workers']} worker(s), {e['storage']}: "
+            f"{e['ms_per_trial']:.1f} ms per trial besides its run ({e['trials_per_s']:.1f} trials/s)"
+        )
     if "gradcam" in results:
         g = results["gradcam"]
         print(
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gradcam-images", type=int, default=100)
     parser.add_argument("--engine-trials", type=int, default=50, help="trials for the engine benchmark")
+    parser.add_argument("--engine-workers", type=int, default=1, help="worker processes for the engine benchmark")
+    parser.add_argument("--engine-storage", help="storage URL for the engine benchmark (default: an SQLite file)")
     parser.add_argument("--out", type=Path, default=Path("results") / "bench")
     args = parser.parse_args(argv)
     known = ["overhead", "diagnostics", "data", "throughput", "mfu", "gradcam", "engine"]
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if "gradcam" in which:
         results["gradcam"] = bench_gradcam(args.gradcam_images, width=64)
     if "engine" in which:
-        results["engine"] = bench_engine(args.engine_trials)
+        results["engine"] = bench_engine(args.engine_trials, args.engine_workers, args.engine_storage)
     path = atomic_io.write_json(args.out / f"{utc_timestamp()}.json", results)
     print_table(results)
     print(f"\nwritten: {path}")

@@ -1,12 +1,15 @@
-"""Write files so that a crash leaves either the old file or the new one, never half of either."""
+"""Write files so that a crash leaves either the old file or the new one, never half of either; and
+let the writers of a folder's shared files take turns."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,29 @@ def remove_partial_files(folder: Path) -> None:
     """Remove what a process killed in the middle of ``atomic_write`` left in ``folder``."""
     for partial in folder.glob(f".*{TEMP_SUFFIX}"):
         partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (created if missing), waited for; the kernel drops it
+    when its holder dies, even by kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+@contextmanager
+def one_writer(folder: Path) -> Iterator[None]:
+    """The writers of ``folder``'s shared files (a sweep's compare.html and leaderboard.csv, a search's
+    trials.csv, study.html and best.yaml), rewritten by several workers as their runs finish, take
+    turns: each reads what it writes from, and replaces the files, under this lock. So two writers
+    never leave one's leaderboard beside the other's comparison, nor an older state over a newer one."""
+    with locked(folder / ".writers.lock"):
+        yield
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -67,6 +67,17 @@ def trials_table(study: optuna.Study, search: Search) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*COLUMNS, *search.space, "retry_of", "error"])
 
 
+def lost_baseline(study: optuna.Study, search: Search) -> FrozenTrial | None:
+    """The baseline's last attempt when the search has one (``baseline_first``) and no attempt of it is
+    complete, pruned, running or queued: the study cannot say whether anything beats the recipe."""
+    if not search.spec.baseline_first:
+        return None
+    attempts = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+    if not attempts or any(t.state != TrialState.FAIL for t in attempts):
+        return None
+    return max(attempts, key=lambda t: t.number)
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     best = top_trials(study, 1)
     return best[0] if best else None
@@ -231,6 +242,7 @@ def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: s
         "storage": redact(storage_url),
         "counts": counts,
         "best": best,
+        "lost_baseline": lost_baseline(study, search),
         "history_png": embed_if(history_figure(study, figure_dir / "history.png", footer, metric)),
         "importance_png": embed_if(importance_png),
         "importance_note": importance_note,
