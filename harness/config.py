@@ -60,8 +60,17 @@ REGISTRIES: dict[str, Registry] = {
 
 class Config(Section):
     # The run folder is results/<name>/...: a name, not a path.
-    name: str = Field("resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0, lt=2**32)
+    name: str = Field(
+        "resnet18",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=100,
+        description=(
+            "experiment name (letters, digits, `.`, `_`, `-`); the run folder is `results/<name>/<timestamp>`"
+        ),
+    )
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="seeds weights, data order, augmentation and subsets (0 to 2^32 - 1)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

@@ -31,7 +31,7 @@ from harness.core.run_folder import create_output_dir, is_pre_validation_run, ut
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
 from harness.runner.plugins import imported_plugins
-from harness.search.engine import run_status, start_workers, supervise, trials_by_state, work
+from harness.search.engine import listen_to_interrupts, run_status, start_workers, supervise, trials_by_state, work
 from harness.search.plans import SweepPlan, SweepRun
 from harness.search.progress import StudyStatus, latest_per_run
 from harness.search.space import HeartbeatConfig
@@ -89,13 +89,13 @@ def progress_printer(
     return on_change
 
 
-def comparison(runs: list[SweepRun], sweep_dir: Path) -> None:
+def comparison(runs: list[SweepRun], sweep_dir: Path, reference: str | None = None) -> None:
     """compare.html and leaderboard.csv of the runs that exist, listed and written under the folder's
     writer lock: workers finishing at once take turns, and the last one shows every run."""
     with atomic_io.one_writer(sweep_dir):
         existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
         if existing:
-            render_comparison(existing, sweep_dir / "compare.html")
+            render_comparison(existing, sweep_dir / "compare.html", reference=reference)
 
 
 def run_sweep(
@@ -106,11 +106,13 @@ def run_sweep(
     workers: int = 1,
     storage_url: str | None = None,
     as_worker: int | None = None,
+    reference: str | None = None,
 ) -> int:
-    """Plan, queue, run on ``workers`` processes and compare; returns the exit code (1 if a run failed)."""
+    """Plan, queue, run on ``workers`` processes and compare (the leader against the group
+    ``reference`` when given); returns the exit code (1 if a run failed)."""
     runs = plan(configs, seeds, overrides, sweep_dir)  # all fail fast, before any run
     storage_url = storage_url or default_storage(sweep_dir, "sweep")
-    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir))
+    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir, reference))
     heartbeat = HeartbeatConfig()
     if as_worker is not None:
         log_to_a_disk_that_may_fill()
@@ -132,10 +134,11 @@ def run_sweep(
     command = [sys.executable, "-m", "harness.sweep", *map(str, configs), "--out", str(sweep_dir)]
     command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
     command += ["--set", *overrides] if overrides else []
+    command += ["--reference", reference] if reference else []
     code = supervise(
         start_workers(command, workers, sweep_dir / "logs"), study, progress_printer(runs, finished, workers)
     )
-    comparison(runs, sweep_dir)
+    comparison(runs, sweep_dir, reference)
     print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
     if code:
         return code
@@ -165,13 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/sweeps/<UTC timestamp>)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="study storage URL (default: sqlite:///SWEEP_DIR/sweep.db)")
+    parser.add_argument(
+        "--reference", metavar="NAME", help="the experiment the comparison's first sentence measures the leader against"
+    )
     parser.add_argument("--as-worker", type=int, help=argparse.SUPPRESS)  # the worker processes' own flag
     args = parser.parse_args(argv)
+    listen_to_interrupts()
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: expected at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = args.out or Path("results") / "sweeps" / utc_timestamp()
-    return run_sweep(args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker)
+    return run_sweep(
+        args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker, args.reference
+    )
 
 
 def cli() -> NoReturn:

@@ -21,19 +21,21 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
-from harness.search.engine import start_workers, supervise, work
+from harness.search.engine import listen_to_interrupts, start_workers, supervise, work
 from harness.search.plans import SearchPlan
 from harness.search.progress import StudyStatus, counted
 from harness.search.space import PrunerConfig, Search, load_search
 from harness.search.storage import default_storage, exclusive, open_storage, open_study
 from harness.search.study_report import (
     best_trial,
+    completed_baseline,
     lost_baseline,
     redact,
     top_trials,
@@ -147,6 +149,7 @@ def write_confirmation_configs(search: Search, trials: list[FrozenTrial], out: P
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    listen_to_interrupts()
     search = load_search(args.search, args.trials, args.overrides)  # every bad key fails here
     out = args.out or Path("results") / "tune" / search.name
     storage_url = args.storage or default_storage(out, "study")
@@ -166,12 +169,25 @@ def main(argv: list[str] | None = None) -> int:
     plan = SearchPlan(search, out, args.overrides)
     with exclusive(storage_url):  # another command starting on the same study waits: one baseline
         study = open_study(storage, search.name, plan.kind, search.spec.objective.direction)
+        finished = counted_finished(study)
+        if args.confirm and args.trials is None and finished:
+            # Confirming a study that exists: what it has, never more trials unasked for.
+            if finished < search.trials:
+                print(
+                    f"note: --confirm without --trials confirms the {finished} finished trials; the file asks for "
+                    f"{search.trials}: add --trials {search.trials} to finish the search first",
+                    flush=True,
+                )
+            search = search.model_copy(update={"trials": finished})
+            plan = SearchPlan(search, out, args.overrides)
         plan.queue_baseline(study)
     print(
         f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
         flush=True,
     )
+    if search.pruner_warning(args.overrides):
+        print(f"warning: {search.pruner_warning(args.overrides)}", file=sys.stderr, flush=True)
     on_change = progress_printer(search, args.workers)
     code = 0
     if plan.state(study) != "done":  # a finished study starts no worker
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best: trial {best.number}, {search.spec.objective.metric} {best.value:.4f}: {written['best.yaml']}")
     if code:
         return code
-    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+    finished = counted_finished(study)
     if finished < search.trials:
         raise HarnessError(f"the study has {finished} of {search.trials} trials (see {out / 'logs'}); run it again")
     lost = lost_baseline(study, search)
@@ -194,13 +210,43 @@ def main(argv: list[str] | None = None) -> int:
               f"{lost.user_attrs.get('error', '?')}; nothing in this study is measured against the recipe "
               f"(see {lost.user_attrs.get('run_dir', out)})", file=sys.stderr)  # fmt: skip
     if args.confirm:
-        from harness.sweep import run_sweep
-
-        best = top_trials(study, args.confirm)
-        files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
-        print(f"confirming the {len(best)} best trial(s) over seeds {args.seeds} on the test set: {out / 'confirm'}")
-        code = run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
+        code = confirm(study, search, args, out)
     return code or (1 if lost is not None else 0)  # 1: a run failed, as a sweep says it
+
+
+def counted_finished(study: optuna.Study) -> int:
+    """Complete and pruned trials: what counts towards a search's ``trials``."""
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+def confirm(study: optuna.Study, search: Search, args: Any, out: Path) -> int:
+    """The K best trials, and the baseline (the base's own values) beside them when the study has one,
+    at the base's full budget over the seeds, compared on the test set: does the search beat the recipe?"""
+    from harness.reporting.compare import verdict
+    from harness.sweep import run_sweep
+
+    best = top_trials(study, args.confirm)
+    files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
+    baseline = completed_baseline(study)
+    reference = None
+    if baseline is not None and baseline.number not in {t.number for t in best}:
+        reference = f"{search.name}-baseline"
+        files.append(
+            atomic_io.write_text(
+                out / "confirm" / f"{reference}.yaml", trial_experiment(search, baseline, args.overrides, reference)
+            )
+        )
+    elif baseline is not None:
+        reference = f"{search.name}-trial{baseline.number}"
+    beside = f" beside the baseline (trial {baseline.number})" if baseline is not None else ""
+    print(
+        f"confirming the {len(best)} best trial(s){beside} over seeds {args.seeds} on the test set: {out / 'confirm'}"
+    )
+    code = run_sweep(files, args.seeds, [], out / "confirm", args.workers, None, reference=reference)
+    board = out / "confirm" / "leaderboard.csv"
+    if board.is_file() and (said := verdict(pd.read_csv(board), reference)):
+        print(f"confirmation: {said}", flush=True)
+    return code
 
 
 def cli() -> NoReturn:

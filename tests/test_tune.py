@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import yaml
 from ignite.engine import Engine
 
 from harness.core.run_folder import RunLock
+from harness.search.space import load_search
 from harness.training.pruning import attach_pruning
 from harness.tune import main as tune_main
 from tests.conftest import (
@@ -189,12 +192,20 @@ def test_rerunning_continues_the_study_then_confirms_the_best_on_the_test_set(st
 
     confirm = study_dir / "confirm"
     board = pd.read_csv(confirm / "leaderboard.csv")
-    assert len(board) == 1 and board["n_runs"].iloc[0] == 2
-    runs = sorted(p for p in confirm.iterdir() if (p / "summary.json").is_file())
+    best = table[table["state"] == "complete"].sort_values("value", ascending=False).iloc[0]
+    baseline = table.set_index("number").loc[0]  # the recipe: re-run beside the best, unless it is the best
+    with_baseline = baseline["state"] == "complete" and best["number"] != 0
+    assert len(board) == 1 + with_baseline and set(board["n_runs"]) == {2}
+    if with_baseline:
+        assert (
+            "resnet18_cpu-baseline" in set(board["group"]) and "resnet18_cpu-baseline (the reference)" in result.stdout
+        )
+    assert "confirmation: " in result.stdout
+    runs = sorted(p for p in confirm.iterdir() if (p / "summary.json").is_file() and "baseline" not in p.name)
     assert [r.name[-6:] for r in runs] == ["-seed0", "-seed1"]
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
-    assert board["mean_acc"].iloc[0] == pytest.approx(sum(s["final_test_acc"] for s in summaries) / 2), "on test"
-    best = table[table["state"] == "complete"].sort_values("value", ascending=False).iloc[0]
+    mine = board.set_index("group").loc[runs[0].name[: -len("-seed0")]]
+    assert mine["mean_acc"] == pytest.approx(sum(s["final_test_acc"] for s in summaries) / 2), "on test"
     for run in runs:
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["optimizer"]["lr"] == pytest.approx(best["optimizer.lr"]), "the best trial's config"
@@ -303,6 +314,51 @@ def test_two_commands_started_together_on_a_new_study_share_it(search_data, tmp_
     assert recipe["number"].tolist() == [0], "one baseline, trial 0"
     logs = "".join(log.read_text() for log in (out / "logs").glob("worker-*.log"))
     assert "database is locked" not in logs and "in use by another" not in logs, logs[-3000:]
+
+
+def test_confirm_without_trials_confirms_what_exists_beside_the_baseline(search_data, tmp_path):
+    """A 2-trial study confirmed without --trials: no trial added (the file asks for 10), the best and
+    the baseline re-run over a seed on the test set, and the first sentence says which leads."""
+    out = tmp_path / "study"
+    assert run_cli(*small_tune(search_data, out, 2), module="harness.tune").returncode == 0
+    args = [a for a in small_tune(search_data, out, 2) if a not in ("--trials", "2")]
+    result = run_cli(*args, "--confirm", "1", "--seeds", "0", module="harness.tune")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "note: --confirm without --trials confirms the 2 finished trials; the file asks for 10" in result.stdout
+    assert len(assert_finished_once_each(out, 2)) == 2, "no trial added"
+    board = pd.read_csv(out / "confirm" / "leaderboard.csv")
+    table = pd.read_csv(out / "trials.csv").sort_values("value", ascending=False)
+    assert len(board) == (1 if table["number"].iloc[0] == 0 else 2)
+    said = result.stdout.split("confirmation: ")[1].splitlines()[0]
+    assert board["group"].iloc[0] in said.split(" leads ")[0] and ("(the reference)" in said or len(board) == 1)
+    html = (out / "study.html").read_text()
+    assert "0 (baseline)" in html and "baseline (the recipe), trial 0" in html
+    assert not re.search(r"\d\.\d{5,}", html.split('id="trials"')[1]), "numbers at 3 significant figures"
+
+
+def test_a_pruner_that_can_never_fire_is_named(tmp_path):
+    search = load_search(
+        sized_search(tmp_path, pruner={"name": "successive_halving", "min_epochs": 3}), extra=SEARCH_SMALL
+    )
+    said = search.pruner_warning(SEARCH_SMALL)
+    assert "never stops a trial: its first decision comes after epoch 3 (pruner.min_epochs)" in said
+    assert load_search(sized_search(tmp_path), extra=SEARCH_SMALL).pruner_warning(SEARCH_SMALL) is None
+
+
+def test_a_backgrounded_command_stops_on_sigint(search_data, tmp_path):
+    """A script that starts harness.tune in the background (bash ignores SIGINT in such jobs, and the
+    workers inherit it): kill -INT still stops the command and its workers, and a rerun resumes."""
+    out = tmp_path / "study"
+    args = " ".join(map(shlex.quote, tune_args(search_data, out, search=faults_search(tmp_path))))
+    script = f"{shlex.quote(sys.executable)} -m harness.tune {args} & echo $! > {tmp_path / 'pid'}; wait $!; echo rc=$?"
+    shell = subprocess.Popen(["bash", "-c", script], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_running_trial_with_checkpoint(out, shell)
+    os.kill(int((tmp_path / "pid").read_text()), signal.SIGINT)
+    stdout, stderr = shell.communicate(timeout=300)
+    assert f"rc={128 + signal.SIGINT}" in stdout, stdout[-2000:] + stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "interrupted" in set(pd.read_csv(out / "trials.csv")["state"])
 
 
 def test_a_study_that_lost_its_baseline_says_so(search_data, tmp_path):

@@ -221,6 +221,14 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
     return state
 
 
+def listen_to_interrupts() -> None:
+    """SIGINT and SIGTERM as Ctrl-C (KeyboardInterrupt). A command started in the background by a
+    script, or a worker started by such a command, begins with SIGINT ignored (the shell does that
+    to background jobs, and children inherit it): it would never stop on kill -INT."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+
+
 def fail(study: optuna.Study, trial: optuna.Trial) -> None:
     retrying(f"recording trial {trial.number}", lambda: study.tell(trial, state=TrialState.FAIL))
 
@@ -259,7 +267,7 @@ def planned_job(study: optuna.Study, plan: Plan, trial: optuna.Trial) -> Job | N
 def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 3, run: Runner = execute) -> int:
     """The worker loop: until the plan is done, ask for a trial and run it. Returns the exit code."""
     failures = 0
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM outside training: as Ctrl-C
+    listen_to_interrupts()
     while True:
         retrying("checking for stale trials", lambda: optuna.storages.fail_stale_trials(study))
         state = plan.state(study)
