@@ -25,7 +25,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core import atomic_io
-from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error, redact
 from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
 from harness.search.engine import listen_to_interrupts, start_workers, supervise, work
@@ -37,7 +37,6 @@ from harness.search.study_report import (
     best_trial,
     completed_baseline,
     lost_baseline,
-    redact,
     top_trials,
     trial_experiment,
     trials_table,

@@ -9,7 +9,6 @@ the confirmation runs (``--confirm``), not here.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.analysis.figures import plt, save_figure
 from harness.config import dump_config
 from harness.core import atomic_io
+from harness.core.errors import redact
 from harness.core.provenance import git_commit
 from harness.core.run_folder import utc_now
 from harness.reporting.html import embed_png, environment
@@ -112,11 +112,6 @@ def trial_experiment(search: Search, trial: FrozenTrial, extra: list[str], name:
         f"# Written {utc_now()} at commit {git_commit() or 'unknown'}. Run: python -m harness.run <this file>",
     ]
     return "\n".join(header) + "\n" + dump_config(cfg)
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for reports."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 # ---------------------------------------------------------------- figures
