@@ -101,7 +101,12 @@ def trial_experiment(search: Search, trial: FrozenTrial, extra: list[str], name:
     """A trial as a ready experiment file named ``name``, at the base's full budget
     (``trial_overrides`` left out; the command line's ``--set`` kept: it applied to every run of the
     search), under a header saying where it came from: best.yaml, and each confirmation's config."""
-    cfg = search.config(dict(trial.params), for_trial=False, extra=extra).model_copy(update={"name": name})
+    cfg = search.config(dict(trial.params), for_trial=False, extra=extra)
+    tracked = cfg.logging.mlflow
+    if tracked is not None:  # the file's runs go into the search's MLflow experiment, not one of their own name
+        experiment = tracked.model_copy(update={"experiment": tracked.experiment or cfg.name})
+        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": experiment})})
+    cfg = cfg.model_copy(update={"name": name})
     changed = ", ".join(f"{k}={v!r}" for k, v in trial.params.items())
     header = [
         f"# Trial {trial.number} of the search {search.path} (study {search.name!r}):",
