@@ -120,7 +120,7 @@ def run_sweep(
         study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
         return work(study, sweep, heartbeat.interval_s)
 
-    tracking = study_tracking([run.experiment(overrides) for run in runs], sweep.kind)
+    tracking = study_tracking([run.experiment(overrides) for run in runs], sweep.kind, storage_url)
     create_output_dir(sweep_dir)
     storage = open_storage(storage_url, heartbeat)
     finished = set()

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         study.sampler = build_sampler(search, args.as_worker, len(study.get_trials(deepcopy=False)))
         return work(study, plan, search.spec.heartbeat.interval_s)
 
-    tracking = study_tracking([search.config({}, True, args.overrides)], "search")
+    tracking = study_tracking([search.config({}, True, args.overrides)], "search", storage_url)
     create_output_dir(out)
     storage = open_storage(storage_url, search.spec.heartbeat)
     plan = SearchPlan(search, out, args.overrides)

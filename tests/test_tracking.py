@@ -182,13 +182,17 @@ def test_bad_stores_and_experiments_are_one_line_before_training(write_config, t
         assert not (tmp_path / "run").exists()
 
 
-def test_a_search_with_an_unreachable_store_is_one_line_before_its_folder(search_data, tmp_path, capsys):  # noqa: F811
-    out = tmp_path / "study"
-    uri = f"http://127.0.0.1:{free_port()}"
-    assert tune_main([*small_tune(search_data, out, 1), f"logging.mlflow.tracking_uri={uri}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "logging.mlflow.tracking_uri" in err and "Connection refused" in err, err
-    assert not out.exists()
+def test_a_search_with_an_unusable_store_is_one_line_before_its_folder(search_data, tmp_path, capsys):  # noqa: F811
+    out, shared = tmp_path / "study", f"sqlite:///{tmp_path / 'shared.db'}"
+    cases = {
+        (f"http://127.0.0.1:{free_port()}",): "cannot be opened ([Errno 111] Connection refused)",
+        (shared, "--storage", shared): "expected a database of its own, not the search's --storage",
+    }
+    for (uri, *more), expected in cases.items():
+        assert tune_main([*small_tune(search_data, out, 1), f"logging.mlflow.tracking_uri={uri}", *more]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "logging.mlflow.tracking_uri" in err and expected in err, err
+        assert not out.exists() and not (tmp_path / "shared.db").exists()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from harness.config import Config
 from harness.core.errors import HarnessError, redact
@@ -21,7 +22,16 @@ from harness.training.tracking import PARENT_RUN_ENV, MlflowRun, check_tracking,
 PARENT_ATTR = "mlflow_run_id"
 
 
-def study_tracking(configs: Iterable[Config], kind: str) -> MlflowConfig | None:
+def same_database(url: str, other: str) -> bool:
+    """Whether two database URLs name one database, whatever their drivers and credentials."""
+    try:
+        a, b = sqlalchemy.engine.make_url(url), sqlalchemy.engine.make_url(other)
+    except sqlalchemy.exc.ArgumentError:  # a tracking server's http(s):// URL
+        return False
+    return (a.get_backend_name(), a.host, a.port, a.database) == (b.get_backend_name(), b.host, b.port, b.database)
+
+
+def study_tracking(configs: Iterable[Config], kind: str, storage_url: str) -> MlflowConfig | None:
     """The store and the experiment of a study's runs, checked before the study's folder exists (one
     line when unusable); None when none of its runs is tracked. The experiment is the one the runs
     name (``logging.mlflow.experiment``, else their ``name``), or ``kind`` when they name several."""
@@ -32,6 +42,9 @@ def study_tracking(configs: Iterable[Config], kind: str) -> MlflowConfig | None:
     if len(stores) > 1:
         raise HarnessError(f"logging.mlflow.tracking_uri: expected one MLflow store for the runs of a {kind}; "
                            f"its files name {' and '.join(map(redact, stores))}")  # fmt: skip
+    if same_database(stores[0], storage_url):  # both keep their schema's version in a table alembic_version
+        raise HarnessError(f"logging.mlflow.tracking_uri = {redact(stores[0])!r}: expected a database of its own, "
+                           f"not the {kind}'s --storage")  # fmt: skip
     experiments = {cfg.logging.mlflow.experiment or cfg.name for cfg in tracked}
     experiment = experiments.pop() if len(experiments) == 1 else kind
     check_tracking(tracked[0].logging.mlflow, experiment, None)
