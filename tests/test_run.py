@@ -160,6 +160,9 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
     interrupted.kill()
     interrupted.wait()
     assert reference.wait(timeout=300) == 0
+    newest = max((broken / "checkpoints").glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    before_kill = torch.load(newest, weights_only=False)["stopwatch"]["elapsed_s"]
+    resuming = time.monotonic()
     resumed = subprocess.run(
         [sys.executable, "-m", "harness.run", "--resume", str(broken)],
         cwd=REPO,
@@ -180,6 +183,9 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
             assert torch.equal(a[key], b[key]), f"{weights}.{key}"
     summary = json.loads((broken / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"]
+    # The run's time is the killed process's up to its checkpoint, and the resumed process's.
+    first_epoch = float(read_rows(broken / "metrics.csv")[0]["epoch_time_s"])
+    assert first_epoch < before_kill < summary["total_time_s"] < before_kill + time.monotonic() - resuming
     # The resumed epoch trained from the checkpoint (iteration 20) to its end in this process: those
     # batches over its time, not the whole epoch's.
     epoch2 = read_rows(broken / "metrics.csv")[1]

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +262,6 @@ def training(
 ) -> None:
     rank = idist.get_rank()
     splits = inputs.splits
-    started = time.time()
     warning = gpu_recipe_warning(cfg.train, idist.device())
     if warning and rank == 0:
         print(warning, file=sys.stderr, flush=True)
@@ -276,7 +274,6 @@ def training(
         run.load_state(state)
         if rank == 0:
             print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
-    elapsed_before = float(RunFiles(run_dir).read_summary().get("total_time_s") or 0.0) if resumed_from else 0.0
     summary = start_summary(cfg, run, inputs, run_dir, resumed_from)
     tracking = track(cfg, run, run_dir, summary, resume) if rank == 0 and cfg.logging.mlflow is not None else None
     if rank == 0:
@@ -317,7 +314,7 @@ def training(
         final_val_loss=final_metric(rows, "val_loss"),
         final_test_acc=final_metric(rows, "test_acc"),  # what a run reports
         final_test_loss=final_metric(rows, "test_loss"),
-        total_time_s=round(elapsed_before + time.time() - started, 2),
+        total_time_s=round(run.stopwatch.elapsed(), 2),
         finished_utc=utc_now(),
     )
     if rank == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,26 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Stopwatch:
+    """The run's wall-clock time as a checkpointable object: a resumed run counts the time up to its
+    checkpoint, as if it had never stopped (the work lost after the checkpoint is done again, and
+    counted once)."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.before = float(state["elapsed_s"])
+        self.started = time.monotonic()
 
 
 class StopRequest:

@@ -47,6 +47,7 @@ from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.handlers import (
     RNGState,
     StopRequest,
+    Stopwatch,
     attach_checkpoints,
     attach_epoch_timer,
     attach_evaluation,
@@ -111,6 +112,7 @@ class Training:
     scaler: torch.amp.GradScaler | None = None
     lr_scheduler: Any = None
     pending_metric_state: dict[str, Any] = field(default_factory=dict)
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -128,7 +130,11 @@ class Training:
         """Restore a checkpoint. A checkpoint from inside an epoch also carries that epoch's running
         train metrics, restored when the epoch restarts; one from an epoch's end does not: the next
         epoch starts its averages afresh."""
-        Checkpoint.load_objects({k: v for k, v in self.to_save.items() if not k.startswith("metric_")}, state)
+        # A checkpoint written before the stopwatch was saved has none: its run's time starts at zero.
+        objects = {
+            k: v for k, v in self.to_save.items() if not k.startswith("metric_") and (k in state or k != "stopwatch")
+        }
+        Checkpoint.load_objects(objects, state)
         if self.trainer.state.iteration % self.iters_per_epoch:
             self.pending_metric_state.update({name: state[f"metric_{name}"] for name in self.train_metrics})
         self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
@@ -359,6 +365,7 @@ def attach_saving(run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, 
             "lr_scheduler": run.lr_scheduler,
             "trainer": trainer,
             "rng": RNGState(),
+            "stopwatch": run.stopwatch,
             **{f"metric_{name}": metric for name, metric in run.train_metrics.items()},
         }
     )
