@@ -101,8 +101,14 @@ def test_a_map_of_the_true_evidence_beats_a_random_map():
         assert row.insertion_auc > row.random_insertion_auc + 0.1
         assert row.deletion_p < 0.01 and row.insertion_p < 0.01  # every one of the 8 images agrees
     assert set(curves) == {"fraction"} | {
-        f"{k}/{m}" for k in ("deletion", "insertion") for m in ("evidence", "gradcam", RANDOM)
+        f"{k}/{m}"
+        for k in ("deletion", "insertion", "deletion_auc", "insertion_auc")
+        for m in ("evidence", "gradcam", RANDOM)
     }
+    # Each image's areas, for paired comparisons of maps: the table's means are theirs.
+    assert curves["deletion_auc/gradcam"].shape == (8,)
+    assert np.isclose(curves["insertion_auc/evidence"].mean(), table["insertion_auc"].iloc[0])
+    assert np.isclose(curves[f"deletion_auc/{RANDOM}"].mean(), table["random_deletion_auc"].iloc[0])
     assert np.allclose(curves["fraction"], np.rint(np.linspace(0, 1024, 11)) / 1024)
 
 
