@@ -2,7 +2,7 @@
 2020): no gradients and no class.
 
 The activations, as a matrix O of (locations x channels), are factored O = U S V^T, and the map is
-their projection on the first right singular vector, L = O v_1 (their Sec. III): the spatial pattern
+their projection on the first right singular vector, L = O v_1 (the paper's definition): the spatial pattern
 that most of the layer's activation follows. The same map for every target, by construction.
 
 Choices the paper leaves open: the sign of v_1, which a singular value decomposition does not fix, is

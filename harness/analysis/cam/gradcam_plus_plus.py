@@ -9,8 +9,10 @@ location carries: w_k = sum_ij alpha_k[i, j] ReLU(dS/dA_k[i, j]), with the close
 
 and L = ReLU(sum_k w_k A_k). The factor exp(S) that Y's gradient carries is one positive number
 per image and is left out, since the map is scaled by its maximum. Choices the paper leaves open:
-alpha is 0 where its denominator is 0 (a zero gradient: the location adds nothing either way);
-pytorch-grad-cam adds 1e-6 to the denominator instead, which changes nothing measurable.
+alpha is 0 where its denominator is 0 (a zero gradient: the location adds nothing either way).
+pytorch-grad-cam adds 1e-6 to every denominator instead: where gradients are about 1e-3 or smaller
+(2 g^2 no longer large against 1e-6, as at early layers) that shrinks alpha towards 0 and changes
+the map, so the two differ there on purpose; here alpha is the paper's.
 """
 
 from __future__ import annotations

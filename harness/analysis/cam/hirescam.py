@@ -2,7 +2,7 @@
 convolutional neural networks", arXiv:2011.08891, 2020).
 
 Grad-CAM without the averaging of the gradients: every location's activation times its own gradient,
-summed over the channels, L = sum_k dS/dA_k (elementwise) A_k (their Sec. 3), so the map is the
+summed over the channels, L = sum_k dS/dA_k (elementwise) A_k (the paper's definition), so the map is the
 first-order contribution of each location to the score. The ReLU that keeps the evidence for the
 class is our choice for a [0, 1] map, as pytorch-grad-cam's (the paper shows the signed map too).
 With a global-average-pooled linear head at the last convolutional layer the gradient is the same at

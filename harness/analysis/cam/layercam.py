@@ -2,8 +2,8 @@
 for Localization", IEEE Transactions on Image Processing 30, 2021).
 
 Every location is weighted by its own positive gradient, w_k[i, j] = ReLU(dS/dA_k[i, j]), and
-L = ReLU(sum_k w_k[i, j] A_k[i, j]) (their Sec. III-B). Choice the paper leaves to the use: its
-tanh(2 L / max L) rescaling of shallow layers (Sec. III-C) is for fusing the maps of several layers
+L = ReLU(sum_k w_k[i, j] A_k[i, j]) (the paper's definition). Choice the paper leaves to the use: its
+tanh(2 L / max L) rescaling of shallow layers is for fusing the maps of several layers
 into one; a map per layer is kept as it is here, and tanh would not change its ranking of pixels.
 With a global-average-pooled linear head at the last convolutional layer and every class weight
 positive, the gradient is positive and the same everywhere, and LayerCAM is Grad-CAM.

@@ -1,7 +1,8 @@
 """XGrad-CAM (Fu, Hu, Dong, Guo, Gao & Li, "Axiom-based Grad-CAM: Towards Accurate Visualization and
 Explanation of CNNs", BMVC 2020, arXiv:2008.02312).
 
-The weights that best satisfy the paper's two axioms, sensitivity and conservation (their Sec. 3):
+The weights that best satisfy the paper's two axioms, sensitivity and conservation, given that a
+ReLU network's score is its gradient times its activations plus a bias at any layer (their Eq. 5):
 a channel's gradient averaged over the map with its own activations as the weights,
 
     alpha_k = sum_ij (A_k[i, j] / sum_ab A_k[a, b]) dS/dA_k[i, j],
