@@ -11,7 +11,8 @@
 - mfu:        model FLOPs utilization: model FLOPs of training an image (torch.utils.flop_counter) x
               training images/s, over a 2048-square matrix product's FLOP/s in the same precision
               on the same threads.
-- gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time.
+- gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time; then
+              images/s of every class activation map method alone, and all of them together.
 - engine:     milliseconds a search trial costs besides its run (asking, the surplus check, the
               heartbeat, recording and telling the result), against an SQLite storage.
 
@@ -86,6 +87,14 @@ def print_table(results: dict[str, Any]) -> None:
             f"gradcam   {g['images']} images x 4 layers x 2 targets, width {g['width']}: "
             f"batched {g['batched_s']:.1f} s, "
             f"one at a time {g['one_at_a_time_s']:.1f} s ({g['one_at_a_time_s'] / g['batched_s']:.1f}x)"
+        )
+        for name, rate in g["methods_images_per_s"].items():
+            print(
+                f"          {name:<10} {rate:7.1f} img/s ({g['methods_s'][name]:.1f} s alone, both targets, 4 layers)"
+            )
+        print(
+            f"          all {len(g['methods_s'])} methods together {g['all_methods_s']:.1f} s (passes shared; "
+            f"Score-CAM at most {g['scorecam_max_channels']} channels per image and layer)"
         )
 
 
