@@ -1,4 +1,5 @@
-"""``python -m harness.analyze RUN_DIR``: (re)analyze a run's final weights (``harness.analysis.pipeline``)."""
+"""``python -m harness.analyze RUN_DIR [--set analysis.KEY=VALUE ...]``: (re)analyze a run's final
+weights (``harness.analysis.pipeline``), with its config's analysis keys changed if asked."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from harness.analysis.pipeline import analyze_run
 from harness.core.errors import ArgumentParser, exit_on_harness_error
+from harness.runner.existing_runs import analyze_run
 
 
 @exit_on_harness_error
@@ -17,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         description="(Re)analyze a run's final weights: per-class metrics, Grad-CAM, trust measures.",
     )
     parser.add_argument("run_dir", type=Path)
+    parser.add_overrides("analysis.misclassified=50 analysis.order=confident")
     args = parser.parse_args(argv)
-    result = analyze_run(args.run_dir)
+    result = analyze_run(args.run_dir, args.overrides)
     print(f"analysis written to {args.run_dir / 'analysis'} (from {result['checkpoint']})")
     return 0
 

@@ -1,80 +1,61 @@
-"""Experiment configuration: a typed and validated ``Config`` (a pydantic v2 schema).
+"""Experiment configuration: a typed and validated ``Config`` (a pydantic v2 schema) that gathers
+the sections each stage owns: ``data`` (``harness.data.config``), ``model`` (``harness.models.config``),
+``optimizer``, ``scheduler``, ``train``, ``checkpoint``, ``logging``, ``diagnostics``
+(``harness.training.config``), ``analysis`` (``harness.analysis.config``) and ``report``
+(``harness.reporting.config``), and the rules that involve more than one of them.
 
-Every key has a default here or in the section of the stage it configures (``data``:
-``harness.data.config``, ``model``: ``harness.models.builders``, ``optimizer``:
-``harness.training.optim``, ``scheduler``: ``harness.training.schedules``, each beside the registry
-its names are checked against). A YAML file names only what it changes, and may start from another
-file (``base: other.yaml``, ``harness.core.yaml_io``). ``--set key.path=value`` overrides any key.
-Every problem is reported in one line naming the file, the key path, the value and what was expected.
+A YAML file names only what it changes, and may start from another file (``base: other.yaml``,
+``harness.core.yaml_io``). ``--set key.path=value`` overrides any key. Every problem is reported in
+one line naming the file, the key path, the value and what was expected. Validating a config imports
+no torch: names are checked against lazy registries, and plug-ins are imported when a run builds them.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
+from harness.analysis.config import AnalysisConfig
 from harness.core.errors import ConfigError
+from harness.core.registry import Registry
 from harness.core.schema import Section, format_validation_error
-from harness.core.yaml_io import dump_yaml, parse_yaml, read_yaml
-from harness.data import sources as _sources  # noqa: F401 - registers the data sources data.dataset names
-from harness.data.config import DataConfig
-from harness.models.builders import ModelConfig
-from harness.training.optim import OptimizerConfig
-from harness.training.schedules import SchedulerConfig
+from harness.core.yaml_io import absolute_plugin_files, dump_yaml, parse_yaml, read_yaml
+from harness.data.config import SOURCES, DataConfig
+from harness.models.config import MODELS, ModelConfig
+from harness.reporting.config import ReportConfig
+from harness.training.config import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    CheckpointConfig,
+    DiagnosticsConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+)
 
-__all__ = ["Config", "ConfigError", "config_from_dict", "dump_config", "load_config", "parse_override", "set_key"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "REGISTRIES",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "set_key",
+]
 
-
-class TrainConfig(Section):
-    epochs: int = Field(20, ge=1)
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    channels_last: bool = True
-    grad_clip: float | None = Field(None, gt=0.0)
-    compile: bool = False
-    tta_flip: bool = False
-    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
-    # Progressive resizing: the first low_res_epochs train on images scaled down to low_res_size; the
-    # last epoch always trains at full size (TrainConfig.low_res_epochs_used), so shortening a run stays valid.
-    low_res_size: int | None = Field(None, ge=8)
-    low_res_epochs: int = Field(0, ge=0)
-
-    @property
-    def low_res_epochs_used(self) -> int:
-        return min(self.low_res_epochs, self.epochs - 1) if self.low_res_size else 0
-
-    backend: Literal["nccl", "gloo"] | None = None
-
-
-class CheckpointConfig(Section):
-    every_epochs: int = Field(1, ge=1)
-    every_iters: int | None = Field(None, ge=1)
-    n_saved: int = Field(2, ge=1)
-
-
-class AnalysisConfig(Section):
-    enabled: bool = True
-    # Each is a row of every Grad-CAM figure; past a few hundred rows a PNG outgrows what viewers open.
-    misclassified: int = Field(20, ge=0, le=200)
-    order: Literal["first", "confident"] = "first"
-    gradcam_layers: list[str] = Field(default_factory=lambda: ["layer1", "layer2", "layer3", "layer4"])
-    gradcam_targets: list[Literal["predicted", "true"]] = Field(default_factory=lambda: ["predicted", "true"])
-
-
-class ReportConfig(Section):
-    enabled: bool = True
-
-
-class LoggingConfig(Section):
-    tensorboard: bool = True  # event files in RUN_DIR/tensorboard/: tensorboard --logdir results
-
-
-class DiagnosticsConfig(Section):
-    samples_per_epoch: int = Field(20, ge=0)  # weight-update samples in weights.csv per epoch; 0 turns them off
+# Every config key that names a registered entry or a plug-in, and its registry.
+REGISTRIES: dict[str, Registry] = {
+    "model.name": MODELS,
+    "optimizer.name": OPTIMIZERS,
+    "scheduler.name": SCHEDULERS,
+    "data.dataset": SOURCES,
+}
 
 
 class Config(Section):
@@ -94,6 +75,10 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    def plugin_names(self) -> dict[str, str]:
+        """The value of every key that names a registered entry or a plug-in: ``{"model.name": "resnet18", ...}``."""
+        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in REGISTRIES}
 
 
 # ---------------------------------------------------------------- --set and files
@@ -138,16 +123,11 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: expected 0 with the plateau scheduler"
         )
-    if s.warmup_epochs >= cfg.train.epochs and s.name in ("onecycle", "cosine"):
-        raise ConfigError(
-            f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
-            f"expected fewer than train.epochs ({cfg.train.epochs})"
-        )
     t = cfg.train
     if t.low_res_epochs and t.low_res_size is None:
         raise ConfigError(f"{source}: train.low_res_epochs = {t.low_res_epochs}: expected train.low_res_size as well")
     first_step = s.step_epochs if s.name == "step" else min(s.milestones, default=None)
-    if s.name in ("step", "multistep") and first_step is not None and first_step <= s.warmup_epochs:
+    if s.name in ("step", "multistep") and first_step is not None and first_step <= s.warmup_epochs_used(t.epochs):
         raise ConfigError(
             f"{source}: scheduler.warmup_epochs = {s.warmup_epochs}: "
             f"expected the warm-up to end before the first step (epoch {first_step})"
@@ -155,10 +135,13 @@ def _check_consistency(cfg: Config, source: str) -> None:
 
 
 def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<config>") -> Config:
+    """Validate a config given as a dict (a YAML file's, read), with ``--set`` overrides applied; a
+    plug-in file named by a relative path (``./my_models.py:Net``) is taken from the working folder."""
     raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         _apply_override(raw, path, value, f"--set {text!r}")
+    raw = absolute_plugin_files(raw, Path.cwd())
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as error:

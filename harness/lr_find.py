@@ -46,14 +46,15 @@ from ignite.utils import manual_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
+from harness.analysis.figures import plt, provenance, save_figure
 from harness.config import Config, load_config
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit
 from harness.core.run_folder import csv_text, utc_now, utc_timestamp
-from harness.data.sources import DataSplits, load_arrays
+from harness.data.sources import DataSplits
 from harness.data.transforms import check_augment
-from harness.reporting.figures import plt, provenance, save_figure
+from harness.models.inputs import prepare_inputs
 from harness.training.steps import create_trainer
 from harness.training.wiring import build_learner, build_loaders, build_train_step
 
@@ -68,13 +69,14 @@ def build_finder_trainer(
     """The trainer of a run without its handlers (no schedule, evaluation, logs or checkpoints),
     its training loader, model, optimizer and iterations per epoch."""
     loaders = build_loaders(cfg, splits, device)
-    height, width = splits.train.images.shape[1:3]
+    _, height, width, channels = splits.train.images.shape
     # The learner a run builds, uncompiled: compiling costs more than the sweep's hundred steps.
     uncompiled = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": False})})
-    learner = build_learner(
-        uncompiled, device, len(splits.classes), (loaders.train_sampler.batch_size, 3, height, width)
+    batch_shape = (loaders.train_sampler.batch_size, channels, height, width)
+    learner = build_learner(uncompiled, device, len(splits.classes), batch_shape)
+    train_step, _ = build_train_step(
+        uncompiled, learner.train_cfg, learner.model, learner.optimizer, device, (height, width)
     )
-    train_step, _ = build_train_step(uncompiled, learner.train_cfg, learner.model, learner.optimizer, device, height)
     trainer, _ = create_trainer(train_step, device)
     return trainer, loaders.train, learner.model, learner.optimizer, len(loaders.train_sampler)
 
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_augment(cfg.data)  # a bad transform fails before the data is read
-    splits = load_arrays(cfg.data, cfg.seed)
+    inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+    splits, cfg = inputs.splits, cfg.model_copy(update={"data": inputs.data})
     train = splits.train
     check_augment(cfg.data, train.images[0])
     device = idist.device()

@@ -1,302 +1,24 @@
-"""``python -m harness.run CONFIG [--set K=V ...] [--out RUN_DIR]`` or ``--resume RUN_DIR``.
-
-One code path for one CPU process and for N processes under torchrun (``idist.Parallel``). The
-stages of a run: checks (before anything is written), training (every process), then analysis and
-the report (one process, after the process group is gone). ``--resume`` continues whichever stage
-a crash interrupted.
-"""
+"""``python -m harness.run CONFIG [--set K=V ...] [--out RUN_DIR]``, ``--resume RUN_DIR`` or ``--list``:
+the command line of ``harness.runner.experiment.run_experiment``, alone or under torchrun."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import ignite.distributed as idist
-import torch
-from ignite.utils import manual_seed
-
-from harness.config import Config, dump_config, load_config
-from harness.core import atomic_io
-from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
-from harness.core.provenance import describe_device, git_commit, library_versions
-from harness.core.run_folder import (
-    RunFiles,
-    RunLock,
-    create_run_dir,
-    default_run_dir,
-    is_pre_validation_run,
-    list_checkpoints,
-    utc_now,
-)
-from harness.data.loaders import EpochBatchSampler, check_batch_size, per_rank_batch
-from harness.data.sources import DataSplits, load_arrays
-from harness.data.transforms import check_augment
-from harness.models.builders import build_model, find_layer
-from harness.training.cpu_threads import limit_cpu_threads
-from harness.training.pruning import TrialReporter
-from harness.training.schedules import check_schedule
-from harness.training.wiring import Training, build_training
-
-EXIT_DIVERGED = 3
-
-
-@dataclass
-class Outcome:
-    """What one process learned; rank 0's decides what is printed and returned."""
-
-    run_dir: Path | None = None
-    rank: int = 0
-    status: str | None = None
-    signum: int | None = None
-    lock: RunLock | None = field(default=None, repr=False)
-
-
-# ---------------------------------------------------------------- before anything is written
-
-
-def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
-    """Every check that needs the data: a batch, a transform, a schedule or a layer that cannot work
-    fails here, in one line, before the run folder exists."""
-    train = splits.train
-    check_batch_size(cfg.data, len(train), world_size)
-    check_augment(cfg.data, train.images[0])
-    batches = EpochBatchSampler(
-        len(train),
-        per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size"),
-        cfg.seed,
-        shuffle=True,
-        world_size=world_size,
-    )
-    check_schedule(cfg.scheduler, len(batches), cfg.train.epochs)
-    if cfg.analysis.enabled:
-        model = build_model(cfg.model, len(train.classes))
-        for name in cfg.analysis.gradcam_layers:
-            try:
-                find_layer(model, name)
-            except ValueError as problem:
-                raise HarnessError(
-                    f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_name(cfg)} {problem}"
-                ) from None
-
-
-def model_name(cfg: Config) -> str:
-    return cfg.model.name + (f" (width {cfg.model.width})" if cfg.model.name == "resnet18" else "")
-
-
-def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
-    """Rank 0 creates and locks the run folder and writes its read-only config.yaml; every rank gets the same path."""
-    message, lock = "", None
-    run_dir = out or default_run_dir(cfg.name)
-    if idist.get_rank() == 0:
-        try:
-            lock = create_run_dir(run_dir)
-            atomic_io.write_text(RunFiles(run_dir).config, dump_config(cfg)).chmod(0o444)  # what this run used
-        except HarnessError as error:
-            message = f"error:{error}"
-    shared = (
-        idist.broadcast(message or str(run_dir), src=0, safe_mode=True)
-        if idist.get_world_size() > 1
-        else (message or str(run_dir))
-    )
-    if shared.startswith("error:"):
-        raise HarnessError(shared[len("error:") :])
-    return Path(shared), lock
-
-
-# ---------------------------------------------------------------- training (every process)
-
-
-def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads; damaged ones are named, set aside and skipped; what a crash
-    while saving left (Ignite's temporary files) is removed."""
-    if idist.get_rank() == 0:
-        for partial in RunFiles(run_dir).checkpoints.glob("tmp*"):
-            partial.unlink(missing_ok=True)
-    for path in list_checkpoints(RunFiles(run_dir).checkpoints):
-        try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # a truncated file raises several types inside torch.load
-            if idist.get_rank() == 0:  # every rank skips it; one sets it aside
-                print(
-                    f"warning: checkpoint {path} is damaged ({type(error).__name__}); using the previous one",
-                    file=sys.stderr,
-                )
-                path.replace(path.with_suffix(".pt.damaged"))
-    return None
-
-
-def write_model_summary(cfg: Config, path: Path, num_classes: int, image_size: tuple[int, int]) -> None:
-    from torchinfo import summary
-
-    model = build_model(cfg.model, num_classes)
-    text = str(summary(model, input_size=(2, 3, *image_size), verbose=0, mode="eval", device="cpu"))
-    atomic_io.write_text(path, text + "\n")
-
-
-def start_summary(
-    cfg: Config, run: Training, splits: DataSplits, run_dir: Path, resumed_from: Path | None
-) -> dict[str, Any]:
-    earlier = RunFiles(run_dir).read_summary() if resumed_from else {}
-    return {
-        "name": cfg.name,
-        "status": "running",
-        "device": describe_device(idist.device()),
-        "world_size": idist.get_world_size(),
-        "threads_per_process": torch.get_num_threads(),
-        "num_params": run.num_params,
-        "num_workers": run.num_workers,
-        "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
-        "compiled": run.compiled,
-        "channels_last": run.channels_last,
-        "train_images": len(splits.train),
-        "val_images": len(splits.val) if splits.val is not None else 0,
-        "test_images": len(splits.test),
-        "validation": splits.val_source,
-        "classes": splits.classes,
-        "iterations_per_epoch": run.iters_per_epoch,
-        "started_utc": earlier.get("started_utc") or utc_now(),
-        "resumed_from": str(resumed_from) if resumed_from else None,
-        "git_commit": git_commit(),
-        "versions": library_versions(),
-    }
-
-
-def training_status(run: Training) -> dict[str, Any]:
-    state = run.trainer.state
-    loss = state.output["loss"] if state.output else None
-    if loss is not None and not math.isfinite(float(loss)):
-        return {"status": "diverged", "diverged_at_iteration": state.iteration}
-    if getattr(state, "pruned_at_epoch", None):
-        return {"status": "pruned", "pruned_at_epoch": state.pruned_at_epoch}
-    if run.stop.signum is not None:
-        return {"status": "interrupted", "interrupted_at_iteration": state.iteration}
-    return {"status": "completed"}
-
-
-def final_metric(rows: list[dict[str, Any]], column: str) -> float | None:
-    value = rows[-1].get(column) if rows else None
-    return float(value) if value not in (None, "") else None
-
-
-def training(
-    cfg: Config, run_dir: Path, splits: DataSplits, resume: bool, outcome: Outcome, trial: TrialReporter | None
-) -> None:
-    rank = idist.get_rank()
-    started = time.time()
-    manual_seed(cfg.seed)
-    found = load_resume_checkpoint(run_dir) if resume else None
-    resumed_from, state = found or (None, None)
-    start = state["trainer"]["iteration"] if state else 0
-    run = build_training(cfg, run_dir, splits, start_iteration=start, trial=trial if rank == 0 else None)
-    if state is not None:
-        run.load_state(state)
-        if rank == 0:
-            print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
-    elapsed_before = float(RunFiles(run_dir).read_summary().get("total_time_s") or 0.0) if resumed_from else 0.0
-    summary = start_summary(cfg, run, splits, run_dir, resumed_from)
-    if rank == 0:
-        write_model_summary(cfg, RunFiles(run_dir).model_summary, len(splits.classes), splits.train.images.shape[1:3])
-        atomic_io.write_json(RunFiles(run_dir).summary, summary)
-
-    # A kill after the last checkpoint but before the final summary leaves nothing to train:
-    # running the engine again would start it over (ignite restarts a finished state from epoch 0).
-    run.stop.install()
-    try:
-        if run.trainer.state.iteration < run.iters_per_epoch * cfg.train.epochs:
-            run.trainer.run(run.loaders.train, max_epochs=cfg.train.epochs)
-    except HarnessError as error:
-        if rank == 0:
-            record_failure(run_dir, summary, str(error))
-        raise
-    finally:
-        run.stop.uninstall()
-        run.close()
-
-    summary.update(training_status(run))
-    best_acc, best_epoch = run.log.best()
-    rows = run.log.metrics_rows
-    summary.update(
-        epochs_completed=len(rows),
-        best_val_acc=best_acc,  # chosen on the validation split, as the best checkpoint is
-        best_epoch=best_epoch,
-        final_val_acc=final_metric(rows, "val_acc"),
-        final_val_loss=final_metric(rows, "val_loss"),
-        final_test_acc=final_metric(rows, "test_acc"),  # what a run reports
-        final_test_loss=final_metric(rows, "test_loss"),
-        total_time_s=round(elapsed_before + time.time() - started, 2),
-        finished_utc=utc_now(),
-    )
-    if rank == 0:
-        atomic_io.write_json(RunFiles(run_dir).summary, summary)
-    outcome.status, outcome.signum = summary["status"], run.stop.signum
-
-
-def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None:
-    """Mark the run failed in summary.json if the disk still takes it; ``--resume`` continues it."""
-    try:
-        atomic_io.write_json(RunFiles(run_dir).summary, {**summary, "status": "failed", "error": message})
-    except OSError:
-        pass
-
-
-def run_in_process(local_rank: int, cfg: Config, args: Any, outcome: Outcome, trial: TrialReporter | None) -> None:
-    resume = args.resume is not None
-    world_size = idist.get_world_size()
-    limit_cpu_threads(idist.device())  # before any work: summary.json records threads_per_process
-    # Data first: a missing folder or a corrupt image fails before the run folder exists.
-    with idist.one_rank_first(local=True):  # the first rank decodes and caches; the others read the cache
-        splits = load_arrays(cfg.data, cfg.seed)
-    if splits.skipped and idist.get_rank() == 0:
-        print(f"warning: {splits.skipped}", file=sys.stderr, flush=True)
-    check_before_run(cfg, splits, world_size)
-    if resume:
-        run_dir = args.resume
-    else:
-        run_dir, outcome.lock = open_run_dir(cfg, args.out)
-    outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
-    if outcome.rank == 0:
-        print(f"run folder: {run_dir}", flush=True)
-    training(cfg, run_dir, splits, resume, outcome, trial)
-
-
-# ---------------------------------------------------------------- after training (one process)
-
-
-def finish(run_dir: Path, cfg: Config) -> None:
-    """Analysis (unless done already or switched off) and the report, for a run whose training completed.
-
-    The process group is gone by now: the analysis is one process's job, and Ignite's metrics in it
-    must not wait for ranks that have left.
-    """
-    summary = RunFiles(run_dir).read_summary()
-    if cfg.analysis.enabled and not summary.get("analysis_completed_utc"):
-        from harness.analysis.pipeline import analyze_run
-
-        analyze_run(run_dir, idist.device())
-        print(f"analysis: {run_dir / 'analysis'}", flush=True)
-    render_report(run_dir, cfg)
-
-
-def render_report(run_dir: Path, cfg: Config) -> None:
-    if cfg.report.enabled:
-        from harness.reporting.run_report import render_run_report
-
-        print(f"report: {render_run_report(run_dir)}", flush=True)  # shows whatever exists, whatever the status
-
-
-# ---------------------------------------------------------------- the command
+from harness.config import load_config
+from harness.core.errors import ArgumentParser, exit_on_harness_error
+from harness.runner.experiment import launched_by_torchrun, run_experiment
+from harness.runner.plugins import registered_names
 
 
 def parse_args(argv: list[str] | None) -> Any:
     parser = ArgumentParser(
         prog="python -m harness.run",
-        description="Train a YAML experiment's model (ResNet18 or a torchvision classifier), analyze it, report.",
+        description="Train a YAML experiment's model (built in, torchvision's or your own), analyze it, report.",
     )
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. experiments/resnet18.yaml")
     parser.add_overrides()
@@ -307,7 +29,12 @@ def parse_args(argv: list[str] | None) -> Any:
         metavar="RUN_DIR",
         help="continue an interrupted run: training from its newest checkpoint, then whatever stage is missing",
     )
+    parser.add_argument(
+        "--list", action="store_true", help="list every registered model, optimizer, schedule and data source"
+    )
     args = parser.parse_args(argv)
+    if args.list:
+        return args
     if args.resume is None and args.config is None:
         parser.error("give a CONFIG file, or --resume RUN_DIR")
     if args.resume is not None and (args.config or args.overrides or args.out):
@@ -315,85 +42,16 @@ def parse_args(argv: list[str] | None) -> Any:
     return args
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def launch_rank() -> int:
-    """This process's rank as torchrun set it, readable before (and after) the process group exists."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def resolve_backend(cfg: Config) -> str | None:
-    if not launched_by_torchrun():
-        return None
-    return cfg.train.backend or ("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def exit_code(outcome: Outcome) -> int:
-    if outcome.status == "interrupted":
-        return 128 + (outcome.signum or 0)
-    if outcome.status == "diverged":
-        return EXIT_DIVERGED
-    return 0
-
-
-def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
-    """The run's own config, its lock (held by rank 0), and whether its training already completed."""
-    if not RunFiles(run_dir).config.is_file():
-        raise HarnessError(f"--resume {run_dir}: not a run folder (no config.yaml there)")
-    if is_pre_validation_run(run_dir):
-        raise HarnessError(
-            f"--resume {run_dir}: this run predates the validation split (its val_acc column is the test set); "
-            "continuing it would mix two meanings in one file: start it again instead"
-        )
-    lock = None
-    if launch_rank() == 0:
-        lock = RunLock(run_dir)
-        lock.acquire()
-    cfg = load_config(RunFiles(run_dir).config)
-    return cfg, lock, RunFiles(run_dir).read_summary().get("status") == "completed"
-
-
-def run_command(argv: list[str] | None = None, trial: TrialReporter | None = None) -> int:
-    """The command, raising HarnessError on bad input; ``trial`` is given when a search runs this run
-    as one of its trials (in its worker's process), to report each epoch's validation accuracy to."""
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> int:
+    """The command; bad input is one line on stderr and exit code 2."""
     args = parse_args(argv)
-    lock, outcome = None, Outcome()
-    try:
-        if args.resume is not None:
-            cfg, lock, trained = open_for_resume(args.resume)
-            if trained:
-                if launch_rank() == 0:
-                    print(
-                        f"{args.resume}: training already completed; finishing the analysis and the report", flush=True
-                    )
-                    finish(args.resume, cfg)
-                return 0
-        else:
-            cfg = load_config(args.config, args.overrides)
-        check_augment(cfg.data)  # a bad transform fails here, before the data is read
-        parallel = idist.Parallel(backend=resolve_backend(cfg))
-        # Their log lines ("Run ... in 1 processes", "Engine run is terminating due to exception")
-        # would surround the one line that reports an error.
-        logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-        logging.getLogger("ignite.engine.engine.Engine").setLevel(logging.CRITICAL)
-        with parallel:
-            parallel.run(run_in_process, cfg, args, outcome, trial)
-        if outcome.rank == 0:  # the process group is gone by now: idist.get_rank() says 0 everywhere
-            if outcome.status == "completed":
-                finish(outcome.run_dir, cfg)
-            else:
-                render_report(outcome.run_dir, cfg)
-            print(f"run folder: {outcome.run_dir} ({outcome.status})", flush=True)
-        return exit_code(outcome)
-    finally:
-        for held in (lock, outcome.lock):
-            if held is not None:
-                held.release()
-
-
-main = exit_on_harness_error(run_command)
+    if args.list:
+        print(registered_names())
+        return 0
+    if args.resume is not None:
+        return run_experiment(run_dir=args.resume, resume=True).exit_code
+    return run_experiment(load_config(args.config, args.overrides), args.out).exit_code
 
 
 def exit_worker(code: int) -> NoReturn:

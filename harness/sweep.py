@@ -26,6 +26,7 @@ from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_er
 from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
+from harness.runner.plugins import imported_plugins
 from harness.search.engine import (
     default_storage,
     open_storage,
@@ -48,6 +49,7 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
     for path in configs:
         cfg = load_config(path, overrides)
         check_augment(cfg.data)
+        imported_plugins(cfg)  # imports each plug-in: one that does not import fails here, before any run
         for seed in seeds if seeds is not None else [cfg.seed]:
             load_config(path, [*overrides, f"seed={seed}"])
             folder = sweep_dir / f"{cfg.name}-seed{seed}"

@@ -40,18 +40,23 @@ def make_image_folder(
     test_per_class: int = 3,
     classes: tuple[str, ...] = ("cat", "dog"),
     suffix: str = ".png",
+    size: int = 32,
+    grey: bool = False,
 ) -> Path:
-    """A learnable image folder: each class a bright square at its own place, on its own colour, plus noise."""
+    """A learnable image folder: each class a bright square at its own place, on its own colour (or
+    grey level), plus noise; ``size`` x ``size`` images."""
     rng = np.random.default_rng(1)
     palette = rng.integers(40, 200, size=(len(classes), 3))
+    scale = size / 32
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for label, name in enumerate(classes):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                pixels = rng.normal(0, 20, size=(32, 32, 3)) + palette[label]
-                top, left = 4 + (label // 4) * 8, 4 + (label % 4) * 7
-                pixels[top : top + 8, left : left + 8] += 70
+                pixels = rng.normal(0, 20, size=(size, size, 3)) + palette[label]
+                top, left = round((4 + (label // 4) * 8) * scale), round((4 + (label % 4) * 7) * scale)
+                pixels[top : top + round(8 * scale), left : left + round(8 * scale)] += 70
                 image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                image = image.convert("L") if grey else image
                 image.save(root / split / name / f"{i:04d}{suffix}", **({"quality": 95} if suffix == ".jpg" else {}))
     return root
 
@@ -114,7 +119,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, timeout: float = 300, module: str = "harness.run", cwd: Path = REPO
+    *args: str, timeout: float = 300, module: str = "harness.run", cwd: Path = REPO, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -122,7 +127,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         cwd=cwd,
-        env=subprocess_env(),
+        env=env or subprocess_env(),
     )
 
 

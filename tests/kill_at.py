@@ -22,6 +22,7 @@ from ignite.engine import Events
 import harness.analysis.pipeline
 import harness.reporting.run_report
 import harness.run
+import harness.runner.experiment
 
 
 def die(*_: Any) -> None:
@@ -30,7 +31,7 @@ def die(*_: Any) -> None:
 
 
 def kill_in_training(point: str, value: int) -> None:
-    build = harness.run.build_training
+    build = harness.runner.experiment.build_training
 
     def build_and_arm(*args: Any, **kwargs: Any) -> Any:
         run = build(*args, **kwargs)
@@ -42,7 +43,7 @@ def kill_in_training(point: str, value: int) -> None:
             )
         return run
 
-    harness.run.build_training = build_and_arm
+    harness.runner.experiment.build_training = build_and_arm
 
 
 def kill_while_saving(iteration: int) -> None:
@@ -66,7 +67,7 @@ def arm(point: str) -> None:
     elif name == "checkpoint":
         kill_while_saving(int(value))
     elif name == "summary":
-        harness.run.training_status = die
+        harness.runner.experiment.training_status = die
     elif name == "analysis":
         harness.analysis.pipeline.gradcam_maps = die
     elif name == "report":

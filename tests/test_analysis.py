@@ -158,7 +158,7 @@ def test_analyze_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_grid_figures_place_every_cell_in_order(tmp_path):
     from PIL import Image
 
-    from harness.reporting.figures import gradcam_grid, image_grid
+    from harness.analysis.figures import gradcam_grid, image_grid
 
     solid = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     for index in range(3):

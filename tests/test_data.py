@@ -124,15 +124,22 @@ def test_validation_split_is_stratified_disjoint_and_the_same_for_every_seed_and
     assert np.bincount(default.val.labels).tolist() == [4, 4, 4, 4], "stratified by class"
     assert not _pixels(default.val) & _pixels(default.train), "disjoint from what trains"
     held = _pixels(default.val)
-    for overrides in (["seed=7"], ["data.train_subset=40"], ["seed=3", "data.train_subset=100", "model.width=8"]):
+    for overrides in (["seed=7"], ["seed=3", "model.width=8"]):
         other = splits(*overrides)
         assert _pixels(other.val) == held, f"the same validation images with {overrides}"
+    # With a subset, a fractional val_size is a fraction of the images the run uses (subset + validation):
+    # 40 training images hold out 4, not 16; a smaller subset's split is part of a larger one's.
+    small, larger = splits("data.train_subset=40"), splits("seed=3", "data.train_subset=100")
+    assert (len(small.train), len(small.val), len(larger.val)) == (40, 4, 11)
+    assert _pixels(small.val) <= _pixels(larger.val) <= held
+    for other in (small, larger):
         assert not _pixels(other.val) & _pixels(other.train), "train_subset is drawn from the rest"
+    assert len(splits("data.train_subset=40", "data.val_size=16").val) == 16, "a count is taken as given"
     assert _pixels(splits("data.val_seed=1").val) != held, "val_seed alone moves the split"
     assert len(splits("data.val_size=24").val) == 24 and len(splits("data.val_size=0.25").val) == 40
     whole = splits("data.val_size=0")
     assert whole.val is None and len(whole.train) == 160
-    with pytest.raises(HarnessError, match=r"data.train_subset = 150: expected at most the 144 training images left"):
+    with pytest.raises(HarnessError, match=r"data.train_subset = 150: expected at most the 143 training images left"):
         splits("data.train_subset=150")
     with pytest.raises(HarnessError, match=r"data.val_size = 160: expected fewer than the 160 training images"):
         splits("data.val_size=160")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -70,6 +72,54 @@ def test_shared_helpers_import_no_stage():
     for name, imports in graph.items():
         if name.startswith("harness.core"):
             assert all(i.startswith("harness.core") for i in imports), (name, imports)
+
+
+# The stages from the bottom up: a module may import its own stage and those below it, never one above.
+# config.py gathers the stages' sections; the runner puts one experiment to work; the commands
+# (run, analyze, report, sweep, tune, lr_find, bench) sit on top.
+LAYERS = [
+    "harness.core",
+    "harness.data",
+    "harness.models",
+    "harness.training",
+    "harness.analysis",
+    "harness.reporting",
+    "harness.config",
+    "harness.runner",
+    "harness.search",
+]
+
+
+def layer(module: str) -> int:
+    for index, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return index
+    return len(LAYERS)  # a command
+
+
+def test_no_stage_imports_a_stage_above_it():
+    upward = [
+        f"{name} -> {imported}"
+        for name, imports in import_graph().items()
+        for imported in imports
+        if layer(imported) > layer(name)
+    ]
+    assert not upward, upward
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer("harness.training.wiring") < layer("harness.config") < layer("harness.tune")
+    assert layer("harness.analysis.pipeline") < layer("harness.reporting.compare")
+
+
+def test_validating_a_config_imports_no_heavy_library():
+    """``import harness.config`` and validating a shipped file load no torch, torchvision, Ignite or matplotlib."""
+    code = (
+        "import sys, harness.config as c; c.load_config('experiments/resnet18_cpu.yaml', ['model.name=x.py:Net']);"
+        "print(sorted(m for m in ('torch', 'torchvision', 'ignite', 'matplotlib') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]", shown.stdout + shown.stderr
 
 
 def test_every_command_is_a_module_with_a_cli():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ignite.engine import Events
 
-import harness.run
+import harness.runner.experiment
 from harness.core.run_folder import read_csv_rows
 from harness.reporting.run_report import render_run_report
 from harness.run import main
@@ -26,7 +26,7 @@ TEST_SCRIPT = [0.90, 0.10, 0.95, 0.20]
 
 def script_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make each evaluator report its script's accuracy for the epoch, as if the model had scored it."""
-    build = harness.run.build_training
+    build = harness.runner.experiment.build_training
 
     def build_and_script(*args, **kwargs):
         run = build(*args, **kwargs)
@@ -38,7 +38,7 @@ def script_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
             evaluator.add_event_handler(Events.EPOCH_COMPLETED, overwrite)
         return run
 
-    monkeypatch.setattr(harness.run, "build_training", build_and_script)
+    monkeypatch.setattr(harness.runner.experiment, "build_training", build_and_script)
 
 
 def test_every_decision_follows_validation_when_test_disagrees(write_config, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -121,3 +122,43 @@ def test_first_blow_up_names_the_layer_that_went_first():
         columns=weights.columns,
     )
     assert first_blow_up(pd.concat([weights, later])) == {"layer": "layer1", "iteration": 5, "update_ratio": 0.02}
+
+
+def variant(source, folder, seed: int, lr: float, accuracy: float):
+    """A copy of a finished run as another seed or config, with a chosen final test accuracy."""
+    shutil.copytree(source, folder)
+    config = folder / "config.yaml"
+    config.chmod(0o644)
+    text = re.sub(r"^seed: 0$", f"seed: {seed}", config.read_text(), flags=re.M)
+    config.write_text(re.sub(r"^  lr: 0.1$", f"  lr: {lr}", text, flags=re.M))
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["final_test_acc"] = accuracy
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):
+    """A 2-seed sweep of two configs: the first sentence names the leader, its lead, the Holm p and
+    what these seeds can detect, from the leaderboard's own numbers."""
+    from harness import compare_runs
+
+    runs = [
+        variant(analyzed_run, tmp_path / "a0", 0, 0.1, 0.62),
+        variant(analyzed_run, tmp_path / "a1", 1, 0.1, 0.58),
+        variant(analyzed_run, tmp_path / "b0", 0, 0.002, 0.52),
+        variant(analyzed_run, tmp_path / "b1", 1, 0.002, 0.51),
+    ]
+    comparison = compare_runs(runs, tmp_path / "compare.html")
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    best, second = board.iloc[0], board.iloc[1]
+    lead = 100 * (best.mean_acc - second.mean_acc)
+    html = comparison.html.read_text()
+    sentence = html.split('<p class="verdict"><b>')[1].split("</b>")[0]
+    assert sentence.startswith(f"{best.group} leads {second.group} by {lead:.2f} points")
+    assert f"Holm p = {second.p_holm:.2g}" in sentence and "5% (one comparison)" in sentence
+    assert ("not significant" in sentence) == (second.p_holm >= 0.05)
+    assert f"2 seeds detect only differences of {100 * second.detectable_diff_80pct:.2f} points" in sentence
+    assert "seeds per group would detect" in sentence
+    assert html.index('class="verdict"') < html.index('id="leaderboard"')
+    assert (board["ci95_low"] >= 0).all() and (board["ci95_high"] <= 1).all()  # 2 seeds: clipped to 0-100%
+    assert html.count('.html">') >= 4 and 'href="a0/report.html"' in html  # each run links to its report

@@ -19,8 +19,9 @@ def chromium_is_installed() -> None:
     assert CHROMIUM is not None, "Debian's chromium is not installed: apt-get install chromium (.ci/run does)"
 
 
-def open_in_chromium(page_path: Path, screenshot: Path) -> tuple[list[int], list[str], list[str]]:
-    """The natural widths of the page's images, its section ids and the console errors it raised."""
+def open_in_chromium(page_path: Path, screenshot: Path, width: int = 1280) -> tuple[list[int], list[str], list[str]]:
+    """The natural widths of the page's images, its section ids and the console errors it raised;
+    the page is opened ``width`` pixels wide, and must not scroll sideways there."""
     from playwright.sync_api import sync_playwright
 
     console_errors: list[str] = []
@@ -36,13 +37,18 @@ def open_in_chromium(page_path: Path, screenshot: Path) -> tuple[list[int], list
                 "--no-first-run",
             ],
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": width, "height": 900})
         page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: console_errors.append(str(error)))
         page.goto(page_path.resolve().as_uri())
         page.wait_for_load_state("load")
         widths = page.eval_on_selector_all("img", "images => images.map(i => i.complete ? i.naturalWidth : 0)")
         headings = page.eval_on_selector_all("section", "sections => sections.map(s => s.id)")
+        overflowing = page.eval_on_selector_all(
+            "table.leaderboard",
+            "tables => tables.filter(t => t.parentElement.scrollWidth > t.parentElement.clientWidth)",
+        )
+        assert overflowing == [], "the leaderboard scrolls sideways"
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert screenshot.stat().st_size > 10_000
@@ -63,7 +69,7 @@ def test_comparison_renders_in_headless_chromium(analyzed_run, tmp_path):
     (twin / "config.yaml").write_text((twin / "config.yaml").read_text().replace("seed: 0", "seed: 1"))
     out = tmp_path / "compare.html"
     assert report_main([str(analyzed_run), str(twin), "--out", str(out)]) == 0
-    widths, headings, errors = open_in_chromium(out, tmp_path / "compare.png")
+    widths, headings, errors = open_in_chromium(out, tmp_path / "compare.png", width=1400)
     assert len(widths) >= 5 and all(w > 0 for w in widths), widths
     assert headings == ["leaderboard", "spread", "curves", "target", "per-class", "runs"]
     assert errors == []

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.config import TrainConfig
-from harness.models.builders import ModelConfig, build_model
+from harness.models.builders import build_model
+from harness.models.config import ModelConfig
+from harness.training.config import TrainConfig
 from harness.training.optim import OptimizerConfig, build_optimizer
 from harness.training.steps import make_eval_step, make_train_step
 

@@ -32,7 +32,8 @@ from harness.analysis.sanity import (
     sanity_examples_figure,
     sanity_figure,
 )
-from harness.models.builders import ModelConfig, build_model
+from harness.models.builders import build_model
+from harness.models.config import ModelConfig
 from tests.test_analysis import QuadrantModel
 
 STAGES = ["none", "head", "layer4", "layer3", "layer2", "layer1", "stem"]

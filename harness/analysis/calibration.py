@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from harness.reporting.figures import plt, save_figure
+from harness.analysis.figures import plt, save_figure
 
 # The probability an image's true class gets at least, in the log-likelihood: a float32 softmax
 # rounds very unlikely classes to exactly 0, whose log would make the mean infinite.

@@ -25,8 +25,8 @@ import torchvision.transforms.functional as TF
 from scipy import integrate, stats
 from torch import nn
 
+from harness.analysis.figures import plt, save_figure
 from harness.models.builders import unwrap
-from harness.reporting.figures import plt, save_figure
 
 RANDOM = "random"  # the name of the random-map baseline in the curves and figures
 MAX_FORWARD_IMAGES = 1024  # perturbed images in one forward pass: bounds memory on any device

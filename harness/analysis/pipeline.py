@@ -23,6 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 
+from harness.analysis import figures
 from harness.analysis.calibration import (
     calibration_bins,
     expected_calibration_error,
@@ -31,29 +32,29 @@ from harness.analysis.calibration import (
     reliability_diagram,
     softmax,
 )
+from harness.analysis.config import AnalysisSpec
 from harness.analysis.faithfulness import faithfulness, faithfulness_figure
 from harness.analysis.gradcam import gradcam_maps
 from harness.analysis.sanity import cascading_randomization, sanity_examples_figure, sanity_figure
-from harness.config import Config, load_config
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
 from harness.core.run_folder import RunFiles, find_best_checkpoint, list_checkpoints, utc_now
+from harness.data.arrays import ImageArrays
 from harness.data.loaders import AugmentedArrayDataset
-from harness.data.sources import ImageArrays, load_arrays
 from harness.data.transforms import build_eval_transform, build_train_transform
 from harness.models.builders import build_model
-from harness.reporting import figures
+from harness.models.inputs import prepare_inputs
 from harness.training.steps import make_eval_step
 
 
 def load_trained_model(
-    run_dir: Path, cfg: Config, num_classes: int, device: torch.device
+    run_dir: Path, cfg: AnalysisSpec, num_classes: int, device: torch.device, in_channels: int = 3
 ) -> tuple[torch.nn.Module, Path]:
     path = next(iter(list_checkpoints(RunFiles(run_dir).checkpoints)), None) or find_best_checkpoint(run_dir)
     if path is None:
         raise HarnessError(f"{run_dir}: no checkpoint to analyze in {run_dir / 'checkpoints'}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, in_channels)
     try:
         # A training checkpoint of a run with train.ema_decay holds both; the average is what was evaluated.
         model.load_state_dict(state.get("ema_model", state.get("model", state)))
@@ -65,7 +66,7 @@ def load_trained_model(
 
 
 def predict(
-    model: torch.nn.Module, arrays: ImageArrays, cfg: Config, device: torch.device
+    model: torch.nn.Module, arrays: ImageArrays, cfg: AnalysisSpec, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     """The logits of every image of ``arrays`` (evaluated as training evaluated them: TTA included)
     and the confusion matrix, in one pass."""
@@ -93,7 +94,7 @@ def select_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: i
     return wrong[:count]
 
 
-def write_data_figures(cfg: Config, train_arrays: Any, out_dir: Path, footer: str) -> None:
+def write_data_figures(cfg: AnalysisSpec, train_arrays: Any, out_dir: Path, footer: str) -> None:
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(train_arrays), size=min(32, len(train_arrays)), replace=False)
     figures.image_grid(
@@ -102,10 +103,10 @@ def write_data_figures(cfg: Config, train_arrays: Any, out_dir: Path, footer: st
         out_dir / "train_samples.png",
         footer=footer,
     )
-    dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data))
+    dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data, train_arrays.images.shape[1:3]))
     views = torch.stack([dataset[(int(picks[0]), seed)][0] for seed in range(8)])
     shown = np.concatenate(
-        [train_arrays.images[picks[:1]] / 255.0, figures.denormalize(views, cfg.data.mean, cfg.data.std)]
+        [figures.as_display(train_arrays.images[picks[:1]]), figures.denormalize(views, cfg.data.mean, cfg.data.std)]
     )
     figures.image_grid(
         shown,
@@ -120,7 +121,7 @@ def write_data_figures(cfg: Config, train_arrays: Any, out_dir: Path, footer: st
 class Analysis:
     """What the steps of an analysis share: the run, its trained model and its test-set predictions."""
 
-    cfg: Config
+    cfg: AnalysisSpec
     out_dir: Path
     footer: str
     classes: list[str]
@@ -354,19 +355,18 @@ def write_calibration(a: Analysis, test_logits: np.ndarray, val: tuple[np.ndarra
     }
 
 
-def analyze_run(run_dir: Path, device: torch.device | None = None) -> dict[str, Any]:
-    """Write ``RUN_DIR/analysis/`` and add what it found to summary.json; return the highlights."""
-    run_dir = Path(run_dir)
-    if not RunFiles(run_dir).config.is_file():
-        raise HarnessError(f"{run_dir}: not a run folder (no config.yaml there)")
-    cfg = load_config(RunFiles(run_dir).config)
+def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None) -> dict[str, Any]:
+    """Write ``RUN_DIR/analysis/`` for the run's final weights as ``cfg`` (the run's config) says, and
+    add what it found to summary.json; return the highlights."""
     device = device or idist.device()
     summary_path = RunFiles(run_dir).summary
     summary = atomic_io.read_json(summary_path)
-    splits = load_arrays(cfg.data, cfg.seed)
+    inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+    cfg = cfg.model_copy(update={"data": inputs.data})  # data.mean and data.std as numbers
+    splits = inputs.splits
     train_arrays, test_arrays = splits.train, splits.test
     classes = test_arrays.classes
-    model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device)
+    model, checkpoint = load_trained_model(run_dir, cfg, len(classes), device, inputs.in_channels)
     test_set = AugmentedArrayDataset(test_arrays, build_eval_transform(cfg.data))
     test_logits, confusion = predict(model, test_arrays, cfg, device)
     probabilities = softmax(test_logits).astype(np.float32)

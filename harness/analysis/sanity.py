@@ -25,9 +25,9 @@ import torch
 from scipy import stats
 from torch import nn
 
+from harness.analysis.figures import overlay, plt, save_figure, titled_mosaic
 from harness.analysis.gradcam import gradcam_maps
 from harness.models.builders import unwrap
-from harness.reporting.figures import overlay, plt, save_figure, titled_mosaic
 
 TRAINED = "none"  # the stage where nothing is randomized yet
 

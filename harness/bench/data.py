@@ -8,8 +8,8 @@ from typing import Any
 import ignite.distributed as idist
 
 from harness.config import Config
+from harness.data.arrays import ImageArrays
 from harness.data.loaders import EpochBatchSampler, build_loader, build_train_dataset
-from harness.data.sources import ImageArrays
 
 
 def bench_data(

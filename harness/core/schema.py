@@ -16,11 +16,12 @@ class Section(BaseModel):
 
 
 def registered(registry: Registry) -> AfterValidator:
-    """A name that ``registry`` holds; otherwise the list of known names."""
+    """A name that ``registry`` holds or may import (checked without importing it); otherwise what it accepts."""
 
     def check(name: str) -> str:
-        if name not in registry:
-            raise ValueError(f"expected {registry.expected()}")
+        problem = registry.problem(name)
+        if problem:
+            raise ValueError(problem)
         return name
 
     return AfterValidator(check)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness.core.errors import ConfigError
+from harness.core.registry import file_of
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -77,6 +78,19 @@ def _deep_merge(base: dict, changes: dict) -> dict:
     return merged
 
 
+def absolute_plugin_files(node: Any, folder: Path) -> Any:
+    """``node`` with every plug-in file named by a relative path (``./my_models.py:Net``) made absolute
+    from ``folder``: the YAML file's own folder, so that a config names files beside it wherever it
+    is run from, and the run's config.yaml names them wherever it is resumed from."""
+    if isinstance(node, dict):
+        return {key: absolute_plugin_files(value, folder) for key, value in node.items()}
+    if isinstance(node, list):
+        return [absolute_plugin_files(value, folder) for value in node]
+    if isinstance(node, str) and (file := file_of(node)) is not None and not file.is_absolute():
+        return f"{(folder / file).resolve()}:{node.rsplit(':', 1)[1]}"
+    return node
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), follow_base: bool = True) -> dict:
     """A config file as a dict; ``base: other.yaml`` (relative to the file) is read first and
     overlaid, so that a variant names only what it changes (unless ``follow_base`` is false: a
@@ -101,6 +115,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = (), follow_base: bool 
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
+    raw = absolute_plugin_files(raw, path.parent)
     if "base" not in raw or not follow_base:
         return raw
     base = raw.pop("base")

@@ -1,9 +1,9 @@
 """The ``data`` section of a config, and the registry of data sources that ``data.dataset`` names
-(``harness.data.sources`` registers them)."""
+(lazy: validating a config imports no torch)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator
@@ -13,19 +13,65 @@ from harness.core.schema import Section, registered
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
-SOURCES: Registry[Callable[..., Any]] = Registry("data.dataset")
+SOURCES = Registry(
+    "data.dataset",
+    "dataset",
+    "a function called with data.kwargs, returning (train, test) as (images, labels) arrays or torch datasets: "
+    "./my_data.py:load",
+    namespaces={
+        "torchvision/": (
+            "harness.data.torchvision_sources:torchvision_dataset",
+            "CIFAR100, MNIST, FashionMNIST, SVHN or STL10 (labelled splits) in data.root, as torchvision lays "
+            "them out; downloaded when data.download is true",
+        )
+    },
+)
+SOURCES.add(
+    "cifar10",
+    "harness.data.torchvision_sources:load_cifar10",
+    "CIFAR-10 (Krizhevsky 2009): the python pickles in data.root, downloaded when data.download is true",
+    native=True,
+)
+SOURCES.add(
+    "image_folder",
+    "harness.data.sources:load_image_folder",
+    "a folder of data.root/{train,test}/<class>/<image> (and val/ when it has one), cached as arrays",
+    native=True,
+)
+SOURCES.add(
+    "synthetic",
+    "harness.data.sources:make_synthetic",
+    "learnable toy images (a bright square per class): for tests",
+    native=True,
+)
 
 
-def _rgb(values: list[float]) -> list[float]:
-    if len(values) != 3:
-        raise ValueError("expected 3 numbers (one per RGB channel)")
+def _per_channel(values: Any) -> list[float] | str | None:
+    """``auto``, null, or 1 or 3 numbers (grey or colour images)."""
+    if values is None or values == "auto":
+        return values
+    if not (isinstance(values, list) and len(values) in (1, 3)) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        raise ValueError("expected auto, or 1 or 3 numbers (one per channel: grey or RGB)")
+    return [float(v) for v in values]
+
+
+def _positive_per_channel(values: Any) -> list[float] | str | None:
+    values = _per_channel(values)
+    if isinstance(values, list) and any(v <= 0 for v in values):
+        raise ValueError("expected auto, or 1 or 3 positive numbers (one per channel: grey or RGB)")
     return values
 
 
-def _positive_rgb(values: list[float]) -> list[float]:
-    if any(v <= 0 for v in _rgb(values)):
-        raise ValueError("expected 3 positive numbers (one per RGB channel)")
-    return values
+def _image_size(value: Any) -> int | list[int] | None:
+    """null (the images' own size), a side in pixels, or [height, width]."""
+    sides = value if isinstance(value, list) else [value]
+    if value is None:
+        return None
+    if not (1 <= len(sides) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in sides)):
+        raise ValueError("expected null (the images' own size), a side of at least 8 pixels, or [height, width]")
+    return value
 
 
 def _image_count_or_fraction(value: Any) -> int | float:
@@ -44,23 +90,43 @@ def _named_transform(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_augment() -> list[dict[str, Any]]:
-    # RandomCrop(32, padding=4) + horizontal flip + Cutout 16x16: the seed's recipe plus flips.
+    # A random crop with an eighth of the side as padding (4 pixels on CIFAR's 32), a horizontal flip and
+    # Cutout of half the side (16x16 on 32x32): the seed's recipe plus flips, for images of any size.
+    # Sizes written as floats are fractions of the image's side (harness.data.transforms).
     return [
-        {"name": "PadIfNeeded", "min_height": 40, "min_width": 40, "border_mode": 0, "fill": 0, "p": 1.0},
-        {"name": "RandomCrop", "height": 32, "width": 32, "p": 1.0},
+        {"name": "PadIfNeeded", "min_height": 1.25, "min_width": 1.25, "border_mode": 0, "fill": 0, "p": 1.0},
+        {"name": "RandomCrop", "height": 1.0, "width": 1.0, "p": 1.0},
         {"name": "HorizontalFlip", "p": 0.5},
         {
             "name": "CoarseDropout",
             "num_holes_range": [1, 1],
-            "hole_height_range": [16, 16],
-            "hole_width_range": [16, 16],
+            "hole_height_range": [0.5, 0.5],
+            "hole_width_range": [0.5, 0.5],
             "fill": 0,
             "p": 1.0,
         },
     ]
 
 
+# Arguments that give a size along one side: a float there is a fraction of that side of the image.
+# (CoarseDropout's hole ranges take fractions natively in albumentations, and are left to it.)
+_HEIGHTS, _WIDTHS = ("height", "min_height"), ("width", "min_width")
+
+
+def pixel_sizes(spec: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+    """One transform's arguments with fractional sizes in pixels: ``min_height: 1.25`` on 32 is 40."""
+    resolved = dict(spec)
+    for key, value in spec.items():
+        if isinstance(value, float) and (key in _HEIGHTS or key in _WIDTHS):
+            resolved[key] = round(value * (height if key in _HEIGHTS else width))
+        elif key == "size" and isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+            resolved[key] = [round(value[0] * height), round(value[1] * width)]
+    return resolved
+
+
 class DataConfig(Section):
+    """Where the images come from, how they are split, normalized, augmented and batched."""
+
     dataset: Annotated[str, registered(SOURCES)] = "cifar10"
     root: str = "data/cifar10"
     download: bool = True
@@ -76,7 +142,27 @@ class DataConfig(Section):
     batch_size: int = Field(512, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     num_workers: int | None = Field(None, ge=0)
-    mean: Annotated[list[float], AfterValidator(_rgb)] = Field(default_factory=lambda: list(CIFAR10_MEAN))
-    std: Annotated[list[float], AfterValidator(_positive_rgb)] = Field(default_factory=lambda: list(CIFAR10_STD))
+    # Every image resized to this size (pixels, or [height, width]) when read; null keeps the images'
+    # own size, which must then be the same for all of them.
+    image_size: Annotated[int | list[int] | None, PlainValidator(_image_size)] = None
+    # Per-channel normalization: numbers, auto (measured on the images that train), or null: CIFAR-10's
+    # published values for cifar10, auto for every other source.
+    mean: Annotated[list[float] | str | None, PlainValidator(_per_channel)] = None
+    std: Annotated[list[float] | str | None, PlainValidator(_positive_per_channel)] = None
     augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(default_factory=_default_augment)
     augment_on: Literal["loader", "device"] = "loader"
+    # Keyword arguments of a data source given by import path (a function returning the splits).
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def augment_in_pixels(self, height: int, width: int) -> list[dict[str, Any]]:
+        """``augment`` for images of ``height`` x ``width``: sizes written as floats (fractions of the
+        side) in pixels, so one config fits images of any size."""
+        return [pixel_sizes(spec, height, width) for spec in self.augment]
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """``image_size`` as (height, width), or None."""
+        if self.image_size is None:
+            return None
+        sides = self.image_size if isinstance(self.image_size, list) else [self.image_size]
+        return (sides[0], sides[-1])

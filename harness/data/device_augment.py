@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from harness.core.errors import HarnessError
+from harness.data.config import pixel_sizes
 
 # The transforms the device path applies to every image, with albumentations' default p for each:
 # a spec must say (or default to) p: 1.0 for them, since on the device they are never skipped.
@@ -40,10 +41,22 @@ def _single(values: Any, key: str) -> int:
     return int(low)
 
 
-def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: int = 32) -> DeviceAugmentPlan:
-    """Translate the albumentations list; anything this path cannot do exactly is an error."""
+def _hole_side(values: Any, side: int, key: str) -> int:
+    """A hole range's one size in pixels; a float is a fraction of the side, as albumentations reads it."""
+    size = _single(values, key) if not isinstance(values[0], float) else None
+    if size is None:
+        if values[0] != values[1]:
+            raise HarnessError(f"{key} = {list(values)}: data.augment_on=device supports one fixed size (equal bounds)")
+        size = round(values[0] * side)
+    return size
+
+
+def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: tuple[int, int] = (32, 32)) -> DeviceAugmentPlan:
+    """Translate the albumentations list for images of ``image_size`` (height, width; a size written
+    as a float is a fraction of the side); anything this path cannot do exactly is an error."""
+    height, width = image_size
     plan = DeviceAugmentPlan()
-    for index, spec in enumerate(augment):
+    for index, spec in enumerate(pixel_sizes(spec, height, width) for spec in augment):
         where = f"data.augment[{index}]"
         name = spec["name"]
         if name in EVERY_IMAGE_DEFAULT_P and float(spec.get("p", EVERY_IMAGE_DEFAULT_P[name])) != 1.0:
@@ -51,20 +64,23 @@ def plan_from_augment(augment: Sequence[dict[str, Any]], image_size: int = 32) -
         if name == "PadIfNeeded":
             if spec.get("border_mode", 4) != 0:
                 raise HarnessError(f"{where} (PadIfNeeded): data.augment_on=device needs border_mode: 0 (constant)")
-            plan.pad = (int(spec["min_height"]) - image_size) // 2
+            plan.pad = (int(spec["min_height"]) - height) // 2
+            if (int(spec["min_width"]) - width) // 2 != plan.pad:
+                raise HarnessError(f"{where} (PadIfNeeded): data.augment_on=device pads every side alike")
             plan.pad_fill = float(spec.get("fill", 0))
         elif name == "RandomCrop":
-            if (spec["height"], spec["width"]) != (image_size, image_size):
+            if (spec["height"], spec["width"]) != (height, width):
                 raise HarnessError(
-                    f"{where} (RandomCrop): data.augment_on=device crops back to {image_size}x{image_size}"
+                    f"{where} (RandomCrop): data.augment_on=device crops back to the images' {width}x{height} "
+                    "(height: 1.0, width: 1.0)"
                 )
         elif name == "HorizontalFlip":
             plan.flip_p = float(spec.get("p", 0.5))
         elif name == "CoarseDropout":
             if _single(spec.get("num_holes_range", (1, 1)), f"{where}.num_holes_range") != 1:
                 raise HarnessError(f"{where}.num_holes_range: data.augment_on=device supports exactly one hole")
-            plan.hole = _single(spec["hole_height_range"], f"{where}.hole_height_range")
-            if _single(spec["hole_width_range"], f"{where}.hole_width_range") != plan.hole:
+            plan.hole = _hole_side(spec["hole_height_range"], height, f"{where}.hole_height_range")
+            if _hole_side(spec["hole_width_range"], width, f"{where}.hole_width_range") != plan.hole:
                 raise HarnessError(f"{where}: data.augment_on=device supports square holes")
             plan.hole_fill = float(spec.get("fill", 0))
         else:

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.core.errors import HarnessError
+from harness.data.arrays import ImageArrays
 from harness.data.config import DataConfig
-from harness.data.sources import ImageArrays
 from harness.data.transforms import build_eval_transform, build_train_transform
 
 
@@ -47,7 +47,7 @@ def build_train_dataset(arrays: ImageArrays, cfg: DataConfig) -> AugmentedArrayD
     ones (the trainer then augments whole batches on the device)."""
     if cfg.augment_on == "device":
         return AugmentedArrayDataset(arrays, build_eval_transform(cfg), random_transform=False)
-    return AugmentedArrayDataset(arrays, build_train_transform(cfg))
+    return AugmentedArrayDataset(arrays, build_train_transform(cfg, arrays.images.shape[1:3]))
 
 
 class EpochBatchSampler(Sampler):

@@ -1,14 +1,14 @@
 """Data sources: where the images come from, read whole into memory as uint8 arrays.
 
-Each source is registered by the name that ``data.dataset`` takes; adding one is a function here
-(and a line in the README's config reference).
+Each source is registered by the name that ``data.dataset`` takes (``harness.data.config``); adding
+one is a function here and its line there. A user's own source, by import path, is read by
+``harness.data.user_sources``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -20,83 +20,13 @@ from PIL import Image, ImageOps
 
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
+from harness.core.registry import PluginError
+from harness.data.arrays import ImageArrays, Splits
 from harness.data.config import SOURCES, DataConfig
+from harness.data.normalization import resize
+from harness.data.user_sources import splits_from_user_function
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-CIFAR10_FOLDER = "cifar-10-batches-py"
-
-
-@dataclass
-class ImageArrays:
-    """A whole split in memory: images (N, H, W, 3) uint8, labels (N,) int64, class names."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, indices: np.ndarray) -> ImageArrays:
-        return ImageArrays(self.images[indices], self.labels[indices], self.classes)
-
-
-@dataclass
-class Splits:
-    """What a source holds: its training and test images, and its own validation images when it has
-    them (an image folder's ``val/``); otherwise ``load_arrays`` holds a validation split out of ``train``."""
-
-    train: ImageArrays
-    test: ImageArrays
-    val: ImageArrays | None = None
-    skipped: str | None = None  # what the source left out (an image folder's system files), in one line
-
-
-# ---------------------------------------------------------------- cifar10: the python pickles
-
-
-def _read_cifar10_pickles(folder: Path) -> Splits:
-    def read_batches(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
-        for name in names:
-            with open(folder / name, "rb") as handle:
-                entry = pickle.load(handle, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
-        return np.ascontiguousarray(np.concatenate(images)), np.asarray(labels, dtype=np.int64)
-
-    with open(folder / "batches.meta", "rb") as handle:
-        classes = list(pickle.load(handle, encoding="latin1")["label_names"])
-    train = read_batches([f"data_batch_{i}" for i in range(1, 6)])
-    test = read_batches(["test_batch"])
-    return Splits(ImageArrays(*train, classes), ImageArrays(*test, classes))
-
-
-@SOURCES.register("cifar10")
-def load_cifar10(cfg: DataConfig, seed: int) -> Splits:
-    root = Path(cfg.root)
-    folder = root / CIFAR10_FOLDER
-    needed = ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
-    if not all((folder / name).is_file() for name in needed):
-        if not cfg.download:
-            raise HarnessError(
-                f"data.root = {str(root)!r}: CIFAR-10 files not found in {folder} and data.download is false; "
-                f"put the python-version pickles ({CIFAR10_FOLDER}/) there"
-            )
-        try:
-            import torchvision
-
-            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-        except Exception as error:  # network errors come in many types; all mean the same to the user
-            raise HarnessError(
-                f"data.root = {str(root)!r}: CIFAR-10 download failed ({type(error).__name__}); put "
-                f"{CIFAR10_FOLDER}/ there by hand, or use data.dataset=image_folder "
-                "with data.root=<folder with train/ and test/>"
-            ) from None
-    try:
-        return _read_cifar10_pickles(folder)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
-        raise HarnessError(f"{folder}: unreadable CIFAR-10 pickle files ({error})") from None
 
 
 # ---------------------------------------------------------------- image_folder: <root>/{train,[val,]test}/<class>/*
@@ -173,36 +103,90 @@ def _list_image_folder(
     return classes, files
 
 
-def _as_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode as 8-bit RGB: a phone photo upright (EXIF orientation), 16-bit and float
-    grayscale scaled to 0..255 rather than clipped, palette, grayscale, RGBA and CMYK converted."""
+GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I", "F")
+
+
+def _as_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode as 8-bit (H, W, 1) grey or (H, W, 3) RGB: a phone photo upright (EXIF orientation),
+    16-bit and float grey scaled to 0..255 rather than clipped, palette, RGBA and CMYK as RGB."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16L", "I;16B", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else (1.0 if values.max() <= 1 else 255.0)
-        gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
+        return np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)[..., None]
+    if image.mode in GREY_MODES:
+        return np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def _decode_image(path: Path) -> np.ndarray:
+def _decode_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """The image as (H, W, C) uint8, resized to ``size`` (height, width) when given (antialiased bilinear)."""
     try:
         with Image.open(path) as image:
-            return _as_rgb(image)
+            array = _as_array(image)
     except Exception as error:  # PIL raises many types for a broken file
         raise HarnessError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+    if size is not None and array.shape[:2] != size:
+        resized = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).resize(
+            (size[1], size[0]), Image.Resampling.BILINEAR
+        )
+        array = np.asarray(resized, dtype=np.uint8).reshape(size[0], size[1], array.shape[-1])
+    return array
 
 
-def _decode_split(files: list[tuple[Path, int]], classes: list[str]) -> ImageArrays:
+def as_rgb(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 1) grey images as (N, H, W, 3); colour ones as they are."""
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def _decode_split(files: list[tuple[Path, int]], classes: list[str], size: tuple[int, int] | None) -> ImageArrays:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        decoded = list(pool.map(_decode_image, (path for path, _ in files), chunksize=256))
+        decoded = list(pool.map(lambda path: _decode_image(path, size), (path for path, _ in files), chunksize=256))
+    if len({image.shape[-1] for image in decoded}) > 1:  # grey and colour mixed: colour, the grey ones repeated
+        decoded = [np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image for image in decoded]
     shape = decoded[0].shape
     for (path, _), image in zip(files, decoded, strict=True):
-        if image.shape != shape:
+        if image.shape[:2] != shape[:2]:
             raise HarnessError(
-                f"{path}: image size {image.shape[1]}x{image.shape[0]} differs from {shape[1]}x{shape[0]} of the others"
+                f"{path}: image size {image.shape[1]}x{image.shape[0]} differs from {shape[1]}x{shape[0]} of "
+                f"{files[0][0].name}; set data.image_size to resize every image to one size"
             )
     return ImageArrays(np.stack(decoded), np.asarray([label for _, label in files], dtype=np.int64), classes)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(files: list[tuple[Path, int]], size: tuple[int, int] | None, root: Path) -> None:
+    """Refuse, before decoding, a folder whose images as arrays would not fit in memory (half of what is
+    available: training needs room for the model, batches and a copy of the split)."""
+    if size is None:  # the headers of a sample of images give their size without decoding them
+        sample = files[:: max(1, len(files) // 20)]
+        sizes = []
+        for path, _ in sample:
+            try:
+                with Image.open(path) as image:
+                    sizes.append(image.size[0] * image.size[1])
+            except Exception:  # an unreadable image is reported, with its name, when it is decoded
+                continue
+        pixels = max(sizes, default=0)
+    else:
+        pixels = size[0] * size[1]
+    needed, available = len(files) * pixels * 3, available_memory()
+    if available is not None and needed > available / 2:
+        raise HarnessError(
+            f"data.root = {str(root)!r}: {len(files):,} images of up to {pixels:,} pixels take about "
+            f"{needed / 2**30:.1f} GiB as arrays, more than half of the {available / 2**30:.1f} GiB of memory "
+            "available; set data.image_size smaller, or use a subset of the folder"
+        )
 
 
 def _fingerprint(files: list[tuple[Path, int]]) -> str:
@@ -226,7 +210,7 @@ def _read_cache(path: Path, labels: np.ndarray, classes: list[str]) -> ImageArra
             images, cached_labels = cached["images"], cached["labels"]
     except (OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(f"unreadable: {type(error).__name__}") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) != len(labels):
         raise ValueError(f"holds {images.shape} {images.dtype} images for {len(labels)} files")
     if not np.array_equal(cached_labels, labels):
         raise ValueError("its labels differ from the class folders'")
@@ -234,8 +218,10 @@ def _read_cache(path: Path, labels: np.ndarray, classes: list[str]) -> ImageArra
 
 
 def _load_or_decode(split: str, files: list[tuple[Path, int]], classes: list[str], cfg: DataConfig) -> ImageArrays:
-    """Decode a split once; later runs read the cached arrays (keyed by file names, sizes and times)."""
-    name = f"{split}-{_fingerprint(files)}.npz"
+    """Decode a split once; later runs read the cached arrays (keyed by file names, sizes and times,
+    and the size they were resized to)."""
+    size = cfg.image_hw
+    name = f"{split}-{_fingerprint(files)}{f'-{size[0]}x{size[1]}' if size else ''}.npz"
     labels = np.asarray([label for _, label in files], dtype=np.int64)
     for folder in _cache_dirs(cfg):
         if (folder / name).is_file():
@@ -246,7 +232,8 @@ def _load_or_decode(split: str, files: list[tuple[Path, int]], classes: list[str
                     f"warning: image cache {folder / name} is damaged or stale ({problem}); decoding the images again",
                     file=sys.stderr,
                 )
-    arrays = _decode_split(files, classes)
+    check_memory(files, size, Path(cfg.root))
+    arrays = _decode_split(files, classes, size)
     for folder in _cache_dirs(cfg):
         try:
             # uncompressed: reading 180 MB back is faster than inflating it
@@ -257,7 +244,6 @@ def _load_or_decode(split: str, files: list[tuple[Path, int]], classes: list[str
     return arrays
 
 
-@SOURCES.register("image_folder")
 def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
     root = Path(cfg.root)
     if not root.is_dir():
@@ -269,18 +255,23 @@ def load_image_folder(cfg: DataConfig, seed: int) -> Splits:
     if (root / "val").is_dir():  # the folder's own validation images, e.g. ImageNet-style layouts
         _, val_files = _list_image_folder(root / "val", classes, skipped)
         val = _load_or_decode("val", val_files, classes, cfg)
+    train, test = (
+        _load_or_decode(split, files, classes, cfg) for split, files in (("train", train_files), ("test", test_files))
+    )
+    splits = [split for split in (train, val, test) if split is not None]
+    if len({split.images.shape[-1] for split in splits}) > 1:  # a grey split beside a colour one: all colour
+        train, test, val = (
+            None if split is None else ImageArrays(as_rgb(split.images), split.labels, classes)
+            for split in (train, test, val)
+        )
     return Splits(
-        _load_or_decode("train", train_files, classes, cfg),
-        _load_or_decode("test", test_files, classes, cfg),
-        val,
-        f"{root}: left out what is not a training image: {skipped.describe()}" if skipped else None,
+        train, test, val, f"{root}: left out what is not a training image: {skipped.describe()}" if skipped else None
     )
 
 
 # ---------------------------------------------------------------- synthetic: learnable toy images, for tests
 
 
-@SOURCES.register("synthetic")
 def make_synthetic(cfg: DataConfig, seed: int, num_classes: int = 10) -> Splits:
     """Each class is a bright square at its own place on its own colour, plus noise."""
 
@@ -364,6 +355,35 @@ class DataSplits:
     def classes(self) -> list[str]:
         return self.train.classes
 
+    @property
+    def channels(self) -> int:
+        """1 for grey images, 3 for colour."""
+        return self.train.images.shape[-1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of every image."""
+        return tuple(self.train.images.shape[1:3])
+
+    def as_rgb(self) -> DataSplits:
+        """The splits with grey images repeated to three channels (for a model that takes colour only)."""
+
+        def rgb(arrays: ImageArrays | None) -> ImageArrays | None:
+            return None if arrays is None else ImageArrays(as_rgb(arrays.images), arrays.labels, arrays.classes)
+
+        return DataSplits(rgb(self.train), rgb(self.val), rgb(self.test), self.val_source, self.skipped)
+
+
+def read_source(data: DataConfig, seed: int) -> Splits:
+    """The splits of the source ``data.dataset`` names: a built-in one, or a user's function."""
+    try:
+        found = SOURCES.resolve(data.dataset)
+        if found.native:
+            return found.obj(data, seed)
+        return splits_from_user_function(found, data.kwargs)
+    except PluginError as problem:
+        raise HarnessError(f"data.dataset = {data.dataset!r}: {problem}") from None
+
 
 def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     """The training, validation and test splits named by ``data`` (``seed``: the run's, for the
@@ -374,7 +394,12 @@ def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     ``test_subset`` is seeded by ``val_seed`` too: one test subset for every seed. With ``val_size: 0``
     a source's own validation images train too.
     """
-    source = SOURCES[data.dataset](data, seed)
+    source = read_source(data, seed)
+    if data.image_hw is not None:  # an image folder is resized as it is decoded; other sources here
+        source = Splits(
+            *(None if a is None else resize(a, data.image_hw) for a in (source.train, source.test, source.val)),
+            source.skipped,
+        )
     train, val = source.train, source.val
     val_source = "none: data.val_size is 0"
     if val is not None and data.val_size == 0:
@@ -385,7 +410,12 @@ def load_arrays(data: DataConfig, seed: int) -> DataSplits:
     elif val is not None:
         val_source = f"the data folder's own val/ ({len(val)} images)"
     elif data.val_size:
-        train, val = hold_out_validation(train, data.val_size, data.val_seed)
+        val_size = data.val_size
+        if isinstance(val_size, float) and data.train_subset is not None:
+            # A fraction of the images the run uses (its subset and its validation split), not of the whole
+            # split: 2,000 training images hold out 222, not 5,000 of CIFAR-10's 50,000.
+            val_size = max(1, round(val_size / (1 - val_size) * data.train_subset))
+        train, val = hold_out_validation(train, val_size, data.val_seed)
         val_source = (
             f"held out of the training images: {len(val)} (data.val_size {data.val_size}, "
             f"stratified, data.val_seed {data.val_seed})"

@@ -1,5 +1,6 @@
-"""albumentations transforms (``data.augment``, strict arguments): built, and tried on a training
-image before anything is written."""
+"""albumentations transforms (``data.augment``, strict arguments): built for the images' size (a size
+written as a float is a fraction of the side: ``RandomCrop: {height: 1.0, width: 1.0}`` crops back to
+any size), and tried on a training image before anything is written."""
 
 from __future__ import annotations
 
@@ -30,24 +31,38 @@ def _build_augmentation(index: int, spec: dict[str, Any]) -> A.BasicTransform:
         raise HarnessError(f"{where} ({name}): invalid arguments {spec}: {message}") from None
 
 
+# The size the transforms are checked at before any image is read (fractions need a size).
+NOMINAL_SIZE = (32, 32)
+
+
+def _normalize(cfg: DataConfig) -> A.Normalize:
+    # Numbers by now (harness.models.inputs resolves auto); before the data is read, a stand-in.
+    mean = cfg.mean if isinstance(cfg.mean, list) else [0.5]
+    std = cfg.std if isinstance(cfg.std, list) else [0.25]
+    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+
+
 def build_eval_transform(cfg: DataConfig) -> A.Compose:
-    return A.Compose([A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()])
+    return A.Compose([_normalize(cfg), ToTensorV2()])
 
 
-def build_train_transform(cfg: DataConfig) -> A.Compose:
-    augmentations = [_build_augmentation(i, spec) for i, spec in enumerate(cfg.augment)]
-    return A.Compose([*augmentations, A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()])
+def build_train_transform(cfg: DataConfig, image_size: tuple[int, int] = NOMINAL_SIZE) -> A.Compose:
+    """The training transform for images of ``image_size`` (height, width)."""
+    specs = cfg.augment_in_pixels(*image_size)
+    augmentations = [_build_augmentation(i, spec) for i, spec in enumerate(specs)]
+    return A.Compose([*augmentations, _normalize(cfg), ToTensorV2()])
 
 
 def check_augment(cfg: DataConfig, sample: np.ndarray | None = None) -> None:
     """Fail on a bad ``data.augment`` before anything is written: build it and, given one training
     image, run it there (a crop larger than the images fails here, not in a loader worker)."""
-    transform = build_train_transform(cfg)
+    size = sample.shape[:2] if sample is not None else NOMINAL_SIZE
+    transform = build_train_transform(cfg, size)
     if sample is None:
         if cfg.augment_on == "device":
-            plan_from_augment(cfg.augment)
+            plan_from_augment(cfg.augment, size)
         return
-    height, width = sample.shape[:2]
+    height, width = size
     shapes = set()
     for seed in range(4):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
@@ -65,4 +80,4 @@ def check_augment(cfg: DataConfig, sample: np.ndarray | None = None) -> None:
             "end with a fixed-size crop or resize so that a batch can be stacked"
         )
     if cfg.augment_on == "device":
-        plan_from_augment(cfg.augment, image_size=height)
+        plan_from_augment(cfg.augment, (height, width))

@@ -1,47 +1,102 @@
-"""Models by name (``model.name``): ResNet18 for 32x32 images (``harness.models.resnet``), and any
-torchvision classifier; the ``model`` config section; placement, compilation and layer lookup.
-
-``torchvision/<name>`` builds that torchvision model untrained
-(e.g. ``torchvision/resnet50``, ``torchvision/mobilenet_v3_small``); ``model.width`` does not apply.
+"""Models by name (``model.name``, registered in ``harness.models.config``): ResNet18 for small
+images (``harness.models.resnet``), any torchvision classifier (``torchvision/<name>``), or a user's
+own class or function by import path; placement, compilation and layer lookup.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
-from typing import Annotated
 
 import torch
-import torchvision
-from pydantic import Field
 from torch import nn
 
-from harness.core.registry import Registry
-from harness.core.schema import Section, registered
+from harness.core.errors import HarnessError
+from harness.core.registry import PluginError, call_plain, first_line, where_raised
+from harness.models.config import MODELS, ModelConfig
 from harness.models.resnet import ResNet
 
-MODELS: Registry[Callable[[ModelConfig, int], nn.Module]] = Registry("model.name")
+
+def resnet18(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+    return ResNet([2, 2, 2, 2], width=cfg.width, num_classes=num_classes, in_channels=in_channels, **cfg.kwargs)
 
 
-class ModelConfig(Section):
-    name: Annotated[str, registered(MODELS)] = "resnet18"
-    width: int = Field(64, ge=1, le=4096)
+def torchvision_model(name: str) -> Callable[[ModelConfig, int], nn.Module]:
+    """The builder of torchvision's classifier ``name`` (untrained); ValueError for a name it lacks."""
+    import torchvision
 
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ValueError(f"torchvision has no classifier {name!r} (e.g. {', '.join(known[:5])}, ...)")
 
-@MODELS.register("resnet18")
-def resnet18(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    return ResNet([2, 2, 2, 2], width=cfg.width, num_classes=num_classes)
+    def build(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **cfg.kwargs)
 
-
-def _torchvision_builder(name: str) -> Callable[[ModelConfig, int], nn.Module]:
-    def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-
+    build.colour_only = True  # torchvision's classifiers take three channels
     return build
 
 
-for _name in torchvision.models.list_models(module=torchvision.models):
-    MODELS.add(f"torchvision/{_name}", _torchvision_builder(_name))
+def takes_grey(cfg: ModelConfig) -> bool:
+    """Whether the model can be built for one-channel images: the built-in ResNet, and a plug-in whose
+    constructor has an ``in_channels`` argument; torchvision's classifiers and other plug-ins take three."""
+    try:
+        found = MODELS.resolve(cfg.name)
+    except PluginError as problem:
+        raise HarnessError(f"model.name = {cfg.name!r}: {problem}") from None
+    if found.native:
+        return not getattr(found.obj, "colour_only", False)
+    try:
+        return "in_channels" in inspect.signature(found.obj).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """The model ``cfg.name`` names, with ``num_classes`` outputs, for images of ``in_channels``. A
+    plug-in is called with ``model.kwargs``, ``num_classes`` (and ``in_channels`` for grey images);
+    anything but an ``nn.Module`` is refused in one line."""
+    try:
+        found = MODELS.resolve(cfg.name)
+        if found.native:
+            try:
+                model = found.obj(cfg, num_classes, in_channels)
+            except TypeError as error:  # model.kwargs a built-in model does not take
+                raise PluginError(f"model.kwargs = {cfg.kwargs}: {error}") from None
+        else:
+            grey = {"in_channels": in_channels} if in_channels != 3 else {}
+            model = call_plain(found, "model.kwargs", cfg.kwargs, num_classes=num_classes, **grey)
+    except PluginError as problem:
+        raise HarnessError(f"model.name = {cfg.name!r}: {problem}") from None
+    if not isinstance(model, nn.Module):
+        raise HarnessError(
+            f"model.name = {cfg.name!r}: expected a torch.nn.Module (or a function returning one), "
+            f"found {type(model).__name__}"
+        )
+    return model
+
+
+def check_model_output(model: nn.Module, cfg: ModelConfig, image_shape: tuple[int, ...], num_classes: int) -> None:
+    """A forward pass on two images of ``image_shape`` (C, H, W): the output must be (2, num_classes) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(2, *image_shape))
+    except Exception as error:  # a user's forward may raise anything
+        raise HarnessError(
+            f"model.name = {cfg.name!r}: its forward pass on a batch of shape {(2, *image_shape)} raised "
+            f"{type(error).__name__}{where_raised(error)}: {first_line(error)}"
+        ) from None
+    finally:
+        model.train(was_training)
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+    if shape != (2, num_classes):
+        found = f"shape {shape}" if shape is not None else type(output).__name__
+        raise HarnessError(
+            f"model.name = {cfg.name!r}: expected logits of shape (batch, classes) = (2, {num_classes}) "
+            f"for a batch of 2 images, found {found}"
+        )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -60,10 +115,6 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"has no module {name!r} (top-level modules: {top}; nested ones as layer4.1)") from None
-
-
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    return MODELS[cfg.name](cfg, num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

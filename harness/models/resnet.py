@@ -1,5 +1,6 @@
-"""ResNet18 for 32x32 images, after kuangliu/pytorch-cifar: a 3x3 stem, no max-pool, stages
-layer1..layer4 of BasicBlocks, and ``width`` base channels (64: the standard 11.2M parameters)."""
+"""ResNet18 for small images, after kuangliu/pytorch-cifar: a 3x3 stem, no max-pool, stages
+layer1..layer4 of BasicBlocks, and ``width`` base channels (64: the standard 11.2M parameters); global
+average pooling takes any image size, and ``in_channels`` grey (1) or colour (3) images."""
 
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks_per_stage: list[int], width: int = 64, num_classes: int = 10) -> None:
+    def __init__(
+        self, blocks_per_stage: list[int], width: int = 64, num_classes: int = 10, in_channels: int = 3
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.in_planes = width
         self.layer1 = self._make_stage(width, blocks_per_stage[0], stride=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.analysis import figures
+from harness.analysis.figures import MAX_CLASSES_SHOWN
 from harness.core import atomic_io
-from harness.core.run_folder import utc_now
-from harness.reporting import figures, stats
+from harness.core.run_folder import RunFiles, utc_now
+from harness.reporting import stats
 from harness.reporting.html import embed_png, environment
 from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 
@@ -110,7 +113,9 @@ def correctness(record: RunRecord) -> np.ndarray | None:
 def interval(group: Group) -> tuple[float, float, str]:
     accuracies = group.accuracies
     if len(accuracies) >= 2:
-        return (*stats.t_interval(accuracies), "t over seeds")
+        low, high = stats.t_interval(accuracies)
+        clipped = low < 0 or high > 1  # few seeds and a wide spread: an accuracy stays within 0-100%
+        return max(0.0, low), min(1.0, high), "t over seeds" + (", clipped to 0-100%" if clipped else "")
     run = group.finished[0]
     total = int(run.summary.get("test_images") or 0)
     if not total:
@@ -182,6 +187,13 @@ def leaderboard(groups: list[Group]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _level(comparisons: int) -> str:
+    """Holm's strictest level in words: '5%' for one comparison, '5% / 3 = 1.67% for 3 comparisons'."""
+    if comparisons == 1:
+        return "5% (one comparison)"
+    return f"5% / {comparisons} = {100 * SIGNIFICANCE / comparisons:.2g}% ({comparisons} comparisons)"
+
+
 def power_statement(board: pd.DataFrame, groups: list[Group]) -> str | None:
     """One sentence: how small a difference these seeds could tell apart, and at what level."""
     comparisons = int(board["p_holm"].notna().sum()) if len(board) else 0
@@ -195,9 +207,48 @@ def power_statement(board: pd.DataFrame, groups: list[Group]) -> str | None:
     return (
         f"With {n} runs per group and a pooled seed-to-seed standard deviation of {100 * spread:.2f} points, "
         f"a t-test detects (at 80% power) a true difference of {100 * strict:.2f} points or more at Holm's strictest "
-        f"level (5% / {comparisons} comparisons), {100 * loose:.2f} points at an uncorrected 5%. Smaller differences "
+        f"level, {_level(comparisons)}, and {100 * loose:.2f} points at an uncorrected 5%. Smaller differences "
         "may well be real; these runs cannot tell them."
     )
+
+
+def verdict(board: pd.DataFrame, groups: list[Group]) -> str | None:
+    """The comparison's answer in one sentence: who leads whom by how much, how sure that is, and
+    how many seeds would settle it."""
+    if board.empty:
+        return None
+    top = board.iloc[0]
+    if len(board) == 1:
+        return (
+            f"One group: {top.group}, {100 * top.mean_acc:.2f}% final test accuracy over {top.n_runs} run(s) "
+            f"(95% interval {100 * top.ci95_low:.2f} to {100 * top.ci95_high:.2f}%)."
+        )
+    second = board.iloc[1]
+    lead = 100 * (top.mean_acc - second.mean_acc)
+    comparisons = int(board["p_holm"].notna().sum())
+    sentence = (
+        f"{top.group} leads {second.group} by {lead:.2f} points of final test accuracy "
+        f"({100 * top.mean_acc:.2f}% vs {100 * second.mean_acc:.2f}%, {top.n_runs} and {second.n_runs} run(s))"
+    )
+    if second.p_holm != second.p_holm:  # NaN: no test was possible
+        return sentence + f"; no test could compare them ({second.test})."
+    significant = "significant" if second.p_holm < SIGNIFICANCE else "not significant"
+    sentence += f"; Holm p = {second.p_holm:.2g} ({second.test}), {significant} at {_level(comparisons)}"
+    spread = stats.pooled_std([g.accuracies for g in groups if len(g.accuracies) >= 2])
+    if spread == spread and second.detectable_diff_80pct == second.detectable_diff_80pct:
+        n = min(top.n_runs, second.n_runs)
+        needed = stats.runs_to_detect(lead / 100, spread, SIGNIFICANCE / comparisons)
+        sentence += f"; {n} seeds detect only differences of {100 * second.detectable_diff_80pct:.2f} points or more"
+        if second.p_holm >= SIGNIFICANCE:
+            sentence += (
+                f", and about {needed} seeds per group would detect {lead:.2f} (at 80% power)"
+                if needed
+                else f", and no practical number of seeds would detect {lead:.2f}"
+            )
+    elif second.p_holm >= SIGNIFICANCE:
+        sentence += "; run 2 or more seeds per group to measure how much runs vary"
+    others = len(board) - 2
+    return sentence + (f". {others} more group(s) trail further (see the leaderboard)." if others else ".")
 
 
 def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
@@ -224,7 +275,8 @@ def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
 
 
 def per_class_heat(groups: list[Group], best_label: str | None) -> str | None:
-    """Mean per-class accuracy (%) per group as a heat table, and each group's difference to the best."""
+    """Mean per-class accuracy (%) per group as a heat table, and each group's difference to the best; with
+    many classes, the ones the best group finds hardest."""
     columns = {}
     for group in groups:
         analyzed = [r.summary["per_class_acc"] for r in group.records if r.summary.get("per_class_acc")]
@@ -233,6 +285,8 @@ def per_class_heat(groups: list[Group], best_label: str | None) -> str | None:
     if not columns:
         return None
     frame = pd.DataFrame(columns).rename_axis("class")
+    if len(frame) > MAX_CLASSES_SHOWN and best_label in frame:  # the classes the best group finds hardest
+        frame = frame.sort_values(best_label).head(MAX_CLASSES_SHOWN)
     if best_label in frame:
         for label in [c for c in frame.columns if c != best_label]:
             frame[f"{label} - best"] = frame[label] - frame[best_label]
@@ -250,30 +304,44 @@ def _number(value: float, form: str) -> str:
 
 
 def _format_leaderboard(board: pd.DataFrame) -> str:
-    """The leaderboard as people read it: percentages, mean ± std, the interval, the test's verdict."""
+    """The leaderboard as people read it, narrow enough for a 1400-pixel page: percentages, mean ± std,
+    the interval and how it was made, the Holm-corrected p-value, its test and its verdict."""
     rows = []
     for r in board.itertuples():
+        p_value = (
+            "best" if r.test == "best" else f"{_number(r.p_holm, '.3g')} (raw {_number(r.p_value_vs_best, '.3g')})"
+        )
         rows.append(
             {
                 "group": r.group,
                 "runs": r.n_runs,
-                "final acc (%) mean ± std": f"{100 * r.mean_acc:.2f}"
-                + (f" ± {100 * r.std_acc:.2f}" if r.n_runs > 1 else ""),
-                "95% interval (%)": f"{_number(100 * r.ci95_low, '.2f')} to {_number(100 * r.ci95_high, '.2f')}",
-                "interval": r.interval,
-                "min / max (%)": f"{100 * r.min_acc:.2f} / {100 * r.max_acc:.2f}",
-                "p vs best": _number(r.p_value_vs_best, ".3g"),
-                "p Holm": _number(r.p_holm, ".3g"),
-                "test": r.test,
-                "significant at 5% (Holm)?": r.significant_at_5pct,
-                "detectable at 80% power (points)": _number(100 * r.detectable_diff_80pct, ".2f"),
-                "final val acc (%)": _number(100 * r.mean_val_acc, ".2f"),
-                "test ECE": _number(r.mean_ece, ".4f"),
-                "test ECE, temperature-scaled": _number(r.mean_ece_scaled, ".4f"),
-                "mean time (s)": _number(r.mean_time_s, ".0f"),
+                "final test acc (%)": f"{100 * r.mean_acc:.2f}" + (f" ± {100 * r.std_acc:.2f}" if r.n_runs > 1 else ""),
+                "95% interval (%)": f"{_number(100 * r.ci95_low, '.2f')} to {_number(100 * r.ci95_high, '.2f')} "
+                f"({r.interval})",
+                "p vs best, Holm": p_value,
+                "test": "" if r.test == "best" else r.test,
+                "significant?": r.significant_at_5pct,
+                "detectable (points)": _number(100 * r.detectable_diff_80pct, ".2f"),
+                "val acc (%)": _number(100 * r.mean_val_acc, ".2f"),
+                "ECE, scaled": f"{_number(r.mean_ece, '.3f')}, {_number(r.mean_ece_scaled, '.3f')}",
+                "time (s)": _number(r.mean_time_s, ".0f"),
             }
         )
-    return pd.DataFrame(rows).to_html(index=False, border=0, classes="table", escape=True)
+    return pd.DataFrame(rows).to_html(index=False, border=0, classes="table leaderboard", escape=True)
+
+
+def spans_decades(series: dict[str, list], decades: float = 2.0) -> bool:
+    """Whether the curves' positive values span more than ``decades`` orders of magnitude (then a log axis
+    shows them all: AdamW's 2e-3 beside SGD's 0.2 would sit on the zero line)."""
+    values = np.concatenate([np.asarray(y, dtype=float) for runs in series.values() for _, y in runs] or [[]])
+    positive = values[values > 0]
+    return bool(len(positive)) and float(positive.max() / positive.min()) > 10**decades
+
+
+def report_link(record: RunRecord, out: Path) -> str | None:
+    """The run's report.html as a link relative to the comparison's page, or None when it has none."""
+    report = RunFiles(record.run_dir).report
+    return os.path.relpath(report.resolve(), out.resolve().parent) if report.is_file() else None
 
 
 def update_ratios(groups: list[Group], layer: str) -> dict[str, list]:
@@ -312,10 +380,13 @@ def comparison_context(
         return embed_png(make(*args, figure_dir / f"{name}.png", footer=footer, **kwargs)) if args[0] else None
 
     target = math.floor(90 * board["mean_acc"].iloc[0]) / 100 if len(board) else None
+    lr_bands = bands("lr", 1, "lr")
     intervals = {row.group: (row.ci95_low, row.ci95_high) for row in board.itertuples()}
     spread = {g.label: g.accuracies for g in groups if g.label in intervals}
     return {
         "title": f"Comparison of {len(records)} runs in {len(groups)} groups",
+        "verdict": verdict(board, groups),
+        "report_links": {str(r.run_dir): report_link(r, out) for r in records},
         "records": records,
         "groups": groups,
         "differing": differing_keys(records),
@@ -329,7 +400,9 @@ def comparison_context(
         "pre_validation": [r.label for r in records if r.pre_validation],
         "pre_validation_note": PRE_VALIDATION_NOTE,
         "loss_png": figure("train_loss", figures.band_curves, bands("train_loss", 1), "train loss"),
-        "lr_png": figure("lr", figures.band_curves, bands("lr", 1, "lr"), "learning rate", xlabel="iteration"),
+        "lr_png": figure(
+            "lr", figures.band_curves, lr_bands, "learning rate", xlabel="iteration", log_y=spans_decades(lr_bands)
+        ),
         "layer": layer,
         "updates_png": figure(
             "update_ratio",

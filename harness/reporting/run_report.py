@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis import figures
 from harness.analysis.blow_up import first_blow_up
 from harness.core import atomic_io
 from harness.core.run_folder import RunFiles, utc_now
-from harness.reporting import figures
 from harness.reporting.html import decimal, embed_png, environment, percent, table
 from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 

@@ -97,6 +97,19 @@ def detectable_difference(std: float, n_a: int, n_b: int, alpha: float = 0.05, p
     return float(optimize.brentq(shortfall, 1e-6 * scale, high))
 
 
+def runs_to_detect(
+    difference: float, std: float, alpha: float = 0.05, power: float = 0.8, most: int = 200
+) -> int | None:
+    """The fewest runs per group with which a two-sample t-test at ``alpha`` detects a true
+    ``difference`` with probability ``power``, given a seed-to-seed ``std``; None beyond ``most``."""
+    if not (difference > 0 and std > 0):
+        return None
+    for n in range(2, most + 1):
+        if detectable_difference(std, n, n, alpha, power) <= difference:
+            return n
+    return None
+
+
 def pooled_std(groups: Sequence[Sequence[float]]) -> float:
     """The within-group standard deviation pooled over groups of two or more values (NaN if none)."""
     usable = [np.asarray(g, dtype=float) for g in groups if len(g) >= 2]

@@ -33,10 +33,12 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from harness.config import Config
 from harness.core.errors import HarnessError
 from harness.core.provenance import git_commit
 from harness.core.run_folder import RunFiles
 from harness.core.yaml_io import read_yaml_or_empty
+from harness.runner.experiment import run_experiment
 from harness.search.space import HeartbeatConfig
 
 STORAGE_WAIT_S = 120.0  # how long a worker keeps retrying a storage that went away
@@ -174,10 +176,10 @@ class Heartbeat:
 
 @dataclass
 class Job:
-    """What one trial runs: ``harness.run`` with ``argv`` into ``run_dir`` (resumed when it exists)."""
+    """What one trial runs: the experiment ``config`` into ``run_dir`` (resumed when it exists)."""
 
     run_dir: Path
-    argv: list[str]
+    config: Config
     params: dict[str, Any] = field(default_factory=dict)  # a search's sampled parameters
     attrs: dict[str, Any] = field(default_factory=dict)  # what else names the job (a sweep's run), kept on a requeue
 
@@ -236,18 +238,18 @@ class Interrupted(Exception):
 
 def execute(job: Job, trial: optuna.Trial | None, metric: str = "accuracy") -> dict[str, Any]:
     """Run (or resume, or just read) the job's run folder in this process; its summary.json."""
-    from harness.run import run_command
-
     status = run_status(job.run_dir)
     if status not in ("completed", "pruned", "diverged"):
-        argv = ["--resume", str(job.run_dir)] if status else job.argv
         reporter = OptunaReporter(trial, metric) if trial is not None else None
         try:
-            code = run_command(argv, trial=reporter)
+            if status:  # started before: the folder's own config.yaml
+                result = run_experiment(run_dir=job.run_dir, resume=True, trial=reporter)
+            else:
+                result = run_experiment(job.config, job.run_dir, trial=reporter)
         except KeyboardInterrupt:  # a signal outside the training loop (data loading, analysis)
             raise Interrupted(signal.SIGINT) from None
-        if code >= 128:
-            raise Interrupted(code - 128)
+        if result.exit_code >= 128:
+            raise Interrupted(result.exit_code - 128)
     return RunFiles(job.run_dir).read_summary()
 
 

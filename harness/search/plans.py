@@ -3,7 +3,6 @@ and a sweep's (every planned config and seed, exactly once)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,16 +11,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness.config import Config, load_config
 from harness.search.engine import Job, frozen, retrying, trials_by_state
 from harness.search.space import Search
 
 # The states that use up a search's budget: a failed or interrupted trial gives its place back.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def as_override(key: str, value: Any) -> str:
-    """``key=value`` for ``--set``, the value as JSON (valid YAML 1.2: strings stay strings)."""
-    return f"{key}={json.dumps(value)}"
 
 
 def trial_folder(out: Path, number: int) -> Path:
@@ -62,9 +57,7 @@ class SearchPlan:
             return None
         params = self.search.suggest(trial)
         run_dir = Path(trial.user_attrs.get("run_dir") or trial_folder(self.out, trial.number))
-        changes = self.search.raw_changes(params, for_trial=True)
-        argv = [str(self.search.base_path), "--set", *(as_override(k, v) for k, v in changes.items()), *self.extra]
-        return Job(run_dir, [*argv, "--out", str(run_dir)], params)
+        return Job(run_dir, self.search.config(params, for_trial=True, extra=self.extra), params)
 
     def value(self, summary: dict[str, Any]) -> float | None:
         value = summary.get(self.search.spec.objective.metric)
@@ -89,8 +82,9 @@ class SweepRun:
     def name(self) -> str:
         return self.run_dir.name
 
-    def argv(self, overrides: list[str]) -> list[str]:
-        return [str(self.config), "--set", *overrides, f"seed={self.seed}", "--out", str(self.run_dir)]
+    def experiment(self, overrides: list[str]) -> Config:
+        """The file's config with the sweep's ``--set`` overrides and this run's seed."""
+        return load_config(self.config, [*overrides, f"seed={self.seed}"])
 
 
 class SweepPlan:
@@ -131,7 +125,7 @@ class SweepPlan:
         if name not in self.runs:
             return None  # not one of the queued runs: asked after the queue ran dry
         run = self.runs[name]
-        return Job(run.run_dir, run.argv(self.overrides), attrs={"run": name})
+        return Job(run.run_dir, run.experiment(self.overrides), attrs={"run": name})
 
     def value(self, summary: dict[str, Any]) -> float | None:
         # A sweep decides nothing: the value only records the validation accuracy (0 without a split).

@@ -18,11 +18,11 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.analysis.figures import plt, save_figure
 from harness.config import dump_config
 from harness.core import atomic_io
 from harness.core.provenance import git_commit
 from harness.core.run_folder import utc_now
-from harness.reporting.figures import plt, save_figure
 from harness.reporting.html import embed_png, environment
 from harness.search.space import CategoricalDistribution, Search
 

@@ -1,42 +1,32 @@
-"""Optimizers by name (``optimizer.name``), with no weight decay on BatchNorm weights and biases."""
+"""Optimizers by name (``optimizer.name``, registered in ``harness.training.config``), or any
+``torch.optim`` class by import path (``torch.optim:RMSprop``); never weight decay on BatchNorm
+weights and biases."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from harness.core.registry import Registry
-from harness.core.schema import Section, registered
+from harness.core.errors import HarnessError
+from harness.core.registry import PluginError, call_plain
+from harness.training.config import OPTIMIZERS, OptimizerConfig
 
 ParamGroups = list[dict[str, Any]]
-OPTIMIZERS: Registry[Callable[[OptimizerConfig, ParamGroups], torch.optim.Optimizer]] = Registry("optimizer.name")
 
 
-class OptimizerConfig(Section):
-    name: Annotated[str, registered(OPTIMIZERS)] = "sgd"
-    lr: float = Field(0.2, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
-
-
-@OPTIMIZERS.register("sgd")
 def sgd(cfg: OptimizerConfig, groups: ParamGroups) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, **cfg.kwargs)
 
 
-@OPTIMIZERS.register("adam")
 def adam(cfg: OptimizerConfig, groups: ParamGroups) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr)  # weight decay as L2 added to the gradient
+    return torch.optim.Adam(groups, lr=cfg.lr, **cfg.kwargs)  # weight decay as L2 added to the gradient
 
 
-@OPTIMIZERS.register("adamw")
 def adamw(cfg: OptimizerConfig, groups: ParamGroups) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr)  # decoupled weight decay
+    return torch.optim.AdamW(groups, lr=cfg.lr, **cfg.kwargs)  # decoupled weight decay
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> ParamGroups:
@@ -47,4 +37,22 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> ParamGroups:
 
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.name](cfg, parameter_groups(model, cfg.weight_decay))
+    """The optimizer ``cfg.name`` names over ``model``'s parameters; a plug-in is called as
+    ``Class(param_groups, lr=optimizer.lr, **optimizer.kwargs)``."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    try:
+        found = OPTIMIZERS.resolve(cfg.name)
+        if found.native:
+            try:
+                optimizer = found.obj(cfg, groups)
+            except TypeError as error:  # optimizer.kwargs the built-in optimizer does not take
+                raise PluginError(f"optimizer.kwargs = {cfg.kwargs}: {error}") from None
+        else:
+            optimizer = call_plain(found, "optimizer.kwargs", cfg.kwargs, groups, lr=cfg.lr)
+    except PluginError as problem:
+        raise HarnessError(f"optimizer.name = {cfg.name!r}: {problem}") from None
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise HarnessError(
+            f"optimizer.name = {cfg.name!r}: expected a torch.optim.Optimizer class, found {type(optimizer).__name__}"
+        )
+    return optimizer

@@ -15,7 +15,7 @@ from ignite.engine import Engine
 from ignite.metrics import Accuracy, Average, Loss, Metric
 from torch import nn
 
-from harness.config import TrainConfig
+from harness.training.config import TrainConfig
 from harness.training.diagnostics import UpdateDiagnostics
 
 
@@ -74,7 +74,7 @@ def make_train_step(
             images = batch_augment(images, iteration)
         if cfg.low_res_size and epoch <= cfg.low_res_epochs_used:
             # Antialiased bilinear, like a smaller photo; the model's global pooling takes any size.
-            size = (cfg.low_res_size, cfg.low_res_size)
+            size = cfg.low_res_pixels(*images.shape[-2:])
             images = nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
         if cfg.channels_last:  # the batched gathers and the resize return the default memory format
             images = images.contiguous(memory_format=torch.channels_last)

@@ -20,9 +20,9 @@ from ignite.metrics import Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.config import Config, TrainConfig
 from harness.core.errors import HarnessError
 from harness.core.run_folder import RunFiles, RunLog
+from harness.data.arrays import ImageArrays
 from harness.data.device_augment import DeviceAugment, plan_from_augment
 from harness.data.loaders import (
     AugmentedArrayDataset,
@@ -33,7 +33,7 @@ from harness.data.loaders import (
     per_rank_batch,
     resolve_num_workers,
 )
-from harness.data.sources import DataSplits, ImageArrays
+from harness.data.sources import DataSplits
 from harness.data.transforms import build_eval_transform
 from harness.models.builders import (
     build_model,
@@ -42,6 +42,7 @@ from harness.models.builders import (
     place_model,
     resolve_channels_last,
 )
+from harness.training.config import RunSpec, TrainConfig
 from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.handlers import (
     RNGState,
@@ -133,7 +134,7 @@ class Training:
         self.log.restore(self.trainer.state.iteration, self.iters_per_epoch)
 
 
-def build_loaders(cfg: Config, splits: DataSplits, device: torch.device) -> Loaders:
+def build_loaders(cfg: RunSpec, splits: DataSplits, device: torch.device) -> Loaders:
     rank, world_size = idist.get_rank(), idist.get_world_size()
     check_batch_size(cfg.data, len(splits.train), world_size)
     batch = per_rank_batch(cfg.data.batch_size, world_size, "data.batch_size")
@@ -159,18 +160,18 @@ def build_loaders(cfg: Config, splits: DataSplits, device: torch.device) -> Load
     )
 
 
-def resolve_train_config(cfg: Config, model: nn.Module, device: torch.device) -> TrainConfig:
+def resolve_train_config(cfg: RunSpec, model: nn.Module, device: torch.device) -> TrainConfig:
     """``cfg.train`` with ``channels_last`` decided for this model and device."""
     return cfg.train.model_copy(update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)})
 
 
 def build_train_step(
-    cfg: Config,
+    cfg: RunSpec,
     train_cfg: TrainConfig,
     step_model: nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    image_size: int,
+    image_size: tuple[int, int],
     diagnostics: UpdateDiagnostics | None = None,
 ) -> tuple[Callable[[Engine | None, Any], dict[str, torch.Tensor]], torch.amp.GradScaler | None]:
     """The training step of a run (loss, precision, device augmentation) and its GradScaler (fp16 only):
@@ -179,7 +180,7 @@ def build_train_step(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing).to(device)
     batch_augment = None
     if cfg.data.augment_on == "device":
-        plan = plan_from_augment(cfg.data.augment, image_size=image_size)
+        plan = plan_from_augment(cfg.data.augment, image_size)
         batch_augment = DeviceAugment(
             plan, cfg.data.mean, cfg.data.std, cfg.seed, device, idist.get_rank(), idist.get_world_size()
         )
@@ -202,10 +203,10 @@ class Learner:
 
 
 def build_learner(
-    cfg: Config, device: torch.device, num_classes: int, batch_shape: tuple[int, int, int, int]
+    cfg: RunSpec, device: torch.device, num_classes: int, batch_shape: tuple[int, int, int, int]
 ) -> Learner:
     """The model, its optimizer and its step module for batches of ``batch_shape`` (one rank's)."""
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, in_channels=batch_shape[1])
     num_params = count_parameters(model)
     train_cfg = resolve_train_config(cfg, model, device)
     model = idist.auto_model(place_model(model, device, train_cfg.channels_last))
@@ -225,7 +226,7 @@ def build_learner(
     return Learner(model, optimizer, step_model, compiled, train_cfg, num_params, batch_shape)
 
 
-def build_engines(cfg: Config, run_dir: Path, loaders: Loaders, learner: Learner, device: torch.device) -> Training:
+def build_engines(cfg: RunSpec, run_dir: Path, loaders: Loaders, learner: Learner, device: torch.device) -> Training:
     """The trainer (its step, metrics, weight average and diagnostics) and the evaluators, as a Training
     with nothing attached yet but the epoch start (data order, resumed running averages)."""
     iters_per_epoch = len(loaders.train_sampler)
@@ -237,7 +238,7 @@ def build_engines(cfg: Config, run_dir: Path, loaders: Loaders, learner: Learner
     )
     train_cfg = learner.train_cfg
     train_step, scaler = build_train_step(
-        cfg, train_cfg, learner.step_model, learner.optimizer, device, learner.batch_shape[2], diagnostics
+        cfg, train_cfg, learner.step_model, learner.optimizer, device, learner.batch_shape[2:], diagnostics
     )
     trainer, train_metrics = create_trainer(train_step, device)
     # With train.ema_decay the averaged weights are what gets evaluated, kept as best and analyzed.
@@ -284,7 +285,7 @@ def build_engines(cfg: Config, run_dir: Path, loaders: Loaders, learner: Learner
 
 
 def attach_epoch_end(
-    run: Training, cfg: Config, learner: Learner, run_dir: Path, start_iteration: int, trial: TrialReporter | None
+    run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, start_iteration: int, trial: TrialReporter | None
 ) -> Callable[[], None]:
     """What happens around each epoch's end, in this order: timing, the learning rate, the NaN guard,
     the schedule, TensorBoard and diagnostics, the evaluation and its log row, pruning. Returns the
@@ -323,7 +324,7 @@ def attach_epoch_end(
     return flush_logs
 
 
-def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, flush_logs: Callable[[], None]) -> None:
+def attach_saving(run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, flush_logs: Callable[[], None]) -> None:
     """The best checkpoint (chosen on validation), the resumable checkpoints of everything in
     ``run.to_save``, the clean stop on a signal, and the progress bars."""
     trainer = run.trainer
@@ -358,17 +359,18 @@ def attach_saving(run: Training, cfg: Config, learner: Learner, run_dir: Path, f
 
 
 def build_training(
-    cfg: Config, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
+    cfg: RunSpec, run_dir: Path, splits: DataSplits, start_iteration: int = 0, trial: TrialReporter | None = None
 ) -> Training:
     """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load;
     ``trial``: the search trial this run is, told the validation accuracy after each epoch (and pruned).
     Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, pruning, checkpoints, stop."""
     device = idist.device()
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 32x32 shapes: autotuned kernels pay off at once
+        torch.backends.cudnn.benchmark = True  # fixed image shapes: autotuned kernels pay off at once
     loaders = build_loaders(cfg, splits, device)
-    height, width = splits.train.images.shape[1:3]
-    learner = build_learner(cfg, device, len(splits.classes), (loaders.train_sampler.batch_size, 3, height, width))
+    _, height, width, channels = splits.train.images.shape
+    batch_shape = (loaders.train_sampler.batch_size, channels, height, width)
+    learner = build_learner(cfg, device, len(splits.classes), batch_shape)
     run = build_engines(cfg, run_dir, loaders, learner, device)
     flush_logs = attach_epoch_end(run, cfg, learner, run_dir, start_iteration, trial)
     attach_saving(run, cfg, learner, run_dir, flush_logs)

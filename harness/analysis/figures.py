@@ -29,10 +29,11 @@ def provenance(run_dir: Path, summary: dict) -> str:
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalized (N, 3, H, W) tensors back to (N, H, W, 3) floats in [0, 1] for display."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (images.float().cpu() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    """Normalized (N, C, H, W) tensors back to (N, H, W, 3) floats in [0, 1] for display (grey repeated)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    shown = (images.float().cpu() * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return np.repeat(shown, 3, axis=-1) if shown.shape[-1] == 1 else shown
 
 
 def save_figure(fig: plt.Figure, path: Path, footer: str | None = None) -> Path:
@@ -52,9 +53,11 @@ def save_figure(fig: plt.Figure, path: Path, footer: str | None = None) -> Path:
 OVERLAY_ALPHA = 0.45  # share of the heatmap in a Grad-CAM overlay
 
 
-def _as_unit_float(images: np.ndarray) -> np.ndarray:
+def as_display(images: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) as floats in [0, 1] with three channels (grey ones repeated)."""
     images = np.asarray(images)
-    return images / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)
+    images = images / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 def titled_mosaic(
@@ -102,7 +105,7 @@ def titled_mosaic(
 
 def image_grid(images: np.ndarray, titles: list[str], path: Path, columns: int = 8, footer: str | None = None) -> Path:
     """A grid of (N, H, W, 3) images in [0, 1] or uint8, each with a title."""
-    images = _as_unit_float(images)
+    images = as_display(images)
     rows = [list(images[i : i + columns]) for i in range(0, len(images), columns)]
     row_titles = [list(titles[i : i + columns]) for i in range(0, len(titles), columns)]
     return titled_mosaic(rows, row_titles, path, cell_inches=1.5, fontsize=8, footer=footer)
@@ -126,7 +129,7 @@ def gradcam_grid(
     footer: str | None = None,
 ) -> Path:
     """A row per image: the image, then heatmap and overlay for each layer (heatmaps in [0, 1])."""
-    images = _as_unit_float(images)
+    images = as_display(images)
     rows = []
     for index, image in enumerate(images):
         row = [image]
@@ -138,20 +141,45 @@ def gradcam_grid(
     return titled_mosaic(rows, row_titles, path, footer=footer)
 
 
+# Above these many classes a chart of every class, or a matrix of every pair, is no longer readable.
+MAX_CLASSES_SHOWN = 20
+MAX_MATRIX_CLASSES = 25
+
+
 def per_class_bars(classes: list[str], accuracy: Sequence[float], path: Path, footer: str | None = None) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar(classes, [100 * a for a in accuracy], color="#4C72B0")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(min(100 * min(accuracy) - 5, 90) if len(accuracy) else 0, 100)
-    for i, a in enumerate(accuracy):
-        ax.text(i, 100 * a, f"{100 * a:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.tick_params(axis="x", rotation=30)
+    """A bar per class; with more than MAX_CLASSES_SHOWN classes, the worst and the best ten, sorted."""
+    if len(classes) <= MAX_CLASSES_SHOWN:
+        fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(classes)), 3.2))
+        ax.bar(classes, [100 * a for a in accuracy], color="#4C72B0")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(min(100 * min(accuracy) - 5, 90) if len(accuracy) else 0, 100)
+        for i, a in enumerate(accuracy):
+            ax.text(i, 100 * a, f"{100 * a:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", rotation=30)
+    else:
+        order = np.argsort(np.asarray(accuracy), kind="stable")
+        half = MAX_CLASSES_SHOWN // 2
+        shown = np.concatenate([order[:half], order[-half:]])
+        fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1))
+        ax.barh([classes[i] for i in shown], [100 * accuracy[i] for i in shown], color="#4C72B0")
+        for row, i in enumerate(shown):
+            ax.text(100 * accuracy[i], row, f" {100 * accuracy[i]:.1f}", va="center", fontsize=7)
+        ax.axhline(half - 0.5, color="#999999", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("test accuracy (%)")
+        ax.set_xlim(0, 105)
+        ax.set_title(
+            f"the {half} worst and the {half} best of {len(classes)} classes (all in per_class.csv)", fontsize=9
+        )
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return save_figure(fig, path, footer)
 
 
 def confusion_heatmap(classes: list[str], matrix: np.ndarray, path: Path, footer: str | None = None) -> Path:
-    """Row-normalized confusion matrix (rows: true class) with counts written in each cell."""
+    """Row-normalized confusion matrix (rows: true class) with counts written in each cell; with more
+    than MAX_MATRIX_CLASSES classes, the most frequent confusions as bars instead (confusion.csv has all)."""
+    if len(classes) > MAX_MATRIX_CLASSES:
+        return _top_confusions(classes, matrix, path, footer)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -171,6 +199,22 @@ def confusion_heatmap(classes: list[str], matrix: np.ndarray, path: Path, footer
                 color="white" if rates[i, j] > 0.5 else "black",
             )
     fig.colorbar(shown, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    return save_figure(fig, path, footer)
+
+
+def _top_confusions(classes: list[str], matrix: np.ndarray, path: Path, footer: str | None) -> Path:
+    off_diagonal = matrix * (1 - np.eye(len(classes), dtype=matrix.dtype))
+    order = np.argsort(-off_diagonal, axis=None, kind="stable")[:MAX_MATRIX_CLASSES]
+    pairs = [(t, p) for t, p in zip(*np.unravel_index(order, matrix.shape), strict=True) if off_diagonal[t, p] > 0]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * max(len(pairs), 1) + 1))
+    labels = [f"{classes[t]} -> {classes[p]}" for t, p in pairs][::-1]
+    ax.barh(labels, [int(matrix[t, p]) for t, p in pairs][::-1], color="#C44E52")
+    ax.set_xlabel("test images of the true class predicted as the other")
+    ax.set_title(
+        f"the {len(pairs)} most frequent confusions of {len(classes)} classes (all in confusion.csv)", fontsize=9
+    )
+    ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return save_figure(fig, path, footer)
 
