@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.analysis.cam import METHODS
-from harness.analysis.cam.base import CAMMethod, LayerRecord, cam_maps, load_method
+from harness.analysis.cam.base import CAMMethod, LayerRecord, build_method, cam_maps
 from harness.analysis.cam.scorecam import ScoreCAM
+from harness.analysis.config import CAM_METHODS
+from harness.core.registry import PluginError
 from harness.models.builders import ModelConfig, build_model
 from tests.conftest import REPO
 
@@ -183,7 +184,7 @@ def test_eigencam_ignores_the_target(small_resnet):
 def test_batches_give_the_same_maps(small_resnet):
     model, x = small_resnet
     targets = {"predicted": torch.tensor([1, 2, 3, 4]), "true": torch.tensor([4, 3, 2, 1])}
-    methods = {name: load_method(name) for name in METHODS} | {"scorecam": ScoreCAM(max_channels=4)}
+    methods = {name: build_method(name) for name in CAM_METHODS.names()} | {"scorecam": ScoreCAM(max_channels=4)}
     whole = cam_maps(model, x, targets, ["layer2"], methods, batch_size=4)
     parts = cam_maps(model, x, targets, ["layer2"], methods, batch_size=3)
     for target in targets:
@@ -240,15 +241,18 @@ class Blank(CAMMethod):
         return torch.ones(shape)
 
 
-def test_a_method_of_ones_own_plugs_in_by_name(monkeypatch, small_resnet):
+def test_a_method_of_ones_own_plugs_in_by_import_path(small_resnet):
     model, x = small_resnet
-    monkeypatch.setitem(METHODS, "blank", ("tests.test_cam_methods:Blank", "1 everywhere"))
-    found = cam_maps(model, x, {"t": torch.zeros(4, dtype=torch.long)}, ["layer1"], ["blank", "gradcam"])
-    assert torch.equal(found["t"]["blank"]["layer1"], torch.ones(4, 32, 32))
-    with pytest.raises(ValueError, match="unknown CAM method 'nope'.*gradcam"):
-        load_method("nope")
+    found = cam_maps(
+        model, x, {"t": torch.zeros(4, dtype=torch.long)}, ["layer1"], ["tests.test_cam_methods:Blank", "gradcam"]
+    )
+    assert torch.equal(found["t"]["tests.test_cam_methods:Blank"]["layer1"], torch.ones(4, 32, 32))
+    with pytest.raises(PluginError, match="expected one of gradcam"):
+        build_method("nope")
+    with pytest.raises(PluginError, match="expected a harness.analysis.cam.base.CAMMethod, found ModelConfig"):
+        build_method("harness.models.config:ModelConfig")
 
 
 def test_naming_the_methods_imports_no_torch():
-    code = "import sys, harness.analysis.cam as cam; assert cam.METHODS and 'torch' not in sys.modules"
+    code = "import sys, harness.analysis.config as c; assert c.CAM_METHODS.names() and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

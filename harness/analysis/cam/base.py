@@ -26,7 +26,6 @@ two only after a min-max scaling of each map.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,9 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-from harness.analysis.cam import METHODS
+from harness.analysis.config import CAM_METHODS
+from harness.core.errors import HarnessError
+from harness.core.registry import PluginError, call_plain
 from harness.models.builders import find_layer, unwrap
 
 
@@ -63,12 +64,26 @@ class CAMMethod(ABC):
         """Maps (T, B, h, w) at the layer's resolution, >= 0, for every target set of ``record``."""
 
 
-def load_method(name: str) -> CAMMethod:
-    """The registered method ``name``, built with its defaults: ``METHODS[name]``'s class, imported now."""
-    if name not in METHODS:
-        raise ValueError(f"unknown CAM method {name!r} (known: {', '.join(METHODS)})")
-    module, _, attribute = METHODS[name][0].partition(":")
-    return getattr(importlib.import_module(module), attribute)()
+def build_method(name: str) -> CAMMethod:
+    """The method ``name`` names (``CAM_METHODS``: registered, or a plug-in), imported now and built
+    without arguments. PluginError says why it cannot be used."""
+    resolved = CAM_METHODS.resolve(name)
+    method = resolved.obj() if resolved.native else call_plain(resolved, "analysis.cam_methods", {})
+    if not isinstance(method, CAMMethod):
+        raise PluginError(f"expected a {CAMMethod.__module__}.CAMMethod, found {type(method).__name__} {method!r:.80}")
+    return method
+
+
+def build_methods(names: Sequence[str]) -> dict[str, CAMMethod]:
+    """``build_method`` of each name, before anything is computed: one that cannot be used is a
+    HarnessError naming the key, the name and why."""
+    methods = {}
+    for name in names:
+        try:
+            methods[name] = build_method(name)
+        except PluginError as problem:
+            raise HarnessError(f"analysis.cam_methods: {name!r}: {problem}") from None
+    return methods
 
 
 def normalize_per_image(maps: torch.Tensor) -> torch.Tensor:
@@ -147,10 +162,10 @@ def record_without_gradients(
 
 
 def resolve_methods(methods: Sequence[str] | Mapping[str, CAMMethod]) -> dict[str, CAMMethod]:
-    """Methods by name: registered names built with their defaults, or the given instances as they are."""
+    """Methods by name: names (``CAM_METHODS``) built with their defaults, or the given instances as they are."""
     if isinstance(methods, Mapping):
         return dict(methods)
-    return {name: load_method(name) for name in methods}
+    return {name: build_method(name) for name in methods}
 
 
 def cam_maps(
@@ -165,7 +180,7 @@ def cam_maps(
     ``"predicted"``, to N class indices), by every method at every one of ``layers``.
 
     Returns target set -> method -> layer -> maps (N, H, W) in [0, 1], on the CPU. ``methods`` are
-    registered names (``METHODS``) or instances by name. A batch of ``batch_size`` images takes one
+    names (``CAM_METHODS``) or instances by name. A batch of ``batch_size`` images takes one
     pass per layer (stacking the target sets), shared by every method; see the module's docstring.
     """
     model = unwrap(model).eval()
