@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gradcam-images", type=int, default=100)
+    parser.add_argument(
+        "--gradcam-width",
+        type=int,
+        default=64,
+        help="model width for the gradcam benchmark (64: the standard ResNet18)",
+    )
     parser.add_argument("--engine-trials", type=int, default=50, help="trials for the engine benchmark")
     parser.add_argument("--out", type=Path, default=Path("results") / "bench")
     args = parser.parse_args(argv)
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         model_rate = results.get("throughput", {}).get("train_images_per_s")
         results["data"] = bench_data(cfg, train, max(5, args.iterations), args.workers, model_rate)
     if "gradcam" in which:
-        results["gradcam"] = bench_gradcam(args.gradcam_images, width=64)
+        results["gradcam"] = bench_gradcam(args.gradcam_images, width=args.gradcam_width)
     if "engine" in which:
         results["engine"] = bench_engine(args.engine_trials)
     path = atomic_io.write_json(args.out / f"{utc_timestamp()}.json", results)

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from harness.analysis.cam import METHODS
 from harness.analysis.cam.base import cam_maps
 from harness.analysis.cam.scorecam import DEFAULT_MAX_CHANNELS
+from harness.analysis.config import CAM_METHODS
 from harness.analysis.gradcam import gradcam_maps
 from harness.config import config_from_dict
 from harness.models.builders import build_model
@@ -38,8 +38,9 @@ def bench_gradcam(images: int, width: int) -> dict[str, Any]:
             for i in range(images):
                 gradcam_maps(model, inputs[i : i + 1], targets[i : i + 1], layers)
 
-    cam_maps(model, inputs[:1], {"warm-up": targets[:1]}, layers, list(METHODS))  # first calls pay one-off costs
-    methods = {name: timed(lambda name=name: cam_maps(model, inputs, both, layers, [name])) for name in METHODS}
+    names = CAM_METHODS.names()
+    cam_maps(model, inputs[:1], {"warm-up": targets[:1]}, layers, names)  # first calls pay one-off costs
+    methods = {name: timed(lambda name=name: cam_maps(model, inputs, both, layers, [name])) for name in names}
     return {
         "images": images,
         "width": width,
@@ -49,6 +50,6 @@ def bench_gradcam(images: int, width: int) -> dict[str, Any]:
         "one_at_a_time_s": timed(one_at_a_time),
         "methods_s": methods,
         "methods_images_per_s": {name: images / seconds for name, seconds in methods.items()},
-        "all_methods_s": timed(lambda: cam_maps(model, inputs, both, layers, list(METHODS))),
+        "all_methods_s": timed(lambda: cam_maps(model, inputs, both, layers, names)),
         "scorecam_max_channels": DEFAULT_MAX_CHANNELS,
     }
