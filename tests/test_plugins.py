@@ -46,7 +46,7 @@ def test_a_model_from_a_file_trains_is_analyzed_and_reported(cifar_like, tmp_pat
     assert recorded["sha256"] == __import__("hashlib").sha256(model_file.read_bytes()).hexdigest()
     assert read_yaml(RunFiles(out).config)["model"]["name"] == f"{model_file.resolve()}:WideNet"
     with np.load(out / "analysis" / "gradcam.npz") as maps:
-        assert {"predicted/stage2", "true/stage3"} <= set(maps.files)
+        assert {"gradcam/stage2/predicted", "gradcam/stage3/true"} <= set(maps.files)
     report = RunFiles(out).report.read_text(encoding="utf-8")
     assert "WideNet" in report and "stage3" in report
     assert "WideNet" in RunFiles(out).model_summary.read_text()
