@@ -1,11 +1,13 @@
 """The analysis of a trained run (``python -m harness.analyze RUN_DIR``, and the end of every run).
 
 Per-class accuracy, precision, recall and F1 and the confusion matrix (Ignite's ConfusionMatrix)
-over the whole test set, the most-confused class pairs, the misclassified images and Grad-CAM on
-them for each layer and target; then whether those maps and the confidences can be trusted:
-deletion/insertion faithfulness (``harness.analysis.faithfulness``), the model-randomization sanity
-check (``harness.analysis.sanity``) and calibration (``harness.analysis.calibration``: ECE and NLL on
-the test set, before and after a temperature fitted on the validation split); and the data figures.
+over the whole test set, the most-confused class pairs, the misclassified images and the class
+activation maps of every ``analysis.cam_methods`` method on them for each layer and target; then
+whether those maps and the confidences can be trusted: deletion/insertion faithfulness
+(``harness.analysis.faithfulness``), the model-randomization sanity check (``harness.analysis.sanity``),
+with two or more methods their ranking (``harness.analysis.cam_comparison``), and calibration
+(``harness.analysis.calibration``: ECE and NLL on the test set, before and after a temperature fitted
+on the validation split); and the data figures.
 Runs at the end of every training run and on any existing run folder, on the final weights (the
 newest checkpoint): the weights the final test accuracy belongs to.
 """
