@@ -15,7 +15,7 @@ from harness.runner.existing_runs import analyze_run
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python -m harness.analyze",
-        description="(Re)analyze a run's final weights: per-class metrics, Grad-CAM, trust measures.",
+        description="Analyze a run's final weights (again): per-class metrics, Grad-CAM, trust measures.",
     )
     parser.add_argument("run_dir", type=Path)
     parser.add_overrides("analysis.misclassified=50 analysis.order=confident")

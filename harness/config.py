@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 from harness.analysis.config import CAM_METHODS, AnalysisConfig
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
-from harness.core.schema import Section, format_validation_error
+from harness.core.schema import Section, error_key, format_validation_error
 from harness.core.yaml_io import absolute_plugin_files, dump_yaml, parse_yaml, read_yaml
 from harness.data.config import SOURCES, DataConfig
 from harness.models.config import MODELS, ModelConfig
@@ -61,8 +61,17 @@ REGISTRIES: dict[str, Registry] = {
 
 class Config(Section):
     # The run folder is results/<name>/...: a name, not a path.
-    name: str = Field("resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0, lt=2**32)
+    name: str = Field(
+        "resnet18",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=100,
+        description=(
+            "experiment name (letters, digits, `.`, `_`, `-`); the run folder is `results/<name>/<timestamp>`"
+        ),
+    )
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="seeds weights, data order, augmentation and subsets (0 to 2^32 - 1)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -140,6 +149,15 @@ def _check_consistency(cfg: Config, source: str) -> None:
         )
 
 
+def _source_of(key: str, overrides: list[str], source: str) -> str:
+    """Where a bad key came from: the ``--set`` that gave it (the last one wins), or the file."""
+    for text in reversed(overrides):
+        given = text.partition("=")[0].strip()
+        if key == given or key.startswith((f"{given}.", f"{given}[")) or given.startswith(f"{key}."):
+            return f"--set {text!r}"
+    return source
+
+
 def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<config>") -> Config:
     """Validate a config given as a dict (a YAML file's, read), with ``--set`` overrides applied; a
     plug-in file named by a relative path (``./my_models.py:Net``) is taken from the working folder."""
@@ -151,7 +169,9 @@ def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "<confi
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source, Config)) from None
+        raise ConfigError(
+            format_validation_error(error, _source_of(error_key(error), overrides, source), Config)
+        ) from None
     _check_consistency(cfg, source)
     return cfg
 

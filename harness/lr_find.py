@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"files: {out / 'lr_find.csv'}, lr_find.png (read the curve), lr_find.json")
     if result.suggestion is None:
-        print(f"no suggestion: {result.no_suggestion}", file=sys.stderr)
+        print(f"error: no suggestion: {result.no_suggestion}", file=sys.stderr)
         return 1
     print(f"suggested lr (steepest descent of the smoothed loss): {result.suggestion:.3g}; to use it:")
     print(f"--set optimizer.lr={result.suggestion:.3g}")

@@ -15,30 +15,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import load_config
+from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.full_disk import log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
 from harness.runner.plugins import imported_plugins
-from harness.search.engine import (
-    default_storage,
-    open_storage,
-    open_study,
-    run_status,
-    start_workers,
-    supervise,
-    trials_by_state,
-    work,
-)
+from harness.search.engine import listen_to_interrupts, run_status, start_workers, supervise, trials_by_state, work
 from harness.search.plans import SweepPlan, SweepRun
+from harness.search.progress import StudyStatus, latest_per_run
 from harness.search.space import HeartbeatConfig
+from harness.search.storage import default_storage, exclusive, open_storage, open_study
 
 STUDY = "sweep"
 
@@ -64,10 +61,41 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
     return runs
 
 
-def comparison(runs: list[SweepRun], sweep_dir: Path) -> None:
-    existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
-    if existing:
-        render_comparison(existing, sweep_dir / "compare.html")
+def progress_printer(
+    runs: list[SweepRun], finished_before: set[str], workers: int
+) -> Callable[[list[FrozenTrial]], None]:
+    """Prints a line per run as it ends and the sweep's status line on every change, from what the storage says."""
+    told: set[int] = set()
+    names = {run.name for run in runs}
+
+    def on_change(trials: list[FrozenTrial]) -> None:
+        latest = {name: trial for name, trial in latest_per_run(trials).items() if name in names}
+        for name, trial in latest.items():
+            if trial.number in told or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            told.add(trial.number)
+            attrs = trial.user_attrs
+            what = "completed" if trial.state == TrialState.COMPLETE else f"failed: {attrs.get('error', '?')}"
+            print(f"run {name}: {what} ({attrs.get('epochs')} epochs, {attrs.get('time_s', '?')} s)", flush=True)
+        status = StudyStatus(
+            "runs",
+            len(runs),
+            list(latest.values()),
+            done_before=len(finished_before - latest.keys()),
+            failure_ends=True,
+        )
+        print(status.line(workers, datetime.now()), flush=True)
+
+    return on_change
+
+
+def comparison(runs: list[SweepRun], sweep_dir: Path, reference: str | None = None) -> None:
+    """compare.html and leaderboard.csv of the runs that exist, listed and written under the folder's
+    writer lock: workers finishing at once take turns, and the last one shows every run."""
+    with atomic_io.one_writer(sweep_dir):
+        existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
+        if existing:
+            render_comparison(existing, sweep_dir / "compare.html", reference=reference)
 
 
 def run_sweep(
@@ -78,18 +106,21 @@ def run_sweep(
     workers: int = 1,
     storage_url: str | None = None,
     as_worker: int | None = None,
+    reference: str | None = None,
 ) -> int:
-    """Plan, queue, run on ``workers`` processes and compare; returns the exit code (1 if a run failed)."""
+    """Plan, queue, run on ``workers`` processes and compare (the leader against the group
+    ``reference`` when given); returns the exit code (1 if a run failed)."""
     runs = plan(configs, seeds, overrides, sweep_dir)  # all fail fast, before any run
     storage_url = storage_url or default_storage(sweep_dir, "sweep")
-    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir))
+    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir, reference))
     heartbeat = HeartbeatConfig()
     if as_worker is not None:
+        log_to_a_disk_that_may_fill()
         study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
         return work(study, sweep, heartbeat.interval_s)
 
     create_output_dir(sweep_dir)
-    study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
+    storage = open_storage(storage_url, heartbeat)
     finished = set()
     for index, run in enumerate(runs, start=1):
         done = run_status(run.run_dir) == "completed"
@@ -97,18 +128,23 @@ def run_sweep(
               + (": finished earlier; skipped" if done else ""), flush=True)  # fmt: skip
         if done:
             finished.add(run.name)
-    sweep.queue(study, finished)
+    with exclusive(storage_url):  # another command queueing the same runs waits, then finds them queued
+        study = open_study(storage, STUDY, sweep.kind, "maximize")
+        sweep.queue(study, finished)
     command = [sys.executable, "-m", "harness.sweep", *map(str, configs), "--out", str(sweep_dir)]
     command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
     command += ["--set", *overrides] if overrides else []
-    code = supervise(start_workers(command, workers, sweep_dir / "logs"), study, lambda _: None)
-    comparison(runs, sweep_dir)
+    command += ["--reference", reference] if reference else []
+    code = supervise(
+        start_workers(command, workers, sweep_dir / "logs"), study, progress_printer(runs, finished, workers)
+    )
+    comparison(runs, sweep_dir, reference)
     print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
     if code:
         return code
     failed = failures(study, runs)
     if failed:
-        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
+        print(f"error: failed runs: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -132,13 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/sweeps/<UTC timestamp>)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="study storage URL (default: sqlite:///SWEEP_DIR/sweep.db)")
+    parser.add_argument(
+        "--reference", metavar="NAME", help="the experiment the comparison's first sentence measures the leader against"
+    )
     parser.add_argument("--as-worker", type=int, help=argparse.SUPPRESS)  # the worker processes' own flag
     args = parser.parse_args(argv)
+    listen_to_interrupts()
     if args.workers < 1:
         parser.error(f"--workers {args.workers}: expected at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = args.out or Path("results") / "sweeps" / utc_timestamp()
-    return run_sweep(args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker)
+    return run_sweep(
+        args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker, args.reference
+    )
 
 
 def cli() -> NoReturn:

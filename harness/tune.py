@@ -16,20 +16,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
-from harness.search.engine import default_storage, open_storage, open_study, retrying, start_workers, supervise, work
+from harness.search.engine import listen_to_interrupts, start_workers, supervise, work
 from harness.search.plans import SearchPlan
+from harness.search.progress import StudyStatus, counted
 from harness.search.space import PrunerConfig, Search, load_search
+from harness.search.storage import default_storage, exclusive, open_storage, open_study
 from harness.search.study_report import (
     best_trial,
+    completed_baseline,
+    lost_baseline,
     redact,
     top_trials,
     trial_experiment,
@@ -67,12 +74,16 @@ def build_pruner(p: PrunerConfig) -> optuna.pruners.BasePruner:
 
 
 def parse_args(argv: list[str] | None) -> Any:
-    parser = ArgumentParser(prog="python -m harness.tune", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python -m harness.tune",
+        description="Search hyperparameters on the validation split (Optuna, several workers), then confirm the "
+        "best over seeds on the test set.",
+    )
     parser.add_argument("search", type=Path, help="search file, e.g. experiments/search/resnet18_cpu.yaml")
     parser.add_argument("--trials", type=int, help="complete + pruned trials to reach (default: the file's)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="study storage URL (default: sqlite:///DIR/study.db); PostgreSQL: "
-                        "postgresql+psycopg2://user:password@host/db")  # fmt: skip
+                        "postgresql://user:password@host/db")  # fmt: skip
     parser.add_argument("--out", type=Path, help="study folder (default: results/tune/<search name>)")
     parser.add_overrides()
     parser.add_argument("--confirm", type=int, default=0, metavar="K", help="re-run the K best configs over --seeds")
@@ -94,13 +105,19 @@ def worker_command(args: Any, search: Search, out: Path, storage_url: str) -> li
     return command + (["--set", *args.overrides] if args.overrides else [])
 
 
-def progress_printer(search: Search) -> Any:
-    """Prints a line per trial as it ends, and rewrites trials.csv, from what the storage says."""
+def progress_printer(search: Search, workers: int) -> Any:
+    """Prints a line per trial as it ends and the study's status line on every change, and rewrites
+    trials.csv, from what the storage says."""
     told: set[int] = set()
     metric = search.spec.objective.metric
+    maximize = search.spec.objective.direction == "maximize"
 
     def on_change(study: optuna.Study, trials: list[FrozenTrial], out: Path) -> None:
-        atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+        try:
+            with atomic_io.one_writer(out):  # another command on the same study may be writing it too
+                atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
+        except DiskFullError:
+            pass  # written again once the workers end, which reports a disk still full
         for t in trials:
             if t.number in told or t.state in (TrialState.RUNNING, TrialState.WAITING):
                 continue
@@ -112,6 +129,10 @@ def progress_printer(search: Search) -> Any:
                 what = "interrupted" if t.user_attrs.get("interrupted") else f"failed: {t.user_attrs.get('error', '?')}"
             epochs = t.user_attrs.get("epochs")
             print(f"trial {t.number}: {what} ({epochs} epochs, {t.user_attrs.get('time_s', '?')} s)", flush=True)
+        status = StudyStatus(
+            "trials", search.trials, [t for t in trials if counted(t)], metric=metric, maximize=maximize
+        )
+        print(status.line(workers, datetime.now()), flush=True)
 
     return on_change
 
@@ -128,11 +149,13 @@ def write_confirmation_configs(search: Search, trials: list[FrozenTrial], out: P
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    listen_to_interrupts()
     search = load_search(args.search, args.trials, args.overrides)  # every bad key fails here
     out = args.out or Path("results") / "tune" / search.name
     storage_url = args.storage or default_storage(out, "study")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what happened
     if args.as_worker is not None:
+        log_to_a_disk_that_may_fill()
         storage = open_storage(storage_url, search.spec.heartbeat)
         plan = SearchPlan(search, out, args.overrides)
         study = open_study(
@@ -143,37 +166,87 @@ def main(argv: list[str] | None = None) -> int:
 
     create_output_dir(out)
     storage = open_storage(storage_url, search.spec.heartbeat)
-    study = open_study(storage, search.name, SearchPlan.kind, search.spec.objective.direction)
+    plan = SearchPlan(search, out, args.overrides)
+    with exclusive(storage_url):  # another command starting on the same study waits: one baseline
+        study = open_study(storage, search.name, plan.kind, search.spec.objective.direction)
+        finished = counted_finished(study)
+        if args.confirm and args.trials is None and finished:
+            # Confirming a study that exists: what it has, never more trials unasked for.
+            if finished < search.trials:
+                print(
+                    f"note: --confirm without --trials confirms the {finished} finished trials; the file asks for "
+                    f"{search.trials}: add --trials {search.trials} to finish the search first",
+                    flush=True,
+                )
+            search = search.model_copy(update={"trials": finished})
+            plan = SearchPlan(search, out, args.overrides)
+        plan.queue_baseline(study)
     print(
         f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
         flush=True,
     )
-    if search.spec.baseline_first and not study.get_trials(deepcopy=False):  # once, when the study is new
-        retrying("queueing the base's own values", lambda: study.enqueue_trial(search.base_params(args.overrides)))
-    on_change = progress_printer(search)
+    if search.pruner_warning(args.overrides):
+        print(f"warning: {search.pruner_warning(args.overrides)}", file=sys.stderr, flush=True)
+    on_change = progress_printer(search, args.workers)
     code = 0
-    if SearchPlan(search, out, args.overrides).state(study) != "done":  # a finished study starts no worker
+    if plan.state(study) != "done":  # a finished study starts no worker
         workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")
         code = supervise(workers, study, lambda trials: on_change(study, trials, out))
-    written = write_outputs(study, search, out, storage_url, args.overrides)
+    with atomic_io.one_writer(out):
+        written = write_outputs(study, search, out, storage_url, args.overrides)
     print(f"trials: {written['trials.csv']}, report: {written['study.html']}", flush=True)
     if "best.yaml" in written:
         best = best_trial(study)
         print(f"best: trial {best.number}, {search.spec.objective.metric} {best.value:.4f}: {written['best.yaml']}")
     if code:
         return code
-    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+    finished = counted_finished(study)
     if finished < search.trials:
         raise HarnessError(f"the study has {finished} of {search.trials} trials (see {out / 'logs'}); run it again")
+    lost = lost_baseline(study, search)
+    if lost is not None:
+        print(f"error: the baseline (trial {lost.number}, the base's own values) failed: "
+              f"{lost.user_attrs.get('error', '?')}; nothing in this study is measured against the recipe "
+              f"(see {lost.user_attrs.get('run_dir', out)})", file=sys.stderr)  # fmt: skip
     if args.confirm:
-        from harness.sweep import run_sweep
+        code = confirm(study, search, args, out)
+    return code or (1 if lost is not None else 0)  # 1: a run failed, as a sweep says it
 
-        best = top_trials(study, args.confirm)
-        files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
-        print(f"confirming the {len(best)} best trial(s) over seeds {args.seeds} on the test set: {out / 'confirm'}")
-        return run_sweep(files, args.seeds, [], out / "confirm", args.workers, None)
-    return 0
+
+def counted_finished(study: optuna.Study) -> int:
+    """Complete and pruned trials: what counts towards a search's ``trials``."""
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+def confirm(study: optuna.Study, search: Search, args: Any, out: Path) -> int:
+    """The K best trials, and the baseline (the base's own values) beside them when the study has one,
+    at the base's full budget over the seeds, compared on the test set: does the search beat the recipe?"""
+    from harness.reporting.compare import verdict
+    from harness.sweep import run_sweep
+
+    best = top_trials(study, args.confirm)
+    files = write_confirmation_configs(search, best, out / "confirm", args.overrides)
+    baseline = completed_baseline(study)
+    reference = None
+    if baseline is not None and baseline.number not in {t.number for t in best}:
+        reference = f"{search.name}-baseline"
+        files.append(
+            atomic_io.write_text(
+                out / "confirm" / f"{reference}.yaml", trial_experiment(search, baseline, args.overrides, reference)
+            )
+        )
+    elif baseline is not None:
+        reference = f"{search.name}-trial{baseline.number}"
+    beside = f" beside the baseline (trial {baseline.number})" if baseline is not None else ""
+    print(
+        f"confirming the {len(best)} best trial(s){beside} over seeds {args.seeds} on the test set: {out / 'confirm'}"
+    )
+    code = run_sweep(files, args.seeds, [], out / "confirm", args.workers, None, reference=reference)
+    board = out / "confirm" / "leaderboard.csv"
+    if board.is_file() and (said := verdict(pd.read_csv(board), reference)):
+        print(f"confirmation: {said}", flush=True)
+    return code
 
 
 def cli() -> NoReturn:

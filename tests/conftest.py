@@ -7,6 +7,8 @@ real data's layout (``<root>/{train,test}/<class>/*.jpg``), since CI has no CIFA
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import socket
 import subprocess
@@ -112,6 +114,22 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
+# What differs between any two runs of the same config, interrupted or not.
+VOLATILE_SUMMARY = {"started_utc", "finished_utc", "total_time_s", "resumed_from", "analysis_completed_utc", "history"}
+
+
+def read_rows(path: Path, drop: set[str] = frozenset()) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def comparable_summary(run_dir: Path) -> dict:
+    """summary.json less what differs between two runs of one config, its folder written RUN_DIR."""
+    text = (run_dir / "summary.json").read_text().replace(str(run_dir), "RUN_DIR")
+    return {k: v for k, v in json.loads(text).items() if k not in VOLATILE_SUMMARY}
 
 
 def subprocess_env() -> dict[str, str]:

@@ -33,7 +33,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="harness-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
-        self.url = f"postgresql+psycopg2://harness@127.0.0.1:{self.port}/study"
+        self.url = f"postgresql://harness@127.0.0.1:{self.port}/study"  # as users write it: psycopg 3
 
     def _run(self, *command: str) -> None:
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root

@@ -3,13 +3,14 @@ no traceback, and no run folder. Each case starts from a shipped experiment file
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
 
 from harness.config import load_config
 from harness.run import main
-from tests.conftest import EXPERIMENTS, data_overrides, experiment_args, run_cli
+from tests.conftest import EXPERIMENTS, SMALL, data_overrides, experiment_args, run_cli
 
 CPU = str(EXPERIMENTS / "resnet18_cpu.yaml")
 
@@ -134,8 +135,50 @@ def test_bad_input_through_the_real_command_has_no_traceback(cifar_like, tmp_pat
     out = tmp_path / "run"
     result = run_cli(*experiment_args("resnet18_cpu", cifar_like, "optimizer.lr=.nan"), "--out", str(out))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: {CPU}: optimizer.lr = nan: expected a finite number"]
+    assert result.stderr.strip().splitlines() == [
+        "error: --set 'optimizer.lr=.nan': optimizer.lr = nan: expected a finite number"
+    ]
     assert not out.exists()
+
+
+MESSAGES = [
+    # a bad value given with --set names the --set, not the file
+    (["train.epochs=2.5"], "error: --set 'train.epochs=2.5': train.epochs = 2.5: expected an integer"),
+    # an unknown key suggests the nearest
+    (["data.bacth_size=4"], "unknown key 'data.bacth_size' (did you mean 'batch_size'? expected one of:"),
+    (["train.epoch=4"], "(did you mean 'epochs'?"),
+]
+
+
+@pytest.mark.parametrize("settings, expected", MESSAGES, ids=[m[0][0] for m in MESSAGES])
+def test_messages_point_at_the_fix(settings, expected, tmp_path, capsys):
+    assert main([CPU, "--set", *settings, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
+
+
+def test_a_bad_value_in_a_file_names_the_file(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"base: {CPU}\ntrain: {{epochs: 0}}\n")
+    assert main([str(config), "--set", "train.label_smoothing=0.2", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {config}: train.epochs = 0: expected a value >= 1"
+
+
+def test_a_config_file_after_set_is_the_config_file(cifar_like, tmp_path):
+    """``--set`` takes every value up to the next option; a YAML file among them is the command's file."""
+    out = tmp_path / "run"
+    set_first = ["--set", *data_overrides(cifar_like), *SMALL, "train.epochs=1", "analysis.enabled=false", CPU]
+    assert main([*set_first, "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("module", ["run", "analyze", "report", "sweep", "tune", "lr_find", "bench.__main__"])
+def test_every_help_starts_with_what_the_command_does(module, capsys):
+    command = importlib.import_module(f"harness.{module}")
+    with pytest.raises(SystemExit) as done:
+        command.main(["--help"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert done.value.code == 0 and first[0].isupper() and not first.startswith(("usage", "`")), first
 
 
 @pytest.mark.parametrize("written, expected", [("off", "off"), ("auto", "auto"), ("bf16", "bf16"), ("fp16", "fp16")])

@@ -43,6 +43,7 @@ def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys
     assert results["engine"]["trials"] == 3
     printed = capsys.readouterr().out
     assert f"harness/plain = {results['overhead']['harness_over_plain']:.3f}" in printed
+    assert f"bars/none = {results['overhead']['bars_over_no_progress']:.3f}" in printed
     assert f"on/off = {results['diagnostics']['on_over_off']:.3f}" in printed
     assert f"MFU {100 * results['mfu']['mfu']:.1f}%" in printed
     assert f"{results['engine']['ms_per_trial']:.1f} ms per trial besides its run" in printed

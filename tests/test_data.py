@@ -186,7 +186,9 @@ def test_cutout_alone_cuts_one_16x16_square():
 
 
 def test_same_seed_same_augmentation_and_replayable_sampler():
-    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 100, "val_size": 0}})
+    cfg = config_from_dict(
+        {"data": {"dataset": "synthetic", "synthetic_train_size": 100, "val_size": 0, "mean": [0.5], "std": [0.25]}}
+    )
     train = load_arrays(cfg.data, cfg.seed).train
     dataset = AugmentedArrayDataset(train, build_train_transform(cfg.data))
     sampler = EpochBatchSampler(len(train), 8, seed=0, shuffle=True)
@@ -204,7 +206,8 @@ def test_same_seed_same_augmentation_and_replayable_sampler():
 
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
 def test_training_loader_augments_only_with_augment_on_loader(augment_on):
-    cfg = config_from_dict({"data": {"dataset": "synthetic", "synthetic_train_size": 20, "augment_on": augment_on}})
+    data = {"dataset": "synthetic", "synthetic_train_size": 20, "augment_on": augment_on, "mean": [0.5], "std": [0.25]}
+    cfg = config_from_dict({"data": data})
     train = load_arrays(cfg.data, cfg.seed).train
     dataset = build_train_dataset(train, cfg.data)
     normalized = build_eval_transform(cfg.data)(image=train.images[3])["image"]

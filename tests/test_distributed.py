@@ -19,7 +19,9 @@ from tests.conftest import TINY, free_port
 
 def _accuracy_with_fixed_weights(local_rank: int, result_file: str) -> None:
     torch.manual_seed(0)
-    cfg = config_from_dict(TINY, ["data.synthetic_test_size=103", "data.eval_batch_size=10"])
+    cfg = config_from_dict(
+        TINY, ["data.synthetic_test_size=103", "data.eval_batch_size=10", "data.mean=[0.5]", "data.std=[0.25]"]
+    )
     eval_loader = build_loaders(cfg, load_arrays(cfg.data, cfg.seed), idist.device()).test
     model = build_model(cfg.model, 10)  # identical weights on every rank: same seed, no training
     evaluator = create_evaluator(model, idist.device(), cfg.train)

@@ -4,7 +4,6 @@ on the same folder."""
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import signal
@@ -20,21 +19,17 @@ import torch
 from harness.core.run_folder import list_checkpoints
 from harness.run import main
 from harness.training.cpu_threads import available_cores
-from tests.conftest import REPO, experiment_args, free_port, run_cli, subprocess_env, tensorboard_scalars
-
-TIMING_COLUMNS = {"epoch_time_s", "train_images_per_s"}
-# What differs between any two runs of the same config, interrupted or not.
-VOLATILE_SUMMARY = {"started_utc", "finished_utc", "total_time_s", "resumed_from", "analysis_completed_utc"}
-
-
-def read_rows(path: Path, drop: set[str] = frozenset()) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
-
-
-def comparable_summary(run_dir: Path) -> dict:
-    text = (run_dir / "summary.json").read_text().replace(str(run_dir), "RUN_DIR")
-    return {k: v for k, v in json.loads(text).items() if k not in VOLATILE_SUMMARY}
+from tests.conftest import (
+    REPO,
+    TIMING_COLUMNS,
+    comparable_summary,
+    experiment_args,
+    free_port,
+    read_rows,
+    run_cli,
+    subprocess_env,
+    tensorboard_scalars,
+)
 
 
 def assert_run_complete(run_dir: Path, test_images: int, val_images: int = 0) -> None:
@@ -58,6 +53,7 @@ def test_main_job_at_test_size(main_job_run):
     out, result = main_job_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"run folder: {out} (completed)" in result.stdout
+    assert "this config is a GPU recipe" in result.stderr, "it ran on a CPU, and says so"
     assert_run_complete(out, test_images=50, val_images=18)
     assert list((out / "checkpoints").glob("best_*.pt")), "the best checkpoint, chosen on validation"
 
@@ -213,7 +209,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(cifar_like, uninte
     assert len(err.splitlines()) == 1 and "No space left on device" in err and "--resume" in err, err
     [kept] = list_checkpoints(out / "checkpoints")
     assert kept.name == "checkpoint_5.pt" and torch.load(kept, weights_only=False)["trainer"]["iteration"] == 5
-    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith("tmp")], "no half-written file left"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint_5.pt"], "no half-written file left"
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
     monkeypatch.undo()
     assert main(["--resume", str(out)]) == 0

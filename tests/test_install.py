@@ -20,10 +20,17 @@ def test_installed_copy_trains_and_reports_from_another_folder(analyzed_run, tmp
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     venv = tmp_path / "venv"
-    # The system's torch and friends (and its pip and setuptools), seen from the venv; only the harness
-    # itself is installed into it. No download: the build uses the system's setuptools.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
+    # The venv sees the packages of the interpreter running the tests, through a .pth file: torch and
+    # friends, pip and setuptools, whether pytest runs in a virtual environment (as most users run it)
+    # or in the system's interpreter (--system-site-packages would show the base interpreter's instead,
+    # which in a user's venv has no torch, and a setuptools without bdist_wheel). Only the harness is
+    # installed into it. No download: torch 2.14 requires setuptools>=77, which builds wheels itself.
+    seen = [path for path in sys.path if path.endswith("site-packages")]
+    site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    Path(site_packages, "running-interpreter.pth").write_text("\n".join(seen) + "\n")
     install = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)]
     result = subprocess.run(install, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -162,3 +162,38 @@ def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):
     assert html.index('class="verdict"') < html.index('id="leaderboard"')
     assert (board["ci95_low"] >= 0).all() and (board["ci95_high"] <= 1).all()  # 2 seeds: clipped to 0-100%
     assert html.count('.html">') >= 4 and 'href="a0/report.html"' in html  # each run links to its report
+
+
+def test_the_report_says_what_happened_to_the_run():
+    from harness.reporting.run_report import describe_history, describe_resolution
+
+    assert describe_history([]) is None
+    assert (
+        describe_history(
+            [{"event": "started", "utc": "t0", "iteration": 0}, {"event": "completed", "utc": "t1", "iteration": 9}]
+        )
+        is None
+    )
+    stopped = [
+        {"event": "started", "utc": "2026-12-02T10:00:00Z", "iteration": 0},
+        {"event": "interrupted", "utc": "2026-12-02T10:05:00Z", "iteration": 40},
+        {"event": "resumed", "utc": "2026-12-02T11:00:00Z", "iteration": 40, "checkpoint": "checkpoint_40.pt"},
+        {"event": "resumed", "utc": "2026-12-02T12:00:00Z", "iteration": 60, "checkpoint": "checkpoint_60.pt"},
+        {"event": "completed", "utc": "2026-12-02T12:30:00Z", "iteration": 90},
+    ]
+    assert describe_history(stopped) == (
+        "started 2026-12-02 10:00:00 UTC at iteration 0; interrupted 2026-12-02 10:05:00 UTC at iteration 40; "
+        "resumed 2026-12-02 11:00:00 UTC from checkpoint_40.pt at iteration 40; "
+        "stopped without a word (killed, or the machine went down); "
+        "resumed 2026-12-02 12:00:00 UTC from checkpoint_60.pt at iteration 60; "
+        "completed 2026-12-02 12:30:00 UTC at iteration 90"
+    )
+    config = {"train": {"epochs": 15, "low_res_size": 0.75, "low_res_epochs": 7}}
+    assert (
+        describe_resolution(config, {"image_size": [32, 32]})
+        == "epochs 1-7 at 24x24, epochs 8-15 and every evaluation at 32x32"
+    )
+    assert describe_resolution({"train": {"epochs": 2, "low_res_size": 24, "low_res_epochs": 7}}, {}) == (
+        "epochs 1-1 at 24x24, epoch 2 and every evaluation at 32x32"
+    )
+    assert describe_resolution({"train": {"epochs": 5}}, {}) is None

@@ -20,8 +20,8 @@ import yaml
 from harness.analysis.blow_up import first_blow_up
 from harness.config import config_from_dict
 from harness.core.run_folder import METRICS_COLUMNS, checkpoint_iteration, list_checkpoints
-from harness.data.sources import load_arrays
 from harness.models.builders import build_model
+from harness.models.inputs import prepare_inputs
 from harness.reporting.run_report import render_run_report
 from harness.run import main
 from harness.training.steps import create_evaluator
@@ -133,10 +133,12 @@ def test_weight_average_is_what_gets_evaluated_and_kept(write_config, tmp_path):
     assert torch.equal(kept["conv1.weight"], by_epoch[best_epoch]["ema_model"]["conv1.weight"]), "the average is kept"
     rows = read_rows(run_dir / "metrics.csv")
     cfg = config_from_dict(yaml.safe_load(config.read_text()))
+    inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+    cfg = cfg.model_copy(update={"data": inputs.data})
     model = build_model(cfg.model, 10)
     model.load_state_dict(average)
     evaluator = create_evaluator(model, torch.device("cpu"), cfg.train)
-    evaluator.run(build_loaders(cfg, load_arrays(cfg.data, cfg.seed), torch.device("cpu")).test)
+    evaluator.run(build_loaders(cfg, inputs.splits, torch.device("cpu")).test)
     # The loss tells the two models apart where 128 images' accuracy might not.
     assert evaluator.state.metrics["loss"] == pytest.approx(float(rows[-1]["test_loss"]), rel=1e-5)
     assert evaluator.state.metrics["accuracy"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-6)

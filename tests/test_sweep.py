@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,10 @@ def test_two_configs_times_two_seeds_on_two_workers(cifar_like, tmp_path, capsys
     out = tmp_path / "sweep"
     command = [*files, "--seeds", "0", "1", "--set", *data_overrides(cifar_like), *SMALL, "--out", str(out)]
     assert sweep_main([*command, "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(f"log {out / 'logs'}/worker-") == 2, "the command points at each worker's log"
+    assert re.search(r"^runs: [123] of 4 done, 0 failed, [12] running, ETA \d", printed, re.MULTILINE), printed
+    assert printed.count("runs: 4 of 4 done, 0 failed, 0 running") == 1, printed
     runs = sorted(p.name for p in out.iterdir() if (p / "config.yaml").is_file())
     assert runs == ["resnet18_adam-seed0", "resnet18_adam-seed1", "resnet18_adamw-seed0", "resnet18_adamw-seed1"]
     logs = "".join(log.read_text() for log in sorted((out / "logs").glob("worker-*.log")))

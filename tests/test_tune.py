@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import torch
 import yaml
 from ignite.engine import Engine
 
+from harness.core.run_folder import RunLock
+from harness.search.space import load_search
 from harness.training.pruning import attach_pruning
 from harness.tune import main as tune_main
 from tests.conftest import (
@@ -188,12 +192,20 @@ def test_rerunning_continues_the_study_then_confirms_the_best_on_the_test_set(st
 
     confirm = study_dir / "confirm"
     board = pd.read_csv(confirm / "leaderboard.csv")
-    assert len(board) == 1 and board["n_runs"].iloc[0] == 2
-    runs = sorted(p for p in confirm.iterdir() if (p / "summary.json").is_file())
+    best = table[table["state"] == "complete"].sort_values("value", ascending=False).iloc[0]
+    baseline = table.set_index("number").loc[0]  # the recipe: re-run beside the best, unless it is the best
+    with_baseline = baseline["state"] == "complete" and best["number"] != 0
+    assert len(board) == 1 + with_baseline and set(board["n_runs"]) == {2}
+    if with_baseline:
+        assert (
+            "resnet18_cpu-baseline" in set(board["group"]) and "resnet18_cpu-baseline (the reference)" in result.stdout
+        )
+    assert "confirmation: " in result.stdout
+    runs = sorted(p for p in confirm.iterdir() if (p / "summary.json").is_file() and "baseline" not in p.name)
     assert [r.name[-6:] for r in runs] == ["-seed0", "-seed1"]
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
-    assert board["mean_acc"].iloc[0] == pytest.approx(sum(s["final_test_acc"] for s in summaries) / 2), "on test"
-    best = table[table["state"] == "complete"].sort_values("value", ascending=False).iloc[0]
+    mine = board.set_index("group").loc[runs[0].name[: -len("-seed0")]]
+    assert mine["mean_acc"] == pytest.approx(sum(s["final_test_acc"] for s in summaries) / 2), "on test"
     for run in runs:
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["optimizer"]["lr"] == pytest.approx(best["optimizer.lr"]), "the best trial's config"
@@ -266,6 +278,108 @@ def test_sigterm_interrupts_and_a_rerun_resumes(search_data, tmp_path):
     assert json.loads((Path(victim["user_attrs"]["run_dir"]) / "summary.json").read_text())["resumed_from"]
 
 
+SMALL_SPACE = {
+    "optimizer.lr": {"type": "float", "low": 0.05, "high": 0.3, "log": True},
+    "data.batch_size": {"type": "categorical", "choices": [128, 256]},
+}
+
+
+def small_tune(data: Path, out: Path, trials: int) -> list[str]:
+    """The shipped search over the learning rate and batch only, its trials of one epoch without warm-up
+    or pruning (a few seconds each), a waiting worker looking again every second."""
+    search = sized_search(out.parent, True, space=SMALL_SPACE, pruner={"name": "none"})
+    return [str(search), "--out", str(out), "--trials", str(trials), "--set", *data_overrides(data), "model.width=8",
+            "train.epochs=1", "scheduler.warmup_epochs=0", "data.eval_batch_size=50"]  # fmt: skip
+
+
+def test_two_commands_started_together_on_a_new_study_share_it(search_data, tmp_path):
+    """Two ``harness.tune`` commands reach the same new SQLite study at the same instant (each with a
+    worker): one baseline is queued, every trial runs once in its own folder, neither command fails."""
+    out = tmp_path / "study"
+    args = small_tune(search_data, out, 2)
+    at = time.time() + 10  # after both have imported the harness
+    commands = [
+        subprocess.Popen([sys.executable, "-m", "tests.start_at", str(at), "harness.tune", *args], cwd=REPO,
+                         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    for command in commands:
+        stdout, stderr = command.communicate(timeout=600)
+        assert command.returncode == 0, stdout[-2000:] + stderr[-3000:]
+        assert "Traceback" not in stderr and "warning" not in stderr, stderr[-3000:]
+    table = assert_finished_once_each(out, 2)
+    base = yaml.safe_load(SEARCH.parent.joinpath("../resnet18_cpu.yaml").read_text())
+    lr, batch = base["optimizer"]["lr"], base["data"]["batch_size"]
+    recipe = table[(table["optimizer.lr"] == lr) & (table["data.batch_size"] == batch)]
+    assert recipe["number"].tolist() == [0], "one baseline, trial 0"
+    logs = "".join(log.read_text() for log in (out / "logs").glob("worker-*.log"))
+    assert "database is locked" not in logs and "in use by another" not in logs, logs[-3000:]
+
+
+def test_confirm_without_trials_confirms_what_exists_beside_the_baseline(search_data, tmp_path):
+    """A 2-trial study confirmed without --trials: no trial added (the file asks for 10), the best and
+    the baseline re-run over a seed on the test set, and the first sentence says which leads."""
+    out = tmp_path / "study"
+    assert run_cli(*small_tune(search_data, out, 2), module="harness.tune").returncode == 0
+    args = [a for a in small_tune(search_data, out, 2) if a not in ("--trials", "2")]
+    result = run_cli(*args, "--confirm", "1", "--seeds", "0", module="harness.tune")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "note: --confirm without --trials confirms the 2 finished trials; the file asks for 10" in result.stdout
+    assert len(assert_finished_once_each(out, 2)) == 2, "no trial added"
+    board = pd.read_csv(out / "confirm" / "leaderboard.csv")
+    table = pd.read_csv(out / "trials.csv").sort_values("value", ascending=False)
+    assert len(board) == (1 if table["number"].iloc[0] == 0 else 2)
+    said = result.stdout.split("confirmation: ")[1].splitlines()[0]
+    assert board["group"].iloc[0] in said.split(" leads ")[0] and ("(the reference)" in said or len(board) == 1)
+    html = (out / "study.html").read_text()
+    assert "0 (baseline)" in html and "baseline (the recipe), trial 0" in html
+    assert not re.search(r"\d\.\d{5,}", html.split('id="trials"')[1]), "numbers at 3 significant figures"
+
+
+def test_a_pruner_that_can_never_fire_is_named(tmp_path):
+    search = load_search(
+        sized_search(tmp_path, pruner={"name": "successive_halving", "min_epochs": 3}), extra=SEARCH_SMALL
+    )
+    said = search.pruner_warning(SEARCH_SMALL)
+    assert "never stops a trial: its first decision comes after epoch 3 (pruner.min_epochs)" in said
+    assert load_search(sized_search(tmp_path), extra=SEARCH_SMALL).pruner_warning(SEARCH_SMALL) is None
+
+
+def test_a_backgrounded_command_stops_on_sigint(search_data, tmp_path):
+    """A script that starts harness.tune in the background (bash ignores SIGINT in such jobs, and the
+    workers inherit it): kill -INT still stops the command and its workers, and a rerun resumes."""
+    out = tmp_path / "study"
+    args = " ".join(map(shlex.quote, tune_args(search_data, out, search=faults_search(tmp_path))))
+    script = f"{shlex.quote(sys.executable)} -m harness.tune {args} & echo $! > {tmp_path / 'pid'}; wait $!; echo rc=$?"
+    shell = subprocess.Popen(["bash", "-c", script], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_running_trial_with_checkpoint(out, shell)
+    os.kill(int((tmp_path / "pid").read_text()), signal.SIGINT)
+    stdout, stderr = shell.communicate(timeout=300)
+    assert f"rc={128 + signal.SIGINT}" in stdout, stdout[-2000:] + stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "interrupted" in set(pd.read_csv(out / "trials.csv")["state"])
+
+
+def test_a_study_that_lost_its_baseline_says_so(search_data, tmp_path):
+    """The baseline's run fails (here its folder is held by another harness.run): the search goes on,
+    then the command says the study has no baseline, exits 1, and study.html says it too."""
+    out = tmp_path / "study"
+    held = RunLock(out / "trial-0000")
+    (out / "trial-0000").mkdir(parents=True)
+    held.acquire()
+    try:
+        result = run_cli(*small_tune(search_data, out, 1), module="harness.tune")
+    finally:
+        held.release()
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the baseline (trial 0, the base's own values) failed:") and "in use by" in last
+    assert "The baseline (trial 0, the base's own values) failed" in (out / "study.html").read_text()
+    assert assert_finished_once_each(out, 1)["number"].tolist() == [0, 1]
+
+
 BAD_SEARCHES = [
     ({"space": {"optimizer.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "unknown key 'optimizer.lrr'"),
     ({"space": {"optimizer.lr": {"type": "float", "low": 0.2, "high": 0.1}}}, "expected low < high"),
@@ -320,7 +434,7 @@ def test_bad_command_lines_are_one_line(tmp_path, capsys):
 
 
 def test_an_unreachable_storage_is_one_line(search_data, tmp_path):
-    url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
     result = run_cli(*tune_args(search_data, tmp_path / "out", "--storage", url), module="harness.tune", timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: storage unreachable")
@@ -387,3 +501,33 @@ def test_each_worker_and_each_start_of_the_command_draws_its_own_trials():
     draws = {first_draw(w, n) for w in (0, 1) for n in (0, 6)}
     assert len(draws) == 4, "a second worker, or a re-run of the command, must not repeat the first trials"
     assert first_draw(1, 6) == first_draw(1, 6), "and each is reproducible"
+
+
+def test_the_status_line_counts_the_trials_names_the_best_and_spreads_the_eta_over_the_workers():
+    from datetime import datetime, timedelta
+
+    from optuna.trial import FrozenTrial, TrialState
+
+    from harness.search.progress import StudyStatus, counted
+
+    now = datetime(2026, 1, 1, 12)
+
+    def trial(number: int, state: TrialState, seconds: float, value: float | None = None, **attrs) -> FrozenTrial:
+        start = now - timedelta(seconds=seconds)
+        end = now if state != TrialState.RUNNING else None
+        return FrozenTrial(number, state, value, start, end, {}, {}, attrs, {}, {}, number)
+
+    trials = [
+        trial(0, TrialState.COMPLETE, 600, 0.80),
+        trial(1, TrialState.PRUNED, 300),
+        trial(2, TrialState.COMPLETE, 600, 0.8123),
+        trial(3, TrialState.FAIL, 10),
+        trial(4, TrialState.FAIL, 10, interrupted=True),  # queued again as trial 5
+        trial(5, TrialState.RUNNING, 100),
+        trial(6, TrialState.RUNNING, 900),  # past the mean of 500 s: about to end
+    ]
+    status = StudyStatus("trials", 10, [t for t in trials if counted(t)], metric="final_val_acc")
+    # 5 trials still to start at 500 s and 400 s left of trial 5, on 2 workers: (2,500 + 400) / 2 s.
+    assert status.line(workers=2, now=now) == (
+        "trials: 3 of 10 done (1 pruned), 1 failed, 2 running, best final_val_acc 0.8123 (trial 2), ETA 24 min"
+    )

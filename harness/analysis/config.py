@@ -83,16 +83,43 @@ def _not_empty(names: list[str]) -> list[str]:
 
 
 class AnalysisConfig(Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="analyze the best checkpoint at the end of a completed run")
     # Each is a row of every Grad-CAM figure; past a few hundred rows a PNG outgrows what viewers open.
-    misclassified: int = Field(20, ge=0, le=200)
-    order: Literal["first", "confident"] = "first"
-    gradcam_layers: list[str] = Field(default_factory=lambda: ["layer1", "layer2", "layer3", "layer4"])
-    gradcam_targets: list[Literal["predicted", "true"]] = Field(default_factory=lambda: ["predicted", "true"])
+    misclassified: int = Field(
+        20,
+        ge=0,
+        le=200,
+        description=(
+            "how many misclassified test images to show and explain (at most 200: each is a row of the "
+            "Grad-CAM figures)"
+        ),
+    )
+    order: Literal["first", "confident"] = Field(
+        "first", description="`first` (test-set order) or `confident` (the most confident mistakes first)"
+    )
+    gradcam_layers: list[str] = Field(
+        default_factory=lambda: ["layer1", "layer2", "layer3", "layer4"],
+        description=(
+            "modules of the model for Grad-CAM, by dotted path (`layer4`, or a block inside it: "
+            "`layer4.1`); checked against the model before the run starts"
+        ),
+    )
+    gradcam_targets: list[Literal["predicted", "true"]] = Field(
+        default_factory=lambda: ["predicted", "true"],
+        description="Grad-CAM for the class chosen and for the class missed",
+    )
     # One method keeps the analysis as cheap as it was; two or more are also compared (ROAD, paired tests).
     cam_methods: Annotated[
         list[Annotated[str, AfterValidator(_cam_method)]], BeforeValidator(_as_list), AfterValidator(_not_empty)
-    ] = Field(default_factory=lambda: ["gradcam"])
+    ] = Field(
+        default_factory=lambda: ["gradcam"],
+        description=(
+            "class activation map methods, a list or one name: registered ones, your own by import path "
+            "(`./my_cam.py:MyCAM`, a `CAMMethod` subclass) or entry point (`cam.<name>`), or `all` (every "
+            "registered one); the first draws the Grad-CAM and sanity figures; two or more are also compared "
+            "and ranked per layer (deletion, insertion, ROAD, sanity: docs/trust.md)"
+        ),
+    )
 
     def cam_method_names(self) -> list[str]:
         """``cam_methods`` with ``all`` replaced by every registered name (the harness's, this process's and

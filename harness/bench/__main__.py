@@ -1,7 +1,8 @@
 """``python -m harness.bench [overhead|diagnostics|data|throughput|mfu|gradcam|engine]``: measured speed.
 
 - overhead:   images/s of the Ignite trainer with every handler attached vs a plain PyTorch loop,
-              same model, loader, batch and precision, alternating repetitions, medians.
+              same model, loader, batch and precision, alternating repetitions, medians; and of
+              the trainer with the terminal's progress bars vs without any progress display.
 - diagnostics: images/s of the harness with the weight-update diagnostics at their default rate
               vs off, back-to-back pairs in ABBA order, median ratio.
 - data:       images/s of the albumentations training loader for 0, 1, 2, ... workers, next to
@@ -14,7 +15,8 @@
 - gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time; then
               images/s of every class activation map method alone, and all of them together.
 - engine:     milliseconds a search trial costs besides its run (asking, the surplus check, the
-              heartbeat, recording and telling the result), against an SQLite storage.
+              heartbeat, recording and telling the result, waiting for the storage), with
+              --engine-workers processes on one study in an SQLite file or --engine-storage URL.
 
 Results go to ``results/bench/<UTC timestamp>.json`` with the device and commit, and to a table.
 """
@@ -36,7 +38,7 @@ from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, exit_on_harness_error
 from harness.core.provenance import describe_device, git_commit
 from harness.core.run_folder import utc_now, utc_timestamp
-from harness.data.sources import load_arrays
+from harness.models.inputs import prepare_inputs
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -48,6 +50,13 @@ def print_table(results: dict[str, Any]) -> None:
             f"harness {o['harness_median']:.0f} img/s -> harness/plain = {o['harness_over_plain']:.3f} "
             f"(median of {o['repeats']} back-to-back pairs, ABBA order; "
             f"pairs {min(o['pair_ratios']):.3f}-{max(o['pair_ratios']):.3f})"
+        )
+        bar_pairs = o["bars_pair_ratios"]
+        print(
+            f"overhead  progress bars: bars/none = {o['bars_over_no_progress']:.3f} (median of {o['repeats']} "
+            f"back-to-back pairs, ABBA order; pairs {min(bar_pairs):.3f}-{max(bar_pairs):.3f}); "
+            f"alone: a tick {o['progress_tick_us']:.1f} us each iteration, a draw {o['bar_draw_us']:.0f} us at most "
+            f"every 0.5 s -> {100 * o['bars_estimated_overhead']:.3f}% expected"
         )
     if "data" in results:
         d = results["data"]
@@ -80,7 +89,10 @@ def print_table(results: dict[str, Any]) -> None:
         )
     if "engine" in results:
         e = results["engine"]
-        print(f"engine    {e['trials']} trials, {e['storage']}: {e['ms_per_trial']:.1f} ms per trial besides its run")
+        print(
+            f"engine    {e['trials']} trials, {e['workers']} worker(s), {e['storage']}: "
+            f"{e['ms_per_trial']:.1f} ms per trial besides its run ({e['trials_per_s']:.1f} trials/s)"
+        )
     if "gradcam" in results:
         g = results["gradcam"]
         print(
@@ -100,7 +112,9 @@ def print_table(results: dict[str, Any]) -> None:
 
 @exit_on_harness_error
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python -m harness.bench", description="Measure speed: the harness against a plain loop, data, Grad-CAM."
+    )
     parser.add_argument(
         "which",
         nargs="*",
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         help="model width for the gradcam benchmark (64: the standard ResNet18)",
     )
     parser.add_argument("--engine-trials", type=int, default=50, help="trials for the engine benchmark")
+    parser.add_argument("--engine-workers", type=int, default=1, help="worker processes for the engine benchmark")
+    parser.add_argument("--engine-storage", help="storage URL for the engine benchmark (default: an SQLite file)")
     parser.add_argument("--out", type=Path, default=Path("results") / "bench")
     args = parser.parse_args(argv)
     known = ["overhead", "diagnostics", "data", "throughput", "mfu", "gradcam", "engine"]
@@ -147,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
     if "diagnostics" in which:
         results["diagnostics"] = bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats)
-    train = load_arrays(cfg.data, cfg.seed).train if {"throughput", "mfu", "data"} & set(which) else None
+    train = None
+    if {"throughput", "mfu", "data"} & set(which):
+        inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
+        cfg, train = cfg.model_copy(update={"data": inputs.data}), inputs.splits.train
     if "throughput" in which:
         results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])
     if "mfu" in which:
@@ -158,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if "gradcam" in which:
         results["gradcam"] = bench_gradcam(args.gradcam_images, width=args.gradcam_width)
     if "engine" in which:
-        results["engine"] = bench_engine(args.engine_trials)
+        results["engine"] = bench_engine(args.engine_trials, args.engine_workers, args.engine_storage)
     path = atomic_io.write_json(args.out / f"{utc_timestamp()}.json", results)
     print_table(results)
     print(f"\nwritten: {path}")

@@ -3,6 +3,7 @@ config's throughput, and how much of the chip's arithmetic the training step use
 
 from __future__ import annotations
 
+import io
 import statistics
 import tempfile
 import time
@@ -12,16 +13,19 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
+from ignite.engine import Engine
 from torch import nn
 
 from harness.bench.common import CIFAR_TEST, CIFAR_TRAIN, bench_config, paired, setting, synchronize
 from harness.config import Config, DiagnosticsConfig
 from harness.data.loaders import AugmentedArrayDataset, EpochBatchSampler, build_loader, build_train_dataset
-from harness.data.sources import load_arrays, make_synthetic
+from harness.data.sources import make_synthetic
 from harness.data.transforms import build_eval_transform
 from harness.models.builders import build_model, place_model, resolve_channels_last
+from harness.models.inputs import prepare_inputs
 from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.optim import build_optimizer
+from harness.training.progress import BAR_REFRESH_S, Bars, ProgressClock, RunProgress
 from harness.training.steps import autocast, make_eval_step, prepare_batch, resolve_amp_dtype
 from harness.training.wiring import build_learner, build_train_step, build_training
 
@@ -60,7 +64,7 @@ def plain_loop_images_per_s(
 
 def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
     """The Ignite trainer built exactly as ``harness.run`` builds it, handlers and checkpoints included."""
-    run = build_training(cfg, run_dir, load_arrays(cfg.data, cfg.seed))
+    run = build_training(cfg, run_dir, prepare_inputs(cfg.data, cfg.model, cfg.seed).splits)
     seen = iterations * cfg.data.batch_size
     start = time.perf_counter()
     run.trainer.run(run.loaders.train, max_epochs=1, epoch_length=iterations)
@@ -68,9 +72,40 @@ def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def with_progress(cfg: Config, progress: str) -> Config:
+    return cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"progress": progress})})
+
+
+def progress_handler_seconds(batch: int, repeats: int = 200) -> tuple[float, float]:
+    """Median seconds of the progress display's work on one iteration, measured alone: the clock's
+    tick between two draws, and one draw of the bar (into memory: the terminal's own drawing is
+    another process's time)."""
+    engine = Engine(lambda *_: None)
+    state = engine.state
+    state.epoch, state.max_epochs, state.epoch_length, state.iteration = 1, 10, 10 * repeats, 0
+    state.output = {"loss": torch.tensor(1.0)}
+    clock = ProgressClock(warmup=3, epoch_cost=lambda _: 1.0)
+    progress = RunProgress(Bars(io.StringIO(), notebook=False), clock, batch, lambda: 0.1, "CPU")
+    progress.estimated = True  # no estimate line in the middle of the benchmark's table
+    progress.start_epoch(engine)
+    ticks, draws = [], []
+    for iteration in range(1, repeats + 1):
+        state.iteration = iteration
+        start = time.perf_counter()
+        progress.iteration(engine)  # draws once, then ticks only: the next draw is BAR_REFRESH_S away
+        ticks.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        progress.display.update(progress.snapshot(state))
+        draws.append(time.perf_counter() - start)
+    progress.close()
+    return statistics.median(ticks), statistics.median(draws)
+
+
 def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
     """Pairs of one plain and one harness repetition, run back to back; the median of the pairs'
-    ratios is the harness's efficiency.
+    ratios is the harness's efficiency. Then pairs of harness repetitions with the terminal's
+    progress bars (drawn into stderr, whatever it is) and without any progress display: what the
+    bars cost.
 
     A shared machine's speed drifts by more than the overhead being measured; within a pair it
     drifts little, and the order alternates (ABBA) so that neither loop always runs second. The
@@ -92,7 +127,17 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
             lambda repeat: harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"),
             repeats,
         )
+        bars, quiet = paired(
+            lambda repeat: harness_images_per_s(with_progress(cfg, "bar"), iterations, Path(tmp) / f"bars{repeat}"),
+            lambda repeat: harness_images_per_s(with_progress(cfg, "off"), iterations, Path(tmp) / f"quiet{repeat}"),
+            repeats,
+        )
     ratios = [h / p for h, p in zip(harness, plain, strict=True)]
+    bar_ratios = [b / q for b, q in zip(bars, quiet, strict=True)]
+    # The bars' cost measured alone, without the noise of whole epochs: a tick every iteration, a draw
+    # at most every BAR_REFRESH_S.
+    tick_s, draw_s = progress_handler_seconds(batch)
+    step_s = batch / statistics.median(quiet)
     return {
         **setting(width, batch, amp, iterations, repeats),
         "plain_images_per_s": plain,
@@ -101,6 +146,13 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
         "plain_median": statistics.median(plain),
         "harness_median": statistics.median(harness),
         "harness_over_plain": statistics.median(ratios),
+        "bars_images_per_s": bars,
+        "no_progress_images_per_s": quiet,
+        "bars_pair_ratios": bar_ratios,
+        "bars_over_no_progress": statistics.median(bar_ratios),
+        "progress_tick_us": 1e6 * tick_s,
+        "bar_draw_us": 1e6 * draw_s,
+        "bars_estimated_overhead": tick_s / step_s + draw_s / BAR_REFRESH_S,
     }
 
 
@@ -174,7 +226,7 @@ def run_steps(cfg: Config, image_size: tuple[int, int], device: torch.device) ->
         else None
     )
     train_step, _ = build_train_step(
-        cfg, train_cfg, learner.step_model, learner.optimizer, device, image_size[0], diagnostics
+        cfg, train_cfg, learner.step_model, learner.optimizer, device, tuple(image_size), diagnostics
     )
     return train_step, make_eval_step(learner.step_model, device, train_cfg)
 

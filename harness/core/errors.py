@@ -6,7 +6,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 EXIT_BAD_INPUT = 2
 
@@ -21,11 +21,45 @@ class ConfigError(HarnessError):
     """A config, search or YAML file that cannot be used as written."""
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a bad command line reported like any other bad input: one line, exit code 2."""
+    """argparse, with a bad command line reported like any other bad input (one line, exit code 2),
+    the description first in ``--help``, and a config file given after ``--set`` taken as the file."""
 
     def error(self, message: str) -> NoReturn:
         raise HarnessError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def format_help(self) -> str:
+        # What the command does first, then how to call it: argparse puts the usage first.
+        formatter = self._get_formatter()
+        formatter.add_text(self.description)
+        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        for group in self._action_groups:
+            formatter.start_section(group.title)
+            formatter.add_text(group.description)
+            formatter.add_arguments(group._group_actions)
+            formatter.end_section()
+        formatter.add_text(self.epilog)
+        return formatter.format_help()
+
+    def parse_args(self, args: list[str] | None = None, namespace: Any = None) -> Any:
+        return super().parse_args(self._files_out_of_overrides(sys.argv[1:] if args is None else list(args)), namespace)
+
+    @staticmethod
+    def _files_out_of_overrides(args: list[str]) -> list[str]:
+        """``--set a=1 exp.yaml`` as ``exp.yaml --set a=1``: --set takes every value up to the next
+        option, and a YAML file among them is not a KEY=VALUE but the command's config file."""
+        files, rest, in_set = [], [], False
+        for arg in args:
+            if arg.startswith("-"):
+                in_set = arg == "--set"
+            elif in_set and "=" not in arg and arg.endswith(CONFIG_SUFFIXES):
+                files.append(arg)
+                continue
+            rest.append(arg)
+        return files + rest
 
     def add_overrides(self, example: str = "train.epochs=5 data.batch_size=256") -> None:
         """``--set K=V ...`` into ``args.overrides``, as every command that reads a config takes it."""

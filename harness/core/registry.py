@@ -258,9 +258,10 @@ class Registry:
             return Resolved(name, obj, False, provenance)
         raise PluginError(f"expected {self.expected()}")
 
-    def describe(self) -> list[tuple[str, str]]:
-        """(name, description) of every entry, namespace and the plug-ins, for ``--list`` and the docs."""
-        rows = [(entry.name, entry.description) for entry in self.entries()]
+    def describe(self, harness_only: bool = False) -> list[tuple[str, str]]:
+        """(name, description) of every entry (the harness's own only, for the docs), namespace and the
+        plug-ins, for ``--list`` and the docs."""
+        rows = [(e.name, e.description) for e in self.entries() if e.origin == "harness" or not harness_only]
         rows += [(f"{prefix}<name>", description) for prefix, (_, description) in self.namespaces.items()]
         return [*rows, ("<module>:<Attribute>", self.plugins)]
 

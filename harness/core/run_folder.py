@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
+from harness.core.full_disk import reported_as_full_disk
 
 METRICS_COLUMNS = [
     "epoch",
@@ -256,8 +257,13 @@ class RunLock:
                 f"{self.run_dir}: in use by another harness.run (pid {holder or '?'}); "
                 "wait for it to finish or stop it first"
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            with reported_as_full_disk(path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         self.fd = fd
 
     def release(self) -> None:
@@ -269,10 +275,13 @@ class RunLock:
 def create_output_dir(folder: Path) -> Path:
     """Create ``folder`` (and its parents) and check that it takes files; one line if it does not."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        with reported_as_full_disk(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            try:
+                probe.write_text("ok")
+            finally:
+                probe.unlink(missing_ok=True)
     except OSError as error:
         raise HarnessError(f"output folder {folder}: cannot be written ({error.strerror or error})") from None
     return folder

@@ -3,6 +3,7 @@ and a pydantic error as one line naming the file, the key, the value and what wa
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
@@ -80,6 +81,11 @@ def _bounds(loc: tuple, schema: type[BaseModel]) -> str:
     return " and ".join(parts)
 
 
+def error_key(error: ValidationError) -> str:
+    """The dotted key path of the first problem (``data.batch_size``, ``data.augment[0]``)."""
+    return _key_path(tuple(error.errors()[0]["loc"]))
+
+
 def format_validation_error(error: ValidationError, source: str, schema: type[BaseModel], prefix: str = "") -> str:
     """A pydantic error of ``schema`` as one line naming the file, the key path (under ``prefix`` when
     the schema is part of a file), the value and what was expected."""
@@ -89,8 +95,10 @@ def format_validation_error(error: ValidationError, source: str, schema: type[Ba
     if kind == "missing":
         return f"{source}: {path}: missing (this key is required)"
     if kind == "extra_forbidden":
-        known = ", ".join(_section_fields(loc[:-1], schema))
-        return f"{source}: unknown key '{path}' (expected one of: {known})"
+        fields = _section_fields(loc[:-1], schema)
+        nearest = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        hint = f"did you mean '{nearest[0]}'? " if nearest else ""
+        return f"{source}: unknown key '{path}' ({hint}expected one of: {', '.join(fields)})"
     if kind in _BOUNDS:
         expected = f"a value {_bounds(loc, schema) or _BOUNDS[kind] + ' ' + str(next(iter(ctx.values())))}"
     elif kind == "literal_error":

@@ -127,32 +127,123 @@ def pixel_sizes(spec: dict[str, Any], height: int, width: int) -> dict[str, Any]
 class DataConfig(Section):
     """Where the images come from, how they are split, normalized, augmented and batched."""
 
-    dataset: Annotated[str, registered(SOURCES)] = "cifar10"
-    root: str = "data/cifar10"
-    download: bool = True
-    cache_dir: str | None = None
+    dataset: Annotated[str, registered(SOURCES)] = Field(
+        "cifar10",
+        description=(
+            "`cifar10` (python pickles), `torchvision/CIFAR100`, `torchvision/MNIST`, "
+            "`torchvision/FashionMNIST`, `torchvision/SVHN`, `torchvision/STL10` (torchvision's files "
+            "in `data.root`), `image_folder` (`train/` and `test/` class folders, and `val/` if it has "
+            "one), `synthetic` (generated, for tests); the registry in `harness/data/config.py`; or "
+            "your own function by import path (see Bring your own model and data)"
+        ),
+    )
+    root: str = Field("data/cifar10", description="where the data set lives (or is downloaded to)")
+    download: bool = Field(
+        True,
+        description=(
+            "`cifar10` and `torchvision/<name>`: download with torchvision when the files are missing "
+            "(offline: one line naming the files and the folder)"
+        ),
+    )
+    cache_dir: str | None = Field(
+        None, description="`image_folder` cache; null: `<root>/.harness_cache`, else `~/.cache/harness`"
+    )
     # The validation split decides (best checkpoint, plateau, pruning, search); the test set only reports.
     # Held out of the whole training split with its own seed, so every run of a study holds out the same images.
-    val_size: Annotated[int | float, PlainValidator(_image_count_or_fraction)] = 0.1
-    val_seed: int = Field(0, ge=0, lt=2**32)
-    train_subset: int | None = Field(None, ge=1)
-    test_subset: int | None = Field(None, ge=1)
-    synthetic_train_size: int = Field(512, ge=10)
-    synthetic_test_size: int = Field(256, ge=10)
-    batch_size: int = Field(512, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    num_workers: int | None = Field(None, ge=0)
+    val_size: Annotated[int | float, PlainValidator(_image_count_or_fraction)] = Field(
+        0.1,
+        description=(
+            "the validation split: an image count or a fraction of the training split, held out before "
+            "anything else (an image folder's own `val/` when it has one); `0`: none, every training "
+            "image trains (see The protocol)"
+        ),
+    )
+    val_seed: int = Field(
+        0,
+        ge=0,
+        lt=2**32,
+        description=(
+            "seeds the validation split (and `data.test_subset`), so every seed and config holds out, "
+            "and is tested on, the same images"
+        ),
+    )
+    train_subset: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "null, or N: a seeded, class-stratified subset of N of the training images left after the validation split"
+        ),
+    )
+    test_subset: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "the same for the test set, drawn with `data.val_seed` (not the run's seed): every seed is "
+            "measured on the same test images"
+        ),
+    )
+    synthetic_train_size: int = Field(512, ge=10, description="`synthetic` only: number of training images")
+    synthetic_test_size: int = Field(256, ge=10, description="`synthetic` only: number of test images")
+    batch_size: int = Field(512, ge=1, description="global training batch (split evenly across processes)")
+    eval_batch_size: int = Field(1024, ge=1, description="global evaluation batch")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "loader worker processes; null: 0 on CPU (the model needs every core), else min(8, cores per process - 1)"
+        ),
+    )
     # Every image resized to this size (pixels, or [height, width]) when read; null keeps the images'
     # own size, which must then be the same for all of them.
-    image_size: Annotated[int | list[int] | None, PlainValidator(_image_size)] = None
+    image_size: Annotated[int | list[int] | None, PlainValidator(_image_size)] = Field(
+        None,
+        description=(
+            "every image resized (antialiased bilinear) to this side in pixels, or `[height, width]`, "
+            "as it is read; null keeps the images' size, which must then be the same for all"
+        ),
+    )
     # Per-channel normalization: numbers, auto (measured on the images that train), or null: CIFAR-10's
     # published values for cifar10, auto for every other source.
-    mean: Annotated[list[float] | str | None, PlainValidator(_per_channel)] = None
-    std: Annotated[list[float] | str | None, PlainValidator(_positive_per_channel)] = None
-    augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(default_factory=_default_augment)
-    augment_on: Literal["loader", "device"] = "loader"
+    mean: Annotated[list[float] | str | None, PlainValidator(_per_channel)] = Field(
+        None,
+        description=(
+            "per-channel normalization on 0..1 pixel values: 1 (grey) or 3 numbers, `auto` (measured on"
+            " the images that train), or null: CIFAR-10's published values for `cifar10`, `auto` for "
+            "every other source; the numbers used are recorded in the run's `summary.json` "
+            "(`normalization`), and measured again, the same, on resume and analysis"
+        ),
+    )
+    std: Annotated[list[float] | str | None, PlainValidator(_positive_per_channel)] = Field(
+        None,
+        description=(
+            "per-channel normalization on 0..1 pixel values: 1 (grey) or 3 numbers, `auto` (measured on"
+            " the images that train), or null: CIFAR-10's published values for `cifar10`, `auto` for "
+            "every other source; the numbers used are recorded in the run's `summary.json` "
+            "(`normalization`), and measured again, the same, on resume and analysis"
+        ),
+    )
+    augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(
+        default_factory=_default_augment,
+        description=(
+            "ordered list of albumentations 2.x transforms, `{name: <class>, <arguments>}`, applied "
+            "before Normalize + ToTensorV2; arguments are checked strictly; a size written as a float "
+            "(`height`, `width`, `min_height`, `min_width`, `size`, and CoarseDropout's hole ranges) is"
+            " a fraction of the images' side, so `PadIfNeeded: {min_height: 1.25}` + `RandomCrop: "
+            "{height: 1.0}` is CIFAR's pad 4 + crop 32 on 32x32 and pad 8 + crop 64 on 64x64"
+        ),
+    )
+    augment_on: Literal["loader", "device"] = Field(
+        "loader",
+        description=(
+            "`loader`: albumentations per image in the loader workers; `device`: the same pad-crop, "
+            "flip and single-hole Cutout as batched tensor operations on the device (for GPUs that "
+            "outrun the workers; other transforms are refused)"
+        ),
+    )
     # Keyword arguments of a data source given by import path (a function returning the splits).
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of a data source given by import path"
+    )
 
     def augment_in_pixels(self, height: int, width: int) -> list[dict[str, Any]]:
         """``augment`` for images of ``height`` x ``width``: sizes written as floats (fractions of the

@@ -36,10 +36,9 @@ NOMINAL_SIZE = (32, 32)
 
 
 def _normalize(cfg: DataConfig) -> A.Normalize:
-    # Numbers by now (harness.models.inputs resolves auto); before the data is read, a stand-in.
-    mean = cfg.mean if isinstance(cfg.mean, list) else [0.5]
-    std = cfg.std if isinstance(cfg.std, list) else [0.25]
-    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+    if not (isinstance(cfg.mean, list) and isinstance(cfg.std, list)):
+        raise ValueError("data.mean and data.std are resolved to numbers first (harness.models.inputs.prepare_inputs)")
+    return A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0)
 
 
 def build_eval_transform(cfg: DataConfig) -> A.Compose:
@@ -57,7 +56,10 @@ def check_augment(cfg: DataConfig, sample: np.ndarray | None = None) -> None:
     """Fail on a bad ``data.augment`` before anything is written: build it and, given one training
     image, run it there (a crop larger than the images fails here, not in a loader worker)."""
     size = sample.shape[:2] if sample is not None else NOMINAL_SIZE
-    transform = build_train_transform(cfg, size)
+    # The transforms are checked, not used: any normalization does, before the data is measured.
+    channels = sample.shape[-1] if sample is not None and sample.ndim == 3 else 3
+    checked = cfg.model_copy(update={"mean": [0.5] * channels, "std": [0.25] * channels})
+    transform = build_train_transform(checked, size)
     if sample is None:
         if cfg.augment_on == "device":
             plan_from_augment(cfg.augment, size)

@@ -31,7 +31,26 @@ MODELS.add(
 
 
 class ModelConfig(Section):
-    name: Annotated[str, registered(MODELS)] = "resnet18"
-    width: int = Field(64, ge=1, le=4096)  # resnet18's first-stage channels (64: the standard 11.2M parameters)
+    name: Annotated[str, registered(MODELS)] = Field(
+        "resnet18",
+        description=(
+            "`resnet18` (ResNet18 for 32x32 inputs: 3x3 stem, no max-pool), or `torchvision/<name>` for"
+            " any torchvision classifier, untrained (e.g. `torchvision/resnet50`; `model.width` does "
+            "not apply); the registry in `harness/models/config.py`; or your own class by import path, "
+            "`my_models:WideNet` or `./my_models.py:WideNet`"
+        ),
+    )
+    width: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="base channels; 64 is the standard ResNet18 (11,173,962 parameters for 10 classes)",
+    )
     # Keyword arguments of the model's constructor: a plug-in's own, or a torchvision model's.
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "keyword arguments of the model's constructor: a plug-in's or a torchvision model's "
+            "(`num_classes` is passed for you)"
+        ),
+    )

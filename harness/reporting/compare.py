@@ -30,7 +30,8 @@ from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
 
 # Keys that do not change what is trained or measured: runs that differ only in these are replicates.
 NOT_THE_EXPERIMENT = (
-    "seed", "checkpoint.", "analysis.", "report.", "logging.", "diagnostics.", "data.num_workers", "data.cache_dir"
+    "seed", "checkpoint.", "analysis.", "report.", "logging.", "diagnostics.", "data.num_workers", "data.cache_dir",
+    "train.cpu_recipe",
 )  # fmt: skip
 DEFAULT_LAYER = "layer4"  # the block whose update/weight ratio the comparison overlays
 SIGNIFICANCE = 0.05
@@ -212,9 +213,10 @@ def power_statement(board: pd.DataFrame, groups: list[Group]) -> str | None:
     )
 
 
-def verdict(board: pd.DataFrame, groups: list[Group]) -> str | None:
-    """The comparison's answer in one sentence: who leads whom by how much, how sure that is, and
-    how many seeds would settle it."""
+def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
+    """The comparison's answer in one sentence, from the leaderboard: who leads whom by how much, how
+    sure that is, and how many seeds would settle it. The leader is compared with the runner-up, or
+    with ``reference`` (a group's label: a search's baseline) when that is in the board."""
     if board.empty:
         return None
     top = board.iloc[0]
@@ -223,18 +225,25 @@ def verdict(board: pd.DataFrame, groups: list[Group]) -> str | None:
             f"One group: {top.group}, {100 * top.mean_acc:.2f}% final test accuracy over {top.n_runs} run(s) "
             f"(95% interval {100 * top.ci95_low:.2f} to {100 * top.ci95_high:.2f}%)."
         )
-    second = board.iloc[1]
+    others = board[board["group"] == reference] if reference in set(board["group"]) and top.group != reference else []
+    second = others.iloc[0] if len(others) else board.iloc[1]
     lead = 100 * (top.mean_acc - second.mean_acc)
     comparisons = int(board["p_holm"].notna().sum())
+    said = {label: label + (" (the reference)" if label == reference else "") for label in (top.group, second.group)}
     sentence = (
-        f"{top.group} leads {second.group} by {lead:.2f} points of final test accuracy "
+        f"{said[top.group]} leads {said[second.group]} by {lead:.2f} points of final test accuracy "
         f"({100 * top.mean_acc:.2f}% vs {100 * second.mean_acc:.2f}%, {top.n_runs} and {second.n_runs} run(s))"
     )
     if second.p_holm != second.p_holm:  # NaN: no test was possible
         return sentence + f"; no test could compare them ({second.test})."
     significant = "significant" if second.p_holm < SIGNIFICANCE else "not significant"
     sentence += f"; Holm p = {second.p_holm:.2g} ({second.test}), {significant} at {_level(comparisons)}"
-    spread = stats.pooled_std([g.accuracies for g in groups if len(g.accuracies) >= 2])
+    seeded = board[board["n_runs"] >= 2]  # the seed-to-seed spread pooled over the groups that have one
+    spread = (
+        math.sqrt(((seeded["n_runs"] - 1) * seeded["std_acc"] ** 2).sum() / (seeded["n_runs"] - 1).sum())
+        if len(seeded)
+        else math.nan
+    )
     if spread == spread and second.detectable_diff_80pct == second.detectable_diff_80pct:
         n = min(top.n_runs, second.n_runs)
         needed = stats.runs_to_detect(lead / 100, spread, SIGNIFICANCE / comparisons)
@@ -247,8 +256,8 @@ def verdict(board: pd.DataFrame, groups: list[Group]) -> str | None:
             )
     elif second.p_holm >= SIGNIFICANCE:
         sentence += "; run 2 or more seeds per group to measure how much runs vary"
-    others = len(board) - 2
-    return sentence + (f". {others} more group(s) trail further (see the leaderboard)." if others else ".")
+    rest = len(board) - 2
+    return sentence + (f". {rest} more group(s) in the leaderboard." if rest else ".")
 
 
 def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
@@ -374,7 +383,12 @@ def update_ratios(groups: list[Group], layer: str) -> dict[str, list]:
 
 
 def comparison_context(
-    records: list[RunRecord], groups: list[Group], board: pd.DataFrame, out: Path, layer: str = DEFAULT_LAYER
+    records: list[RunRecord],
+    groups: list[Group],
+    board: pd.DataFrame,
+    out: Path,
+    layer: str = DEFAULT_LAYER,
+    reference: str | None = None,
 ) -> dict[str, Any]:
     best = board["group"].iloc[0] if len(board) else None
     figure_dir = out.parent / (out.stem + "_figures")
@@ -404,7 +418,7 @@ def comparison_context(
     spread = {g.label: g.accuracies for g in groups if g.label in intervals}
     return {
         "title": f"Comparison of {len(records)} runs in {len(groups)} groups",
-        "verdict": verdict(board, groups),
+        "verdict": verdict(board, reference),
         "report_links": {str(r.run_dir): report_link(r, out) for r in records},
         "records": records,
         "groups": groups,
@@ -443,13 +457,18 @@ def comparison_context(
     }
 
 
-def render_comparison(run_dirs: list[Path], out: Path, layer: str = DEFAULT_LAYER) -> Path:
-    """``out`` (HTML) and ``leaderboard.csv`` beside it; ``layer``'s update/weight ratios overlaid."""
+def render_comparison(
+    run_dirs: list[Path], out: Path, layer: str = DEFAULT_LAYER, reference: str | None = None
+) -> Path:
+    """``out`` (HTML) and ``leaderboard.csv`` beside it; ``layer``'s update/weight ratios overlaid; the
+    first sentence measures the leader against ``reference`` (a group's label) when given."""
     records = [load_run(d) for d in run_dirs]
     groups = group_runs(records)
     board = leaderboard(groups)
     atomic_io.write_text(out.parent / "leaderboard.csv", board.to_csv(index=False))
     html = (
-        environment().get_template("compare.html.j2").render(**comparison_context(records, groups, board, out, layer))
+        environment()
+        .get_template("compare.html.j2")
+        .render(**comparison_context(records, groups, board, out, layer, reference))
     )
     return atomic_io.write_text(out, html)

@@ -110,6 +110,10 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "test calibration error (ECE)": percent(s.get("ece"))
             + (f", {percent(s['ece_scaled'])} after temperature scaling" if s.get("ece_scaled") is not None else ""),
             "evaluated": describe_evaluation(record.config.get("train") or {}),
+            "what happened": describe_history(s.get("history") or []) or "trained in one go",
+            "image size": describe_resolution(record.config, s)
+            or "x".join(map(str, (s.get("image_size") or [])[::-1]))
+            or "?",
             "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
         },
         "config_yaml": RunFiles(record.run_dir).config.read_text(encoding="utf-8") if record.config else None,
@@ -233,6 +237,36 @@ def describe_evaluation(train: dict[str, Any]) -> str:
         f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
     )
     return weights + (" + flip TTA" if train.get("tta_flip") else "")
+
+
+def describe_history(history: list[dict[str, Any]]) -> str | None:
+    """What happened to the run's training, when a run stopped and was resumed: None for a run that
+    started and ended in one go (or predates the history)."""
+    if not history or [h["event"] for h in history] in (["started"], ["started", "completed"]):
+        return None
+    said = []
+    for before, event in zip([None, *history], history, strict=False):
+        when = str(event.get("utc", "?")).replace("T", " ").removesuffix("Z")
+        if event["event"] == "resumed":
+            if before is not None and before["event"] in ("started", "resumed"):  # no end recorded: killed
+                said.append("stopped without a word (killed, or the machine went down)")
+            said.append(f"resumed {when} UTC from {event.get('checkpoint', '?')} at iteration {event['iteration']}")
+        else:
+            said.append(f"{event['event']} {when} UTC at iteration {event['iteration']}")
+    return "; ".join(said)
+
+
+def describe_resolution(config: dict[str, Any], summary: dict[str, Any]) -> str | None:
+    """Progressive resizing in words: which epochs trained at which size; None without it."""
+    train = config.get("train") or {}
+    size, epochs, low = train.get("low_res_size"), train.get("epochs"), train.get("low_res_epochs", 0)
+    if not (size and low and isinstance(epochs, int)):
+        return None
+    used = min(low, epochs - 1)
+    height, width = summary.get("image_size") or [32, 32]
+    low_h, low_w = (round(size * height), round(size * width)) if isinstance(size, float) else (size, size)
+    full = f"epochs {used + 1}-{epochs}" if used + 1 < epochs else f"epoch {epochs}"
+    return f"epochs 1-{used} at {low_w}x{low_h}, {full} and every evaluation at {width}x{height}"
 
 
 def validation_said(record: RunRecord) -> str:

@@ -26,6 +26,7 @@ from ignite.utils import manual_seed
 from harness.config import Config, dump_config, load_config
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
+from harness.core.full_disk import DiskFullError
 from harness.core.provenance import describe_device, git_commit, library_versions
 from harness.core.run_folder import (
     RunFiles,
@@ -44,6 +45,7 @@ from harness.models.inputs import ModelInputs, prepare_inputs
 from harness.runner.plugins import check_plugins_unchanged, imported_plugins
 from harness.training.cpu_threads import limit_cpu_threads
 from harness.training.optim import build_optimizer
+from harness.training.progress import gpu_recipe_warning
 from harness.training.pruning import TrialReporter
 from harness.training.schedules import check_schedule
 from harness.training.wiring import Training, build_training
@@ -146,6 +148,8 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
             atomic_io.write_text(RunFiles(run_dir).config, dump_config(cfg)).chmod(0o444)  # what this run used
         except HarnessError as error:
             message = f"error:{error}"
+            if lock is not None:
+                lock.release()
     shared = (
         idist.broadcast(message or str(run_dir), src=0, safe_mode=True)
         if idist.get_world_size() > 1
@@ -161,10 +165,9 @@ def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
 
 def load_resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads; damaged ones are named, set aside and skipped; what a crash
-    while saving left (Ignite's temporary files) is removed."""
+    while saving left (a temporary file) is removed."""
     if idist.get_rank() == 0:
-        for partial in RunFiles(run_dir).checkpoints.glob("tmp*"):
-            partial.unlink(missing_ok=True)
+        atomic_io.remove_partial_files(RunFiles(run_dir).checkpoints)
     for path in list_checkpoints(RunFiles(run_dir).checkpoints):
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
@@ -213,6 +216,16 @@ def start_summary(
         "iterations_per_epoch": run.iters_per_epoch,
         "started_utc": earlier.get("started_utc") or utc_now(),
         "resumed_from": str(resumed_from) if resumed_from else None,
+        # Every start and end of this run's training, so the report can say what happened to it.
+        "history": [
+            *earlier.get("history", []),
+            {
+                "event": "resumed" if resumed_from else "started",
+                "utc": utc_now(),
+                "iteration": run.trainer.state.iteration,
+                **({"checkpoint": resumed_from.name} if resumed_from else {}),
+            },
+        ],
         "plugins": imported_plugins(cfg),  # what was imported by path or from a package: --resume checks it
         "git_commit": git_commit(),
         "versions": library_versions(),
@@ -242,6 +255,9 @@ def training(
     rank = idist.get_rank()
     splits = inputs.splits
     started = time.time()
+    warning = gpu_recipe_warning(cfg.train, idist.device())
+    if warning and rank == 0:
+        print(warning, file=sys.stderr, flush=True)
     manual_seed(cfg.seed)
     found = load_resume_checkpoint(run_dir) if resume else None
     resumed_from, state = found or (None, None)
@@ -263,15 +279,20 @@ def training(
     try:
         if run.trainer.state.iteration < run.iters_per_epoch * cfg.train.epochs:
             run.trainer.run(run.loaders.train, max_epochs=cfg.train.epochs)
-    except HarnessError as error:
-        if rank == 0:
+    except BaseException as error:
+        if rank == 0 and isinstance(error, HarnessError):
             record_failure(run_dir, summary, str(error))
+        try:
+            run.close()
+        except DiskFullError:
+            pass  # the same full disk, met again by TensorBoard's writer: the error raised is the one to report
         raise
     finally:
         run.stop.uninstall()
-        run.close()
+    run.close()
 
     summary.update(training_status(run))
+    summary["history"].append({"event": summary["status"], "utc": utc_now(), "iteration": run.trainer.state.iteration})
     best_acc, best_epoch = run.log.best()
     rows = run.log.metrics_rows
     summary.update(
@@ -294,7 +315,7 @@ def record_failure(run_dir: Path, summary: dict[str, Any], message: str) -> None
     """Mark the run failed in summary.json if the disk still takes it; ``--resume`` continues it."""
     try:
         atomic_io.write_json(RunFiles(run_dir).summary, {**summary, "status": "failed", "error": message})
-    except OSError:
+    except (OSError, DiskFullError):
         pass
 
 
@@ -314,15 +335,16 @@ def run_in_process(
     splits = inputs.splits
     if splits.skipped and idist.get_rank() == 0:
         print(f"warning: {splits.skipped}", file=sys.stderr, flush=True)
-    # The data section with numbers for data.mean and data.std: what config.yaml records and analysis reads.
-    cfg = cfg.model_copy(update={"data": inputs.data})
-    check_before_run(cfg, splits, world_size)
+    # config.yaml keeps what was asked (data.mean: auto); training uses the numbers, which summary.json
+    # records, and which a resumed run or the analysis measure again on the same images.
+    measured = cfg.model_copy(update={"data": inputs.data})
+    check_before_run(measured, splits, world_size)
     if not resume:
         run_dir, outcome.lock = open_run_dir(cfg, run_dir)
     outcome.run_dir, outcome.rank = run_dir, idist.get_rank()
     if outcome.rank == 0:
         print(f"run folder: {run_dir}", flush=True)
-    training(cfg, run_dir, inputs, resume, outcome, trial)
+    training(measured, run_dir, inputs, resume, outcome, trial)
 
 
 # ---------------------------------------------------------------- after training (one process)
@@ -435,6 +457,11 @@ def run_experiment(
             print(f"run folder: {outcome.run_dir} ({outcome.status})", flush=True)
             return RunResult.read(outcome.run_dir, outcome.status, outcome.signum)
         return RunResult(outcome.run_dir, outcome.status, {}, pd.DataFrame(), outcome.signum)
+    except DiskFullError as full:
+        folder = outcome.run_dir or run_dir
+        if folder is not None and RunFiles(folder).config.is_file():  # a run folder to continue
+            raise full.then(f"--resume {folder}") from None
+        raise
     finally:
         for held in (lock, outcome.lock):
             if held is not None:

@@ -9,8 +9,8 @@ No coordinator process of our own: every worker asks the storage for its next tr
   (Optuna's ``RetryHeartbeatStaleTrialCallback``), resuming the same run folder.
 - SIGINT/SIGTERM: the run saves a checkpoint and stops; the trial is failed with ``interrupted`` and
   queued again, so re-running the command resumes it.
-- A storage that goes away: every call is retried for ``STORAGE_WAIT_S``; after that, one line. A
-  result is told in one transaction, so a trial is recorded whole or not at all.
+- The storage (``harness.search.storage``) gives a queued trial to exactly one worker, and retries a
+  storage that went away. A result is told in one transaction, so a trial is recorded whole or not at all.
 """
 
 from __future__ import annotations
@@ -22,113 +22,28 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import optuna
-import sqlalchemy.exc
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from harness.config import Config
-from harness.core.errors import HarnessError
+from harness.core.errors import EXIT_BAD_INPUT, HarnessError
+from harness.core.full_disk import RUN_AGAIN, DiskFullError
 from harness.core.provenance import git_commit
 from harness.core.run_folder import RunFiles
 from harness.core.yaml_io import read_yaml_or_empty
 from harness.runner.experiment import run_experiment
-from harness.search.space import HeartbeatConfig
+from harness.search.storage import STORAGE_ERRORS, retrying
 
-STORAGE_WAIT_S = 120.0  # how long a worker keeps retrying a storage that went away
 POLL_S = 2.0
-T = TypeVar("T")
-STORAGE_ERRORS = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    optuna.exceptions.StorageInternalError,
-)
 
 
-# ---------------------------------------------------------------- storage
-
-
-def default_storage(out: Path, kind: str) -> str:
-    return f"sqlite:///{(out / f'{kind}.db').resolve()}"
-
-
-def retrying(what: str, call: Callable[[], T], wait_s: float = STORAGE_WAIT_S) -> T:
-    """``call()``, retried while the storage is unreachable; a HarnessError once ``wait_s`` has passed."""
-    deadline, warned = time.monotonic() + wait_s, False
-    while True:
-        try:
-            return call()
-        except STORAGE_ERRORS as error:
-            reason = str(error).strip().splitlines()[0][:200]
-            if time.monotonic() > deadline:
-                raise HarnessError(f"storage unreachable for {wait_s:.0f} s while {what} ({reason})") from None
-            if not warned:
-                print(f"warning: storage unreachable while {what} ({reason}); retrying", file=sys.stderr, flush=True)
-                warned = True
-            time.sleep(2.0)
-
-
-def open_storage(url: str, heartbeat: HeartbeatConfig) -> RDBStorage:
-    """An RDB storage with heartbeats; a stale trial is retried (its intermediate values kept)."""
-    # Heartbeats, their retry callback and fail_stale_trials are "experimental" in Optuna 5 (since 2.8);
-    # and we ask and tell with our own heartbeat, since Study.optimize's thread dies at the first storage error.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}  # reconnect after a database restart
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}  # several worker processes share one file
-    try:
-        return retrying(
-            f"opening {url}",
-            lambda: RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat.interval_s,
-                grace_period=heartbeat.grace_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=heartbeat.max_retry, inherit_intermediate_values=True
-                ),
-            ),
-            wait_s=10.0,
-        )
-    except (ValueError, ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as error:
-        raise HarnessError(f"--storage {url}: cannot be opened ({str(error).splitlines()[0]})") from None
-
-
-def open_study(
-    storage: RDBStorage,
-    name: str,
-    kind: str,
-    direction: str,
-    sampler: optuna.samplers.BaseSampler | None = None,
-    pruner: optuna.pruners.BasePruner | None = None,
-) -> optuna.Study:
-    """Create the study, or join it; a study of another kind or direction under that name is refused."""
-    study = retrying(
-        f"opening study {name!r}",
-        lambda: optuna.create_study(
-            storage=storage,
-            study_name=name,
-            direction=direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        ),
-    )
-    found = study.user_attrs.get("kind")
-    if found is None:
-        retrying("marking the study", lambda: study.set_user_attr("kind", kind))
-    elif found != kind:
-        raise HarnessError(f"study {name!r} in this storage is a {found}, not a {kind}: choose another --out or name")
-    if study.direction.name.lower() != direction:
-        raise HarnessError(f"study {name!r} in this storage is to {study.direction.name.lower()}, not to {direction}")
-    return study
+# ---------------------------------------------------------------- the study
 
 
 def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -158,8 +73,8 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 self._storage.record_heartbeat(self._trial_id)
-            except STORAGE_ERRORS:
-                pass  # the next beat tries again; the trial's calls print the outage
+            except (*STORAGE_ERRORS, DiskFullError):
+                pass  # the next beat tries again; the trial's calls print the outage or the full disk
             self._stop.wait(self._interval)
 
     def __enter__(self) -> Heartbeat:
@@ -267,13 +182,17 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
     try:
         summary = run(job, trial if plan.prunes else None, plan.reported_metric)
     except Interrupted as stop:
-        retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
-        fail(study, trial)
-        # Queued again with its folder (and nothing of this attempt's outcome): the next worker, or the
-        # next command, resumes it.
-        again = {**job.attrs, "run_dir": str(job.run_dir), "resumes": trial.number}
-        retrying(f"queueing trial {trial.number} again", lambda: study.enqueue_trial(job.params, user_attrs=again))
+        try:
+            retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("interrupted", True))
+            queue_again(study, trial, job)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise stop from None  # given up as stale meanwhile: its retry is queued already
         raise stop
+    except DiskFullError as full:  # not the trial's failure: the command continues its run once there is room
+        again = full.then(RUN_AGAIN)
+        retrying(f"recording trial {trial.number}", lambda: trial.set_user_attr("error", str(again)))
+        queue_again(study, trial, job)
+        raise again from None
     except HarnessError as failure:
         summary, error = RunFiles(job.run_dir).read_summary(), str(failure)
     status = summary.get("status")
@@ -295,19 +214,33 @@ def run_trial(study: optuna.Study, plan: Plan, trial: optuna.Trial, job: Job, ru
         told, state = TrialState.COMPLETE, "complete"
     else:
         told, state = TrialState.FAIL, "failed"
-    try:
-        retrying(
-            f"recording trial {trial.number}",
-            lambda: study.tell(trial, value if told == TrialState.COMPLETE else None, state=told),
-        )
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Given up as stale while the storage was away: its retry reads this finished folder.
-        print(f"warning: trial {trial.number} was retried elsewhere; the retry reads {job.run_dir}", file=sys.stderr)
+    retrying(
+        f"recording trial {trial.number}",
+        lambda: study.tell(trial, value if told == TrialState.COMPLETE else None, state=told),
+    )
     return state
+
+
+def listen_to_interrupts() -> None:
+    """SIGINT and SIGTERM as Ctrl-C (KeyboardInterrupt). A command started in the background by a
+    script, or a worker started by such a command, begins with SIGINT ignored (the shell does that
+    to background jobs, and children inherit it): it would never stop on kill -INT."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
 
 
 def fail(study: optuna.Study, trial: optuna.Trial) -> None:
     retrying(f"recording trial {trial.number}", lambda: study.tell(trial, state=TrialState.FAIL))
+
+
+def queue_again(study: optuna.Study, trial: optuna.Trial, job: Job) -> None:
+    """Fail a trial that did not end on its own and queue it again with its folder (and nothing of this
+    attempt's outcome): the next worker, or the next command, resumes it."""
+    fail(study, trial)
+    again = {**job.attrs, "run_dir": str(job.run_dir), "resumes": trial.number}
+    if trial.user_attrs.get("baseline"):  # a requeued baseline is still the baseline
+        again["baseline"] = True
+    retrying(f"queueing trial {trial.number} again", lambda: study.enqueue_trial(job.params, user_attrs=again))
 
 
 def discard_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -316,10 +249,25 @@ def discard_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
     fail(study, trial)
 
 
+def planned_job(study: optuna.Study, plan: Plan, trial: optuna.Trial) -> Job | None:
+    """The asked trial's job; None, and the trial discarded, when another worker took the last one
+    between our look and our ask. A plan that fails fails the trial."""
+    try:
+        job = plan.job(study, trial)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise  # finished by another worker (a sampled parameter could not be stored): the worker moves on
+    except Exception:
+        fail(study, trial)
+        raise
+    if job is None:
+        discard_surplus(study, trial)
+    return job
+
+
 def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 3, run: Runner = execute) -> int:
     """The worker loop: until the plan is done, ask for a trial and run it. Returns the exit code."""
     failures = 0
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM outside training: as Ctrl-C
+    listen_to_interrupts()
     while True:
         retrying("checking for stale trials", lambda: optuna.storages.fail_stale_trials(study))
         state = plan.state(study)
@@ -333,18 +281,18 @@ def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 
         # a stale trial, retried elsewhere, not one that waits forever.
         with Heartbeat(study._storage, trial._trial_id, heartbeat_s):
             try:
-                job = plan.job(study, trial)
-            except Exception:
-                fail(study, trial)
-                raise
-            if job is None:  # another worker took the last one between our look and our ask
-                discard_surplus(study, trial)
-                continue
-            try:
-                outcome = run_trial(study, plan, trial, job, run)
+                job = planned_job(study, plan, trial)
+                outcome = run_trial(study, plan, trial, job, run) if job is not None else None
             except Interrupted as stop:
                 print(f"trial {trial.number} interrupted; run the same command again to resume it", flush=True)
                 return 128 + stop.signum
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This worker was given up as stale (its heartbeat late past the grace period) and the
+                # trial retried elsewhere, whose run resumes the same folder: nothing of ours to record.
+                print(f"warning: trial {trial.number} was finished by another worker; moving on", file=sys.stderr)
+                continue
+        if job is None:
+            continue
         print(f"trial {trial.number}: {outcome} ({job.run_dir})", flush=True)
         plan.after(job)
         failures = failures + 1 if outcome == "failed" and not plan.failure_ends_trial() else 0
@@ -416,6 +364,16 @@ def supervise(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     for k, (process, log) in enumerate(workers):
+        if process.returncode == EXIT_BAD_INPUT and not stopped:  # a full disk, a bad plug-in: the command's error
+            raise HarnessError(last_error(log) or f"worker {k} ended with exit code 2; its log {log} could not say why")
         if process.returncode not in (0, None) and not stopped:
-            print(f"warning: worker {k} ended with exit code {process.returncode} (log: {log})", file=sys.stderr)
+            last = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+            print(f"warning: worker {k} ended with exit code {process.returncode} (log: {log}): {last[0]}",
+                  file=sys.stderr)  # fmt: skip
     return 128 + stopped[0] if stopped else 0
+
+
+def last_error(log: Path) -> str | None:
+    """The one-line error a worker printed last (None when its log has none: a full disk can refuse it)."""
+    errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+    return errors[-1].removeprefix("error: ") if errors else None

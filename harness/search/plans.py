@@ -35,6 +35,15 @@ class SearchPlan:
         self.search, self.out, self.extra = search, out, extra
         self.reported_metric = "loss" if search.spec.objective.metric == "final_val_loss" else "accuracy"
 
+    def queue_baseline(self, study: optuna.Study) -> None:
+        """Queue the base's own values (``baseline_first``) when the study has no trial yet, marked
+        ``baseline``. The caller holds the storage's lock (``exclusive``): two commands that start
+        together on a new study queue one baseline."""
+        if not self.search.spec.baseline_first or retrying("reading the trials", lambda: study.get_trials()):
+            return
+        params = self.search.base_params(self.extra)
+        retrying("queueing the base's own values", lambda: study.enqueue_trial(params, user_attrs={"baseline": True}))
+
     def state(self, study: optuna.Study) -> str:
         trials = trials_by_state(study)
         finished = sum(len(trials[s]) for s in FINISHED)

@@ -159,6 +159,20 @@ class Search(BaseModel):
         config = self.config({}, True, extra)
         return {key: functools.reduce(getattr, key.split("."), config) for key in self.space}
 
+    def pruner_warning(self, extra: list[str] = ()) -> str | None:
+        """Why the pruner can never stop a trial (its first chance after the trials' last epoch, with the
+        command line's ``--set`` ``extra``), or None."""
+        epochs = self.config({}, True, extra).train.epochs
+        p = self.spec.pruner
+        first = p.min_epochs if p.name == "successive_halving" else p.warmup_epochs + 1 if p.name == "median" else None
+        if first is None or first < epochs:
+            return None
+        setting = "min_epochs" if p.name == "successive_halving" else "warmup_epochs"
+        return (
+            f"the {p.name} pruner never stops a trial: its first decision comes after epoch {first} "
+            f"(pruner.{setting}) and the trials end at epoch {epochs}; set it lower, or pruner.name: none"
+        )
+
     def grid(self) -> dict[str, list[Any]]:
         return {key: list(d.choices) for key, d in self.space.items()}
 

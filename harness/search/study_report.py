@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.analysis.figures import plt, save_figure
@@ -24,7 +25,7 @@ from harness.core import atomic_io
 from harness.core.provenance import git_commit
 from harness.core.run_folder import utc_now
 from harness.reporting.html import embed_png, environment
-from harness.search.space import CategoricalDistribution, Search
+from harness.search.space import CategoricalDistribution, IntDistribution, Search
 
 COLUMNS = ["number", "state", "value", "epochs", "time_s", "run_dir"]
 
@@ -65,6 +66,23 @@ def trials_table(study: optuna.Study, search: Search) -> pd.DataFrame:
         row["error"] = trial.user_attrs.get("error", "")
         rows.append(row)
     return pd.DataFrame(rows, columns=[*COLUMNS, *search.space, "retry_of", "error"])
+
+
+def lost_baseline(study: optuna.Study, search: Search) -> FrozenTrial | None:
+    """The baseline's last attempt when the search has one (``baseline_first``) and no attempt of it is
+    complete, pruned, running or queued: the study cannot say whether anything beats the recipe."""
+    if not search.spec.baseline_first:
+        return None
+    attempts = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+    if not attempts or any(t.state != TrialState.FAIL for t in attempts):
+        return None
+    return max(attempts, key=lambda t: t.number)
+
+
+def completed_baseline(study: optuna.Study) -> FrozenTrial | None:
+    """The baseline's complete attempt (the base's own values), or None."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("baseline")]
+    return done[0] if done else None
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -121,7 +139,11 @@ def history_figure(study: optuna.Study, path: Path, footer: str, metric: str) ->
     if pruned:
         last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         ax.scatter([t.number for t in pruned], last, marker="x", color="#868e96", label="pruned (last reported)")
+    baseline = [t for t in complete if t.user_attrs.get("baseline")]
+    if baseline:
+        ax.axhline(baseline[0].value, color="#2b8a3e", linestyle="--", linewidth=1, label="baseline (the recipe)")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -155,25 +177,30 @@ def slice_figure(study: optuna.Study, search: Search, path: Path, footer: str, m
     keys = list(search.space)
     columns = min(3, len(keys))
     rows = math.ceil(len(keys) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    # Constrained layout: titles, tick labels and the colour bar never overlap a neighbouring panel.
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys, strict=False):
         dist = search.space[key]
         values = [t.value for t in complete]
         if isinstance(dist, CategoricalDistribution):
             labels = [str(c) for c in dist.choices]
             xs = [labels.index(str(t.params.get(key))) for t in complete]
-            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0)
         else:
             xs = [t.params.get(key) for t in complete]
             if dist.log:
                 ax.set_xscale("log")
+            elif isinstance(dist, IntDistribution):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         points = ax.scatter(xs, values, c=[t.number for t in complete], cmap="viridis", s=28)
         ax.set_title(key, fontsize=9)
         ax.set_ylabel(metric, fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
-    fig.colorbar(points, ax=axes, label="trial", shrink=0.8)
+    bar = fig.colorbar(points, ax=axes, label="trial", shrink=0.8)
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
     return save_figure(fig, path, footer)
 
 
@@ -193,6 +220,7 @@ def curves_figure(study: optuna.Study, path: Path, footer: str, reported: str) -
         else:
             ax.plot(steps, values, linewidth=1.5, marker="o", markersize=3, label=f"trial {t.number}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"validation {reported}")
     ax.grid(alpha=0.3)
     ax.set_title("Complete (colour) and pruned (grey, x) trials", fontsize=10)
@@ -231,19 +259,42 @@ def write_outputs(study: optuna.Study, search: Search, out: Path, storage_url: s
         "storage": redact(storage_url),
         "counts": counts,
         "best": best,
+        "lost_baseline": lost_baseline(study, search),
         "history_png": embed_if(history_figure(study, figure_dir / "history.png", footer, metric)),
         "importance_png": embed_if(importance_png),
         "importance_note": importance_note,
         "slice_png": embed_if(slice_figure(study, search, figure_dir / "slice.png", footer, metric)),
         "curves_png": embed_if(curves_figure(study, figure_dir / "curves.png", footer, reported)),
         "reported": reported,
-        "trials": table.to_html(index=False, border=0, classes="table", na_rep="-", float_format="{:.4g}".format),
+        "trials": shown_trials(table, study).to_html(index=False, border=0, classes="table trials", na_rep="-"),
+        "params": {k: short(v) for k, v in best.params.items()} if best is not None else {},
+        "pruner_warning": search.pruner_warning(extra),
+        "baseline": completed_baseline(study),
         "footer": footer,
         "generated": utc_now(),
     }
     html = environment().get_template("study.html.j2").render(**context)
     written["study.html"] = atomic_io.write_text(out / "study.html", html)
     return written
+
+
+def short(value: Any) -> str:
+    """A parameter as people read it: 3 significant figures (0.0721, not 0.07212150455100086)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def shown_trials(table: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
+    """The trials table narrow enough for a page: the baseline marked, numbers at 3 significant figures,
+    a run folder by its name, an error by its first 80 characters (trials.csv has them whole)."""
+    baselines = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")}
+    shown = table.copy()
+    shown["number"] = [f"{n} (baseline)" if n in baselines else str(n) for n in shown["number"]]
+    shown["run_dir"] = [Path(d).name if d else "" for d in shown["run_dir"]]
+    shown["error"] = [e if len(str(e)) <= 80 else str(e)[:77] + "..." for e in shown["error"].fillna("")]
+    for column in shown.columns:
+        if shown[column].dtype.kind == "f":
+            shown[column] = [short(v) if v == v else "-" for v in shown[column]]
+    return shown
 
 
 def embed_if(path: Path | None) -> str | None:

@@ -45,13 +45,23 @@ for _name, _description in {
 
 
 class OptimizerConfig(Section):
-    name: Annotated[str, registered(OPTIMIZERS)] = "sgd"
-    lr: float = Field(0.2, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd
-    nesterov: bool = True  # sgd
-    weight_decay: float = Field(5e-4, ge=0.0)  # on weights only, never on BatchNorm parameters or biases
+    name: Annotated[str, registered(OPTIMIZERS)] = Field(
+        "sgd",
+        description=(
+            "`sgd`, `adam` or `adamw`; the registry in `harness/training/config.py`; or any "
+            "`torch.optim` class by import path, e.g. `torch.optim:RMSprop`"
+        ),
+    )
+    lr: float = Field(0.2, gt=0.0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")  # sgd
+    nesterov: bool = Field(True, description="SGD Nesterov momentum")  # sgd
+    weight_decay: float = Field(
+        5e-4, ge=0.0, description="weight decay on conv and linear weights (not on BatchNorm or biases)"
+    )
     # More keyword arguments of the optimizer's constructor (betas, eps, ...): a plug-in's, or a built-in's.
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="more keyword arguments of the optimizer (`betas`, `eps`, `alpha`, ...)"
+    )
 
 
 def _strictly_increasing(values: list[int]) -> list[int]:
@@ -61,19 +71,50 @@ def _strictly_increasing(values: list[int]) -> list[int]:
 
 
 class SchedulerConfig(Section):
-    name: Annotated[str, registered(SCHEDULERS)] = "onecycle"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    name: Annotated[str, registered(SCHEDULERS)] = Field(
+        "onecycle",
+        description=(
+            "`onecycle`, `cosine`, `step`, `multistep`, `plateau` or `constant`; all but `plateau` step"
+            " every iteration; the registry in `harness/training/config.py`; or any "
+            "`torch.optim.lr_scheduler` class by import path, e.g. `torch.optim.lr_scheduler:StepLR`"
+        ),
+    )
+    warmup_epochs: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "linear warm-up from `lr * start_factor` to `lr`, in epochs (fractions allowed; not with `plateau`); "
+            "at most half of the run, so a shortened run (`--set train.epochs=2`) keeps a warm-up and a decay"
+        ),
+    )
     # Learning rate at the start of warm-up and at the end of onecycle/cosine, as fractions of lr.
-    start_factor: float = Field(0.1, ge=0.0, le=1.0)
-    final_factor: float = Field(0.0, ge=0.0, le=1.0)
-    step_epochs: int = Field(10, ge=1)
-    milestones: Annotated[list[int], AfterValidator(_strictly_increasing)] = Field(default_factory=lambda: [10, 15])
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
-    plateau_patience: int = Field(2, ge=0)
+    start_factor: float = Field(
+        0.1, ge=0.0, le=1.0, description="learning rate at the start of warm-up, as a fraction of `lr`"
+    )
+    final_factor: float = Field(
+        0.0, ge=0.0, le=1.0, description="learning rate at the end of `onecycle` and `cosine`, as a fraction of `lr`"
+    )
+    step_epochs: int = Field(10, ge=1, description="`step`: multiply by `gamma` every this many epochs")
+    milestones: Annotated[list[int], AfterValidator(_strictly_increasing)] = Field(
+        default_factory=lambda: [10, 15],
+        description="`multistep`: epochs at which to multiply by `gamma` (strictly increasing)",
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="factor for `step`, `multistep` and `plateau`")
+    plateau_patience: int = Field(
+        2,
+        ge=0,
+        description=(
+            "`plateau`: epochs without a better **validation** accuracy before reducing (needs `data.val_size` > 0)"
+        ),
+    )
     # A torch.optim.lr_scheduler class by import path: its keyword arguments, and whether it steps
     # every iteration (OneCycleLR, CyclicLR) or every epoch (StepLR, CosineAnnealingLR with T_max in epochs).
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    interval: Literal["epoch", "iteration"] = "epoch"
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="a torch scheduler's keyword arguments, e.g. `{step_size: 5, gamma: 0.5}`"
+    )
+    interval: Literal["epoch", "iteration"] = Field(
+        "epoch", description="a torch scheduler steps every `epoch` or every `iteration` (OneCycleLR, CyclicLR)"
+    )
 
     def warmup_epochs_used(self, epochs: int) -> float:
         """The warm-up, at most half of a run of ``epochs``: a recipe shortened for a first try
@@ -89,20 +130,76 @@ def _low_res_size(value: Any) -> int | float | None:
 
 
 class TrainConfig(Section):
-    epochs: int = Field(20, ge=1)
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    channels_last: bool = True
-    grad_clip: float | None = Field(None, gt=0.0)
-    compile: bool = False
-    tta_flip: bool = False
-    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    epochs: int = Field(20, ge=1, description="epochs")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="label smoothing of the training loss")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto",
+        description=(
+            "`auto` (bf16 on GPUs that have it, else fp16; on a CPU bf16 where it runs in hardware, "
+            "AVX512-BF16 or AMX, else off: emulated bf16 is about 10x slower than fp32), `bf16`, `fp16`"
+            " (with a GradScaler), `off`"
+        ),
+    )
+    channels_last: bool = Field(
+        True,
+        description=(
+            "NHWC memory format (faster convolutions on GPUs and on CPUs); ignored, with a warning, on "
+            "a CPU without AVX-512 when a 1x1 convolution has fewer than 8 input channels (ResNet18 of "
+            "width < 8), where oneDNN 3.12 hangs"
+        ),
+    )
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm to this value")
+    compile: bool = Field(False, description="`torch.compile` the model, falling back with a message when it fails")
+    tta_flip: bool = Field(
+        False, description="test-time augmentation: evaluation averages the logits of each image and its mirror image"
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "e.g. `0.999`: keep an exponential moving average of the weights and BatchNorm statistics "
+            "(Ignite's `EMAHandler`); the average is what is evaluated (`val_*` columns), kept as the "
+            "best model and analyzed, while `train_*` stay the live model's. The decay ramps up as "
+            "min(decay, (1+t)/(10+t)) at step t"
+        ),
+    )
     # Progressive resizing: the first low_res_epochs train on images scaled down to low_res_size (pixels,
     # or a float: a fraction of the images' side, 0.75 for 24 on 32x32); the last epoch always trains at
     # full size (TrainConfig.low_res_epochs_used), so shortening a run stays valid.
-    low_res_size: Annotated[int | float | None, PlainValidator(_low_res_size)] = None
-    low_res_epochs: int = Field(0, ge=0)
-    backend: Literal["nccl", "gloo"] | None = None
+    low_res_size: Annotated[int | float | None, PlainValidator(_low_res_size)] = Field(
+        None,
+        description=(
+            "progressive resizing: the first `low_res_epochs` epochs train on batches scaled down "
+            "(antialiased bilinear) to `low_res_size` pixels (a float: a fraction of the side, 0.75 for"
+            " 24 on 32x32), which costs about (low_res_size / 32)² of a full epoch in compute (about "
+            "60% in time at 24 on the 2-core CPU); the later epochs and every evaluation run at full "
+            "size, and the last epoch always does (a shortened run stays valid)"
+        ),
+    )
+    low_res_epochs: int = Field(
+        0,
+        ge=0,
+        description=(
+            "progressive resizing: the first `low_res_epochs` epochs train on batches scaled down "
+            "(antialiased bilinear) to `low_res_size` pixels (a float: a fraction of the side, 0.75 for"
+            " 24 on 32x32), which costs about (low_res_size / 32)² of a full epoch in compute (about "
+            "60% in time at 24 on the 2-core CPU); the later epochs and every evaluation run at full "
+            "size, and the last epoch always does (a shortened run stays valid)"
+        ),
+    )
+    backend: Literal["nccl", "gloo"] | None = Field(
+        None, description="distributed backend; null: `nccl` on GPUs, `gloo` on CPUs"
+    )
+    # Set in a GPU recipe: the config to run instead without a GPU. Started on a CPU, the run says so and goes on.
+    cpu_recipe: str | None = Field(
+        None,
+        description=(
+            "set in a GPU recipe: the config to run instead on a machine without a GPU; a run of this "
+            "config on a CPU says so in one line, names it, and goes on (`resnet18.yaml` names "
+            "`experiments/resnet18_cpu.yaml`)"
+        ),
+    )
 
     @property
     def low_res_epochs_used(self) -> int:
@@ -118,17 +215,35 @@ class TrainConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_epochs: int = Field(1, ge=1)
-    every_iters: int | None = Field(None, ge=1)
-    n_saved: int = Field(2, ge=1)
+    every_epochs: int = Field(
+        1, ge=1, description="save a resumable checkpoint every this many epochs (and after the last)"
+    )
+    every_iters: int | None = Field(
+        None, ge=1, description="also save every this many iterations, so a crash loses at most that many"
+    )
+    n_saved: int = Field(2, ge=1, description="resumable checkpoints kept on disk")
 
 
 class LoggingConfig(Section):
-    tensorboard: bool = True  # event files in RUN_DIR/tensorboard/: tensorboard --logdir results
+    tensorboard: bool = Field(True, description="write TensorBoard event files to `RUN_DIR/tensorboard/`")
+    # auto: tqdm bars on a terminal, tqdm.auto's in a notebook, progress lines in a log (harness.training.progress)
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto",
+        description=(
+            "what shows while training (see Progress): `auto` is tqdm bars on a terminal, `tqdm.auto` "
+            "bars in a notebook and progress lines in a log; `bar`, `lines` or `off` force one"
+        ),
+    )
 
 
 class DiagnosticsConfig(Section):
-    samples_per_epoch: int = Field(20, ge=0)  # weight-update samples in weights.csv per epoch; 0 turns them off
+    samples_per_epoch: int = Field(
+        20,
+        ge=0,
+        description=(
+            "weight-update samples per epoch in `weights.csv` (and TensorBoard `updates/<block>`); `0` turns them off"
+        ),
+    )
 
 
 class RunSpec(Protocol):

@@ -1,12 +1,12 @@
-"""Everything attached to the engines besides the training step: evaluation, logs, checkpoints,
-progress bars, NaN and signal handling. Side effects on disk happen on rank 0 only."""
+"""Everything attached to the engines besides the training step and the progress display
+(``harness.training.progress``): evaluation, logs, checkpoints, NaN and signal handling. Side
+effects on disk happen on rank 0 only."""
 
 from __future__ import annotations
 
 import random
 import signal
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from ignite.handlers import (
     Checkpoint,
     DiskSaver,
     EMAHandler,
-    ProgressBar,
     TensorboardLogger,
     TerminateOnNan,
     Timer,
@@ -26,9 +25,11 @@ from ignite.handlers import (
 )
 from ignite.handlers.tensorboard_logger import OptimizerParamsHandler
 
+from harness.core import atomic_io
 from harness.core.errors import HarnessError
 from harness.core.run_folder import BEST_PREFIX, RunLog
 from harness.training.diagnostics import UpdateDiagnostics
+from harness.training.event_files import open_event_file
 
 
 class RNGState:
@@ -68,7 +69,9 @@ class StopRequest:
         self.signum = signum
 
 
-def _every_or_epoch_end(every: int) -> Callable[[Engine, int], bool]:
+def every_or_epoch_end(every: int) -> Callable[[Engine, int], bool]:
+    """An event filter: every ``every``-th iteration, and each epoch's last."""
+
     def due(engine: Engine, iteration: int) -> bool:
         return iteration % every == 0 or iteration % engine.state.epoch_length == 0
 
@@ -79,7 +82,7 @@ def attach_nan_guard(trainer: Engine, check_every: int) -> None:
     """TerminateOnNan on the loss; checked every ``check_every`` iterations (and at each epoch end)
     since each check reads the loss back from the device."""
     trainer.add_event_handler(
-        Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(check_every)),
+        Events.ITERATION_COMPLETED(event_filter=every_or_epoch_end(check_every)),
         TerminateOnNan(output_transform=lambda out: out["loss"]),
     )
 
@@ -102,19 +105,6 @@ def attach_weight_average(trainer: Engine, model: torch.nn.Module, decay: float)
 
     ema.attach(trainer, name="ema_momentum")
     return ema.ema_model
-
-
-def attach_progress_bars(trainer: Engine, evaluators: list[Engine], update_every: int) -> None:
-    """tqdm bars on an interactive terminal; logs and CI get the one line per epoch instead."""
-    if idist.get_rank() != 0 or not sys.stderr.isatty():
-        return
-    ProgressBar(persist=False).attach(
-        trainer,
-        output_transform=lambda out: {"loss": out["loss"]},
-        event_name=Events.ITERATION_COMPLETED(event_filter=_every_or_epoch_end(update_every)),
-    )
-    for evaluator in evaluators:
-        ProgressBar(persist=False, desc="eval").attach(evaluator)
 
 
 def attach_epoch_timer(trainer: Engine) -> Timer:
@@ -182,15 +172,37 @@ def attach_evaluation(
             )
 
 
-class DiskSaverKeepingGoing(DiskSaver):
-    """A DiskSaver that shrugs at an already-missing old file: after a resume from an older
-    checkpoint, the handler's list can name a file that a later, lost save replaced."""
+class AtomicDiskSaver(DiskSaver):
+    """Ignite's DiskSaver, written through ``atomic_io``, that keeps the files it replaces until the new
+    one is saved.
+
+    Ignite's Checkpoint asks to remove the oldest file before it saves the new one: with ``n_saved: 1``
+    a save that fails (a full disk) would leave no checkpoint at all. Here the removal waits for the
+    save, which either lands whole or leaves nothing (a full disk: one line naming the file). An old
+    file already missing is no error: after a resume from an older checkpoint, the handler's list can
+    name a file that a later, lost save replaced."""
+
+    def __init__(self, dirname: Path) -> None:
+        super().__init__(dirname, require_empty=False)
+        self.superseded: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        superseded, self.superseded = self.superseded, []
+        if idist.get_rank() != self.save_on_rank:
+            return
+        atomic_io.atomic_write(self.dirname / filename, lambda tmp: save_through_python(checkpoint, tmp))
+        for old in superseded:
+            if old != filename:  # Checkpoint "removes" a file it is about to write again
+                (self.dirname / old).unlink(missing_ok=True)
 
     def remove(self, filename: str) -> None:
-        try:
-            super().remove(filename)
-        except FileNotFoundError:
-            pass
+        self.superseded.append(filename)
+
+
+def save_through_python(checkpoint: Mapping, path: Path) -> None:
+    """torch.save through a Python file: torch's own file writer reports a full disk without its errno."""
+    with open(path, "wb") as handle:
+        torch.save(checkpoint, handle)
 
 
 def build_best_checkpoint(
@@ -199,7 +211,7 @@ def build_best_checkpoint(
     """Keeps the weights of the epoch with the best validation accuracy (never the test set's)."""
     return Checkpoint(
         {"model": model},
-        DiskSaverKeepingGoing(str(checkpoint_dir), require_empty=False, atomic=True),
+        AtomicDiskSaver(checkpoint_dir),
         filename_prefix=BEST_PREFIX,
         score_function=lambda _: float(val_evaluator.state.metrics["accuracy"]),
         score_name="val_acc",
@@ -223,7 +235,7 @@ def attach_checkpoints(
     function, for a stop on a signal."""
     checkpoint = Checkpoint(
         to_save,
-        DiskSaverKeepingGoing(str(checkpoint_dir), require_empty=False, atomic=True),
+        AtomicDiskSaver(checkpoint_dir),
         n_saved=n_saved,
         include_self=True,
     )
@@ -234,10 +246,10 @@ def attach_checkpoints(
         try:
             flush_logs()  # logs first: a kill between the two leaves rows that resume drops, never a gap
             checkpoint(engine)
-        except OSError as error:  # a full disk, a quota, a folder gone: the previous checkpoint is intact
+        except OSError as error:  # a folder gone, a permission (a full disk is a DiskFullError already)
             raise HarnessError(
                 f"{checkpoint_dir}: could not save the checkpoint of iteration {engine.state.iteration} "
-                f"({error.strerror or error}); the previous one is intact: make room, then "
+                f"({error.strerror or error}); the previous one is intact: once the folder takes files, "
                 f"--resume {checkpoint_dir.parent}"
             ) from None
 
@@ -265,8 +277,9 @@ def attach_tensorboard(
 ) -> TensorboardLogger:
     """TensorBoard event files: the learning rate every iteration, train loss and accuracy and each
     evaluated split's (``val/``, ``test/``) every epoch, all against the iteration. A resumed run
-    purges what the crashed one logged past its checkpoint, so TensorBoard shows each step once."""
-    logger = TensorboardLogger(log_dir=str(log_dir), purge_step=start_iteration + 1 if start_iteration else None)
+    purges what the crashed one logged past its checkpoint (all of it, resumed from none), so
+    TensorBoard shows each step once."""
+    logger = open_event_file(log_dir, purge_step=start_iteration + 1)
     at_iteration = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
     logger.attach(trainer, OptimizerParamsHandler(optimizer, "lr", tag="train"), Events.ITERATION_COMPLETED)
     logger.attach_output_handler(

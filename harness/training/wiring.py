@@ -52,7 +52,6 @@ from harness.training.handlers import (
     attach_evaluation,
     attach_lr_logging,
     attach_nan_guard,
-    attach_progress_bars,
     attach_stop_on_signal,
     attach_tensorboard,
     attach_update_diagnostics,
@@ -60,6 +59,7 @@ from harness.training.handlers import (
     build_best_checkpoint,
 )
 from harness.training.optim import build_optimizer
+from harness.training.progress import attach_progress, relative_epoch_cost
 from harness.training.pruning import TrialReporter, attach_pruning
 from harness.training.schedules import attach_lr_scheduler
 from harness.training.steps import (
@@ -72,7 +72,7 @@ from harness.training.steps import (
 
 
 def sync_every(device: torch.device) -> int:
-    """How often the NaN guard and the progress bar read the loss back: every step on a CPU, every
+    """How often the NaN guard and the progress display read the loss back: every step on a CPU, every
     10th on a GPU (a read-back stalls the device's queue)."""
     return 1 if device.type == "cpu" else 10
 
@@ -288,12 +288,26 @@ def attach_epoch_end(
     run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, start_iteration: int, trial: TrialReporter | None
 ) -> Callable[[], None]:
     """What happens around each epoch's end, in this order: timing, the learning rate, the NaN guard,
-    the schedule, TensorBoard and diagnostics, the evaluation and its log row, pruning. Returns the
-    function that flushes every log (each checkpoint calls it first)."""
+    the progress display, the schedule, TensorBoard and diagnostics, the evaluation and its log row,
+    pruning. Returns the function that flushes every log (each checkpoint calls it first)."""
     trainer, optimizer, device = run.trainer, learner.optimizer, idist.device()
     timer = attach_epoch_timer(trainer)
     attach_lr_logging(trainer, optimizer, run.log)
     attach_nan_guard(trainer, sync_every(device))
+    # After the NaN guard: it reads the loss back on the iterations the display looks at. Before the
+    # evaluation: the epoch's bar is gone when the evaluation's and the epoch's line show.
+    progress = attach_progress(
+        trainer,
+        {split: engine for split, (engine, _) in run.evaluations.items()},
+        cfg.logging.progress,
+        cfg.data.batch_size,
+        lambda: optimizer.param_groups[0]["lr"],
+        sync_every(device),
+        relative_epoch_cost(learner.train_cfg, learner.batch_shape[2]),
+        device,
+    )
+    if progress is not None:
+        run.closers.append(progress.close)
     run.lr_scheduler = attach_lr_scheduler(
         cfg.scheduler, optimizer, trainer, run.val_evaluator, run.iters_per_epoch, learner.train_cfg.epochs
     )
@@ -326,7 +340,7 @@ def attach_epoch_end(
 
 def attach_saving(run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, flush_logs: Callable[[], None]) -> None:
     """The best checkpoint (chosen on validation), the resumable checkpoints of everything in
-    ``run.to_save``, the clean stop on a signal, and the progress bars."""
+    ``run.to_save``, and the clean stop on a signal."""
     trainer = run.trainer
     # Chosen on the validation split alone; without one there is no "best", only the final weights.
     best = (
@@ -355,7 +369,6 @@ def attach_saving(run: Training, cfg: RunSpec, learner: Learner, run_dir: Path, 
         trainer, run.to_save, RunFiles(run_dir).checkpoints, c.every_epochs, c.every_iters, c.n_saved, best, flush_logs
     )
     attach_stop_on_signal(trainer, run.stop, save)
-    attach_progress_bars(trainer, [engine for engine, _ in run.evaluations.values()], sync_every(idist.device()))
 
 
 def build_training(
@@ -363,7 +376,7 @@ def build_training(
 ) -> Training:
     """Everything a run needs; ``start_iteration`` is that of the checkpoint a resumed run will load;
     ``trial``: the search trial this run is, told the validation accuracy after each epoch (and pruned).
-    Handler order matters at EPOCH_COMPLETED: timer, evaluation + log, pruning, checkpoints, stop."""
+    Handler order matters at EPOCH_COMPLETED: timer, progress, evaluation + log, pruning, checkpoints, stop."""
     device = idist.device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed image shapes: autotuned kernels pay off at once
