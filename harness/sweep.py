@@ -27,7 +27,7 @@ from harness.config import load_config
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
 from harness.core.full_disk import log_to_a_disk_that_may_fill
-from harness.core.run_folder import create_output_dir, is_pre_validation_run, utc_timestamp
+from harness.core.run_folder import create_output_dir, utc_timestamp
 from harness.data.transforms import check_augment
 from harness.reporting.compare import render_comparison
 from harness.runner.plugins import imported_plugins
@@ -53,9 +53,6 @@ def plan(configs: list[Path], seeds: list[int] | None, overrides: list[str], swe
             if folder in folders:
                 raise HarnessError(f"{path}: name {cfg.name!r} is also the name of {folders[folder]}; "
                                    "give each experiment of a sweep its own name")  # fmt: skip
-            if is_pre_validation_run(folder):
-                raise HarnessError(f"{folder}: a run from before the validation split (its val_acc is the test set); "
-                                   "move it away or sweep into another --out")  # fmt: skip
             folders[folder] = path
             runs.append(SweepRun(path.resolve(), seed, folder))
     return runs

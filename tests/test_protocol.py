@@ -14,9 +14,9 @@ from ignite.engine import Events
 
 import harness.runner.experiment
 from harness.core.run_folder import read_csv_rows
-from harness.reporting.run_report import render_run_report
+from harness.reporting.records import load_run
 from harness.run import main
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 # Per epoch: validation improves at 2 and 4 (patience 0: one reduction, after epoch 3); the test set
 # would pick epoch 3 and reduce after epochs 2 and 4.
@@ -93,23 +93,14 @@ def test_plateau_without_a_validation_split_is_refused(write_config, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_from_before_the_validation_split_reads_as_test(tmp_path):
-    """An old run folder: its val_acc was the test set. The report says so and calls it test accuracy."""
-    run_dir = tmp_path / "old"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text("name: old\nseed: 0\n")
-    (run_dir / "metrics.csv").write_text(
-        "epoch,iteration,lr,train_loss,train_acc,val_loss,val_acc,epoch_time_s,train_images_per_s\n"
-        "1,8,0.1,2.0,0.3,1.9,0.4125,1.0,256.0\n"
-    )
-    (run_dir / "summary.json").write_text(
-        json.dumps({"status": "completed", "final_val_acc": 0.4125, "best_val_acc": 0.4125, "best_epoch": 1})
-    )
-    html = render_run_report(run_dir).read_text()
-    assert "predates the validation split" in html
-    assert "41.25%" in html  # shown as the final test accuracy
-    result = run_cli("--resume", str(run_dir))
-    assert result.returncode == 2 and "predates the validation split" in result.stderr
+@pytest.mark.parametrize("run", sorted((REPO / "results" / "resnet18_cpu").glob("202611*")), ids=lambda p: p.name)
+def test_the_committed_runs_from_before_the_protocol_read_as_test_figures(run):
+    """Their val_* figures were measured on the test set: the folders carry them as test_* figures, and
+    no validation figure."""
+    record = load_run(run)
+    assert record.summary["final_test_acc"] == pytest.approx(float(record.metrics["test_acc"].iloc[-1]))
+    assert record.metrics["val_acc"].isna().all() and record.summary["val_images"] == 0
+    assert "best_val_acc" not in record.summary and "before the validation split" in record.summary["validation"]
 
 
 def test_temperature_fitted_on_validation_lands_in_summary(main_job_run):

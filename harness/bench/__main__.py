@@ -159,25 +159,25 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.overrides,
         "utc": utc_now(),
     }
-    if "overhead" in which:
-        results["overhead"] = bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats)
-    if "diagnostics" in which:
-        results["diagnostics"] = bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats)
     train = None
     if {"throughput", "mfu", "data"} & set(which):
         inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
         cfg, train = cfg.model_copy(update={"data": inputs.data}), inputs.splits.train
-    if "throughput" in which:
-        results["throughput"] = bench_throughput(cfg, args.iterations, train.images.shape[1:3])
-    if "mfu" in which:
-        results["mfu"] = bench_mfu(cfg, args.iterations, train.images.shape[1:3])
-    if "data" in which:
-        model_rate = results.get("throughput", {}).get("train_images_per_s")
-        results["data"] = bench_data(cfg, train, max(5, args.iterations), args.workers, model_rate)
-    if "gradcam" in which:
-        results["gradcam"] = bench_gradcam(args.gradcam_images, width=args.gradcam_width)
-    if "engine" in which:
-        results["engine"] = bench_engine(args.engine_trials, args.engine_workers, args.engine_storage)
+    # Each benchmark by name, in the order they run ("data" reads "throughput"'s model rate when both run).
+    benchmarks = {
+        "overhead": lambda: bench_overhead(args.width, args.batch, args.amp, args.iterations, args.repeats),
+        "diagnostics": lambda: bench_diagnostics(args.width, args.batch, args.amp, args.iterations, args.repeats),
+        "throughput": lambda: bench_throughput(cfg, args.iterations, train.images.shape[1:3]),
+        "mfu": lambda: bench_mfu(cfg, args.iterations, train.images.shape[1:3]),
+        "data": lambda: bench_data(
+            cfg, train, max(5, args.iterations), args.workers, results.get("throughput", {}).get("train_images_per_s")
+        ),
+        "gradcam": lambda: bench_gradcam(args.gradcam_images, width=args.gradcam_width),
+        "engine": lambda: bench_engine(args.engine_trials, args.engine_workers, args.engine_storage),
+    }
+    for name, measure in benchmarks.items():
+        if name in which:
+            results[name] = measure()
     path = atomic_io.write_json(args.out / f"{utc_timestamp()}.json", results)
     print_table(results)
     print(f"\nwritten: {path}")

@@ -182,17 +182,6 @@ class RunLog:
             atomic_io.write_text(self.weights_path, csv_text(WEIGHTS_COLUMNS, self.weights_rows))
 
 
-def is_pre_validation_run(run_dir: Path) -> bool:
-    """A run from before the validation split (harness 0.3): its metrics.csv has ``val_acc`` but no
-    ``test_acc``, and that ``val_acc`` was measured on the test set."""
-    path = RunFiles(run_dir).metrics
-    if not path.is_file():
-        return False
-    with open(path, newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), [])
-    return "val_acc" in header and "test_acc" not in header
-
-
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -124,6 +124,14 @@ def pixel_sizes(spec: dict[str, Any], height: int, width: int) -> dict[str, Any]
     return resolved
 
 
+NORMALIZATION = (
+    "per-channel normalization on 0..1 pixel values: 1 (grey) or 3 numbers, `auto` (measured on the images "
+    "that train), or null: CIFAR-10's published values for `cifar10`, `auto` for every other source; the "
+    "numbers used are recorded in the run's `summary.json` (`normalization`), and measured again, the same, "
+    "on resume and analysis"
+)
+
+
 class DataConfig(Section):
     """Where the images come from, how they are split, normalized, augmented and batched."""
 
@@ -204,23 +212,9 @@ class DataConfig(Section):
     )
     # Per-channel normalization: numbers, auto (measured on the images that train), or null: CIFAR-10's
     # published values for cifar10, auto for every other source.
-    mean: Annotated[list[float] | str | None, PlainValidator(_per_channel)] = Field(
-        None,
-        description=(
-            "per-channel normalization on 0..1 pixel values: 1 (grey) or 3 numbers, `auto` (measured on"
-            " the images that train), or null: CIFAR-10's published values for `cifar10`, `auto` for "
-            "every other source; the numbers used are recorded in the run's `summary.json` "
-            "(`normalization`), and measured again, the same, on resume and analysis"
-        ),
-    )
+    mean: Annotated[list[float] | str | None, PlainValidator(_per_channel)] = Field(None, description=NORMALIZATION)
     std: Annotated[list[float] | str | None, PlainValidator(_positive_per_channel)] = Field(
-        None,
-        description=(
-            "per-channel normalization on 0..1 pixel values: 1 (grey) or 3 numbers, `auto` (measured on"
-            " the images that train), or null: CIFAR-10's published values for `cifar10`, `auto` for "
-            "every other source; the numbers used are recorded in the run's `summary.json` "
-            "(`normalization`), and measured again, the same, on resume and analysis"
-        ),
+        None, description=NORMALIZATION
     )
     augment: list[Annotated[dict[str, Any], AfterValidator(_named_transform)]] = Field(
         default_factory=_default_augment,

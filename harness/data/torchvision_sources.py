@@ -137,6 +137,7 @@ def _download(name: str, **splits: object) -> Callable[[str], None]:
     return fetch
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FORMATS = {
     "CIFAR10": Format(
         "CIFAR-10",
@@ -155,14 +156,14 @@ FORMATS = {
     "MNIST": Format(
         "MNIST",
         "MNIST/raw",
-        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        IDX_FILES,
         read_mnist,
         _download("MNIST", train={"train": True}, test={"train": False}),
     ),
     "FashionMNIST": Format(
         "Fashion-MNIST",
         "FashionMNIST/raw",
-        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        IDX_FILES,
         read_fashion_mnist,
         _download("FashionMNIST", train={"train": True}, test={"train": False}),
     ),

@@ -3,6 +3,7 @@ validating a config imports no torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -28,6 +29,12 @@ MODELS.add(
     "ResNet18 for small images (3x3 stem, no max-pool); model.width channels in its first stage",
     native=True,
 )
+
+
+def describe_model(model: Mapping[str, Any]) -> str:
+    """A ``model`` section in words, as reports and messages name it: ``resnet18 (width 16)``."""
+    name = str(model.get("name", "?"))
+    return f"{name} (width {model['width']})" if name == "resnet18" and "width" in model else name
 
 
 class ModelConfig(Section):

@@ -26,7 +26,7 @@ from harness.core import atomic_io
 from harness.core.run_folder import RunFiles, utc_now
 from harness.reporting import stats
 from harness.reporting.html import embed_png, environment
-from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
+from harness.reporting.records import RunRecord, load_run
 
 # Keys that do not change what is trained or measured: runs that differ only in these are replicates.
 NOT_THE_EXPERIMENT = (
@@ -430,8 +430,6 @@ def comparison_context(
             "val_accuracy", figures.band_curves, bands("val_acc", 100), "validation accuracy (%)"
         ),
         "power": power_statement(board, groups),
-        "pre_validation": [r.label for r in records if r.pre_validation],
-        "pre_validation_note": PRE_VALIDATION_NOTE,
         "loss_png": figure("train_loss", figures.band_curves, bands("train_loss", 1), "train loss"),
         "lr_png": figure(
             "lr", figures.band_curves, lr_bands, "learning rate", xlabel="iteration", log_y=spans_decades(lr_bands)

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from harness.core.errors import HarnessError
-from harness.core.run_folder import RunFiles, is_pre_validation_run, read_csv_rows
+from harness.core.run_folder import RunFiles, read_csv_rows
 from harness.core.yaml_io import read_yaml_or_empty
 
 
@@ -25,8 +25,6 @@ class RunRecord:
     lr: pd.DataFrame = field(default_factory=pd.DataFrame)
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)  # weights.csv: per-block update diagnostics
     missing: list[str] = field(default_factory=list)
-    # A run from before the validation split, read with its old meaning (see read_pre_validation_run).
-    pre_validation: bool = False
 
     @property
     def name(self) -> str:
@@ -43,24 +41,6 @@ class RunRecord:
 
     def analysis(self, name: str) -> Path:
         return RunFiles(self.run_dir).analysis / name
-
-
-PRE_VALIDATION_NOTE = (
-    "This run predates the validation split (harness 0.3): what its files call val_acc, val_loss and "
-    "final_val_acc was measured on the test set, and its best checkpoint and any plateau schedule were "
-    "chosen on the test set. Read here as test figures; it has no validation figures."
-)
-
-
-def read_pre_validation_run(record: RunRecord) -> None:
-    """Give an old run's files their real meaning: its ``val_*`` columns and ``final_val_acc`` were
-    the test set's. Its "best" was chosen on the test set, so it is not shown as a best at all."""
-    record.pre_validation = True
-    record.metrics = record.metrics.rename(columns={"val_loss": "test_loss", "val_acc": "test_acc"})
-    s = record.summary
-    s["final_test_acc"] = s.pop("final_val_acc", None)
-    for key in ("best_val_acc", "best_epoch"):
-        s.pop(key, None)
 
 
 def load_run(run_dir: Path) -> RunRecord:
@@ -82,8 +62,6 @@ def load_run(run_dir: Path) -> RunRecord:
     present = {files.config: record.config, files.summary: record.summary, files.metrics: not record.metrics.empty,
                files.lr: not record.lr.empty, files.analysis: (files.analysis / "per_class.csv").is_file()}  # fmt: skip
     record.missing = [path.name for path, there in present.items() if not there]
-    if is_pre_validation_run(run_dir):
-        read_pre_validation_run(record)
     return record
 
 

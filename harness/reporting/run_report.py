@@ -14,8 +14,9 @@ from harness.analysis.blow_up import first_blow_up
 from harness.analysis.cam_comparison import CAM_METHODS_FIGURE, CAM_RANKING_FILE, HIGHER_IS_BETTER
 from harness.core import atomic_io
 from harness.core.run_folder import RunFiles, utc_now
+from harness.models.config import describe_model
 from harness.reporting.html import decimal, embed_png, environment, percent, table
-from harness.reporting.records import PRE_VALIDATION_NOTE, RunRecord, load_run
+from harness.reporting.records import RunRecord, load_run
 
 
 def training_figures(record: RunRecord) -> dict[str, str | None]:
@@ -69,6 +70,7 @@ def training_figures(record: RunRecord) -> dict[str, str | None]:
 
 def run_context(record: RunRecord) -> dict[str, Any]:
     s = record.summary
+    held_out = s.get("val_images") != 0  # a run with data.val_size 0 has no validation figure to show
     per_class = None
     if record.analysis("per_class.csv").is_file():
         frame = pd.read_csv(record.analysis("per_class.csv"))
@@ -100,9 +102,12 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "commit": s.get("git_commit") or "unknown",
             "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
             "final test accuracy": percent(s.get("final_test_acc")),
-            "final validation accuracy": percent(s.get("final_val_acc")),
-            "best validation accuracy": percent(s.get("best_val_acc"))
-            + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else ""),
+            "final validation accuracy": percent(s.get("final_val_acc")) if held_out else "not held out",
+            "best validation accuracy": (
+                percent(s.get("best_val_acc")) + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else "")
+                if held_out
+                else "not held out"
+            ),
             "images: train / validation / test": " / ".join(
                 f"{s[k]:,}" if isinstance(s.get(k), int) else "?" for k in ("train_images", "val_images", "test_images")
             ),
@@ -152,8 +157,7 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "test ECE after temperature": percent(s.get("ece_scaled")),
             "test NLL after temperature": decimal(s.get("nll_scaled")),
         },
-        "no_validation": record.pre_validation or s.get("val_images") == 0,
-        "pre_validation_note": PRE_VALIDATION_NOTE if record.pre_validation else None,
+        "no_validation": s.get("val_images") == 0,
         "per_class": per_class,
         "misclassified": misclassified,
         "timings": timings,
@@ -226,11 +230,6 @@ def cam_ranking(path: Path) -> list[dict[str, str]] | None:
     return layers
 
 
-def describe_model(model: dict[str, Any]) -> str:
-    name = str(model.get("name", "?"))
-    return f"{name} (width {model['width']})" if name == "resnet18" and "width" in model else name
-
-
 def describe_evaluation(train: dict[str, Any]) -> str:
     """What the test accuracy above was measured on: the live or the averaged weights, with or without TTA."""
     weights = (
@@ -271,8 +270,6 @@ def describe_resolution(config: dict[str, Any], summary: dict[str, Any]) -> str 
 
 def validation_said(record: RunRecord) -> str:
     """Where the run's validation images came from, or that it had none, in words."""
-    if record.pre_validation:
-        return "none: this run predates the validation split"
     s = record.summary
     if s.get("val_images") == 0:
         return "none held out (data.val_size: 0): nothing was chosen on held-out data, and no best checkpoint was kept"

@@ -33,7 +33,6 @@ from harness.core.run_folder import (
     RunLock,
     create_run_dir,
     default_run_dir,
-    is_pre_validation_run,
     list_checkpoints,
     utc_now,
 )
@@ -41,6 +40,7 @@ from harness.data.loaders import EpochBatchSampler, check_batch_size, per_rank_b
 from harness.data.sources import DataSplits
 from harness.data.transforms import check_augment
 from harness.models.builders import build_model, check_model_output, find_layer
+from harness.models.config import describe_model
 from harness.models.inputs import ModelInputs, prepare_inputs
 from harness.runner.plugins import check_plugins_unchanged, imported_plugins
 from harness.training.cpu_threads import limit_cpu_threads
@@ -129,13 +129,10 @@ def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
             try:
                 find_layer(model, name)
             except ValueError as problem:
+                model_said = describe_model(cfg.model.model_dump())
                 raise HarnessError(
-                    f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_name(cfg)} {problem}"
+                    f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_said} {problem}"
                 ) from None
-
-
-def model_name(cfg: Config) -> str:
-    return cfg.model.name + (f" (width {cfg.model.width})" if cfg.model.name == "resnet18" else "")
 
 
 def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
@@ -394,11 +391,6 @@ def open_for_resume(run_dir: Path) -> tuple[Config, RunLock | None, bool]:
     """The run's own config, its lock (held by rank 0), and whether its training already completed."""
     if not RunFiles(run_dir).config.is_file():
         raise HarnessError(f"--resume {run_dir}: not a run folder (no config.yaml there)")
-    if is_pre_validation_run(run_dir):
-        raise HarnessError(
-            f"--resume {run_dir}: this run predates the validation split (its val_acc column is the test set); "
-            "continuing it would mix two meanings in one file: start it again instead"
-        )
     cfg = load_config(RunFiles(run_dir).config)
     check_plugins_unchanged(run_dir, cfg)
     lock = None

@@ -88,7 +88,7 @@ class Loaders:
     num_workers: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Training:
     trainer: Engine
     # The validation evaluator decides (best checkpoint, plateau, pruning); the test one only reports.
@@ -161,8 +161,12 @@ def build_loaders(cfg: RunSpec, splits: DataSplits, device: torch.device) -> Loa
 
 
 def resolve_train_config(cfg: RunSpec, model: nn.Module, device: torch.device) -> TrainConfig:
-    """``cfg.train`` with ``channels_last`` decided for this model and device."""
-    return cfg.train.model_copy(update={"channels_last": resolve_channels_last(cfg.train.channels_last, model, device)})
+    """``cfg.train`` with what depends on the model and device decided once: ``channels_last``, and
+    ``amp`` (``auto`` as ``bf16``, ``fp16`` or ``off``), which every step and evaluator then read."""
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype]
+    channels_last = resolve_channels_last(cfg.train.channels_last, model, device)
+    return cfg.train.model_copy(update={"channels_last": channels_last, "amp": amp})
 
 
 def build_train_step(
@@ -216,7 +220,7 @@ def build_learner(
         if cfg.train.compile
         else (model, False)
     )
-    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    amp_dtype = resolve_amp_dtype(train_cfg.amp, device)
     if amp_dtype is not None and device.type == "cpu" and not cpu_has_native_bf16() and idist.get_rank() == 0:
         print(
             f"warning: train.amp = {cfg.train.amp}: this CPU has no AVX512-BF16 or AMX, so {amp_dtype} is emulated and "
@@ -253,21 +257,21 @@ def build_engines(cfg: RunSpec, run_dir: Path, loaders: Loaders, learner: Learne
             else eval_model
         )
     run = Training(
-        trainer,
-        create_evaluator(eval_step_model, device, train_cfg) if loaders.val is not None else None,
-        create_evaluator(eval_step_model, device, train_cfg),
-        model,
-        loaders,
-        RunLog(run_dir, write=idist.get_rank() == 0, weights=diagnostics is not None),
-        StopRequest(),
-        {},
-        train_metrics,
-        iters_per_epoch,
-        learner.num_params,
-        loaders.num_workers,
-        resolve_amp_dtype(cfg.train.amp, device),
-        learner.compiled,
-        train_cfg.channels_last,
+        trainer=trainer,
+        val_evaluator=create_evaluator(eval_step_model, device, train_cfg) if loaders.val is not None else None,
+        test_evaluator=create_evaluator(eval_step_model, device, train_cfg),
+        model=model,
+        loaders=loaders,
+        log=RunLog(run_dir, write=idist.get_rank() == 0, weights=diagnostics is not None),
+        stop=StopRequest(),
+        to_save={},
+        train_metrics=train_metrics,
+        iters_per_epoch=iters_per_epoch,
+        num_params=learner.num_params,
+        num_workers=loaders.num_workers,
+        amp_dtype=resolve_amp_dtype(train_cfg.amp, device),
+        compiled=learner.compiled,
+        channels_last=train_cfg.channels_last,
         eval_model=eval_model,
         diagnostics=diagnostics,
         scaler=scaler,
