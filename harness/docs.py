@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from harness.config import REGISTRIES, Config
 from harness.core import atomic_io
 from harness.core.errors import ArgumentParser, exit_on_harness_error
+from harness.core.schema import section_model
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CONFIG_PAGE = Path("reference") / "config.md"
@@ -34,6 +35,8 @@ def type_name(annotation: Any) -> str:
         return type_name(args[0])
     if origin is typing.Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType) and section_model(annotation) is not None:
+        return "`true`, `false` or a mapping of the keys below"  # a section switched on or off (logging.mlflow)
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else type_name(a) for a in args)
     if origin is list:
@@ -63,7 +66,12 @@ def cell(text: str) -> str:
 
 
 def section_table(prefix: str, model: type[BaseModel]) -> list[str]:
-    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    return ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *key_rows(prefix, model)]
+
+
+def key_rows(prefix: str, model: type[BaseModel]) -> list[str]:
+    """A row per key of ``model``; a section that may be null (``logging.mlflow``) is a row, then its keys'."""
+    rows = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -71,6 +79,8 @@ def section_table(prefix: str, model: type[BaseModel]) -> list[str]:
         kind = type_name(annotation) + (f", {bounds(field)}" if bounds(field) else "")
         key = f"{prefix}.{name}" if prefix else name
         rows.append(f"| `{key}` | {cell(kind)} | {cell(default_text(field))} | {cell(field.description or '')} |")
+        if (nested := section_model(annotation)) is not None:
+            rows += key_rows(key, nested)
     return rows
 
 

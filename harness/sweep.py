@@ -36,6 +36,7 @@ from harness.search.plans import SweepPlan, SweepRun
 from harness.search.progress import StudyStatus, latest_per_run
 from harness.search.space import HeartbeatConfig
 from harness.search.storage import default_storage, exclusive, open_storage, open_study
+from harness.search.tracking import close_parent, open_parent, study_tracking, worker_env
 
 STUDY = "sweep"
 
@@ -116,6 +117,7 @@ def run_sweep(
         study = open_study(open_storage(storage_url, heartbeat), STUDY, sweep.kind, "maximize")
         return work(study, sweep, heartbeat.interval_s)
 
+    tracking = study_tracking([run.experiment(overrides) for run in runs], sweep.kind, storage_url)
     create_output_dir(sweep_dir)
     storage = open_storage(storage_url, heartbeat)
     finished = set()
@@ -128,18 +130,24 @@ def run_sweep(
     with exclusive(storage_url):  # another command queueing the same runs waits, then finds them queued
         study = open_study(storage, STUDY, sweep.kind, "maximize")
         sweep.queue(study, finished)
+        params = {"configs": [str(path) for path in configs], "seeds": seeds, "set": " ".join(overrides)}
+        parent = open_parent(study, storage_url, tracking, sweep_dir, sweep.kind, params)
     command = [sys.executable, "-m", "harness.sweep", *map(str, configs), "--out", str(sweep_dir)]
     command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
     command += ["--set", *overrides] if overrides else []
     command += ["--reference", reference] if reference else []
     code = supervise(
-        start_workers(command, workers, sweep_dir / "logs"), study, progress_printer(runs, finished, workers)
+        start_workers(command, workers, sweep_dir / "logs", worker_env(parent)),
+        study,
+        progress_printer(runs, finished, workers),
     )
     comparison(runs, sweep_dir, reference)
     print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
+    failed = [] if code else failures(study, runs)
+    if parent is not None:
+        close_parent(parent, [sweep_dir / "compare.html", sweep_dir / "leaderboard.csv"], {}, code or int(bool(failed)))
     if code:
         return code
-    failed = failures(study, runs)
     if failed:
         print(f"error: failed runs: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core import atomic_io
-from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error
+from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_error, redact
 from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
 from harness.search.engine import listen_to_interrupts, start_workers, supervise, work
@@ -37,12 +37,12 @@ from harness.search.study_report import (
     best_trial,
     completed_baseline,
     lost_baseline,
-    redact,
     top_trials,
     trial_experiment,
     trials_table,
     write_outputs,
 )
+from harness.search.tracking import close_parent, open_parent, study_tracking, worker_env
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         study.sampler = build_sampler(search, args.as_worker, len(study.get_trials(deepcopy=False)))
         return work(study, plan, search.spec.heartbeat.interval_s)
 
+    tracking = study_tracking([search.config({}, True, args.overrides)], "search", storage_url)
     create_output_dir(out)
     storage = open_storage(storage_url, search.spec.heartbeat)
     plan = SearchPlan(search, out, args.overrides)
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             search = search.model_copy(update={"trials": finished})
             plan = SearchPlan(search, out, args.overrides)
         plan.queue_baseline(study)
+        params = {**search.spec.model_dump(), "trials": search.trials, "set": " ".join(args.overrides)}
+        parent = open_parent(study, storage_url, tracking, out, plan.kind, params)
     print(
         f"search {search.name}: {search.trials} trials of {search.spec.base} over {', '.join(search.space)}, "
         f"{args.workers} worker(s), storage {redact(storage_url)}, folder {out}",
@@ -191,17 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     on_change = progress_printer(search, args.workers)
     code = 0
     if plan.state(study) != "done":  # a finished study starts no worker
-        workers = start_workers(worker_command(args, search, out, storage_url), args.workers, out / "logs")
+        command = worker_command(args, search, out, storage_url)
+        workers = start_workers(command, args.workers, out / "logs", worker_env(parent))
         code = supervise(workers, study, lambda trials: on_change(study, trials, out))
     with atomic_io.one_writer(out):
         written = write_outputs(study, search, out, storage_url, args.overrides)
     print(f"trials: {written['trials.csv']}, report: {written['study.html']}", flush=True)
-    if "best.yaml" in written:
-        best = best_trial(study)
+    best = best_trial(study) if "best.yaml" in written else None
+    if best is not None:
         print(f"best: trial {best.number}, {search.spec.objective.metric} {best.value:.4f}: {written['best.yaml']}")
+    finished = counted_finished(study)
+    if parent is not None:
+        figures = {search.spec.objective.metric: best.value} if best is not None else {}
+        close_parent(parent, written.values(), figures, code or int(finished < search.trials))
     if code:
         return code
-    finished = counted_finished(study)
     if finished < search.trials:
         raise HarnessError(f"the study has {finished} of {search.trials} trials (see {out / 'logs'}); run it again")
     lost = lost_baseline(study, search)

@@ -135,3 +135,14 @@ def test_a_gpu_recipe_on_a_cpu_says_so_and_names_the_cpu_recipe(experiment, devi
     if warns:
         assert warning.startswith("warning: this config is a GPU recipe") and "\n" not in warning
         assert "experiments/resnet18_cpu.yaml" in warning and warning.endswith("Going on.")
+
+
+def test_a_low_resolution_epoch_costs_its_share_of_the_pixels():
+    """Progressive resizing given in pixels or as a fraction of the side: the estimate weighs the small
+    epochs by their pixels (24x24 of 32x32 is 0.5625 of a full epoch)."""
+    from harness.training.config import TrainConfig
+    from harness.training.progress import relative_epoch_cost
+
+    for size, shape in ((24, (32, 32)), (0.75, (32, 32)), (0.75, (64, 64))):
+        cost = relative_epoch_cost(TrainConfig(epochs=4, low_res_size=size, low_res_epochs=2), shape)
+        assert [cost(e) for e in (1, 2, 3, 4)] == pytest.approx([0.5625, 0.5625, 1, 1]), (size, shape)

@@ -46,10 +46,10 @@ def test_two_workers_finishing_at_once_leave_the_comparison_of_every_run(analyze
     def worker_a() -> None:
         render = harness.sweep.render_comparison
 
-        def slow_render(run_dirs: list[Path], out: Path) -> Path:
+        def slow_render(run_dirs: list[Path], out: Path, **options) -> Path:
             rendering.set()
             time.sleep(2.0)
-            return render(run_dirs, out)
+            return render(run_dirs, out, **options)
 
         harness.sweep.render_comparison = slow_render
         comparison([first, second], sweep_dir)

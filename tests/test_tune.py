@@ -474,11 +474,12 @@ def test_rank_0_decides_and_every_rank_stops_together(tmp_path):
 
 
 def test_a_pruned_run_says_so_and_keeps_its_metrics(write_config, tmp_path):
-    from harness.run import main as run_main
+    from harness import load_config, run_experiment
 
     config = write_config({"train": {"epochs": 4}})
     reporter = PruneAt(2)
-    assert run_main([str(config), "--out", str(tmp_path / "run")], trial=reporter) == 0
+    result = run_experiment(load_config(config), tmp_path / "run", trial=reporter)
+    assert result.status == "pruned" and result.exit_code == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "pruned" and summary["pruned_at_epoch"] == 2
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")

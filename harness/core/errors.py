@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -19,6 +20,11 @@ class HarnessError(Exception):
 
 class ConfigError(HarnessError):
     """A config, search or YAML file that cannot be used as written."""
+
+
+def redact(url: str) -> str:
+    """A database or server URL without its password, for messages and reports."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")

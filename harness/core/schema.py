@@ -4,6 +4,7 @@ and a pydantic error as one line naming the file, the key, the value and what wa
 from __future__ import annotations
 
 import difflib
+import typing
 from typing import Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
@@ -50,14 +51,22 @@ def _key_path(loc: tuple) -> str:
     return path
 
 
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds: its model, also when the section may be null (``Section | None``)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _field(loc: tuple, schema: type[BaseModel]) -> Any:
     """The pydantic FieldInfo at a key path, or the section model when the path ends at one."""
     node: Any = schema
     for part in loc:
         if isinstance(part, int):
             continue
-        model = node.annotation if hasattr(node, "annotation") else node
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        model = section_model(node.annotation if hasattr(node, "annotation") else node)
+        if model is None or part not in model.model_fields:
             return None
         node = model.model_fields[part]
     return node
@@ -65,8 +74,8 @@ def _field(loc: tuple, schema: type[BaseModel]) -> Any:
 
 def _section_fields(loc: tuple, schema: type[BaseModel]) -> list[str]:
     node = _field(loc, schema)
-    model = node.annotation if hasattr(node, "annotation") else node
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+    model = section_model(node.annotation if hasattr(node, "annotation") else node)
+    return list(model.model_fields) if model is not None else []
 
 
 def _bounds(loc: tuple, schema: type[BaseModel]) -> str:

@@ -48,6 +48,7 @@ from harness.training.optim import build_optimizer
 from harness.training.progress import gpu_recipe_warning
 from harness.training.pruning import TrialReporter
 from harness.training.schedules import check_schedule
+from harness.training.tracking import MlflowRun, check_tracking, env_parent, finish_run, reopen_run, start_run
 from harness.training.wiring import Training, build_training
 
 EXIT_DIVERGED = 3
@@ -97,8 +98,8 @@ class RunResult:
 
 
 def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
-    """Every check that needs the data: a batch, a transform, a model, an optimizer, a schedule or a
-    layer that cannot work fails here, in one line, before the run folder exists."""
+    """Every check that needs the data: a batch, a transform, a model, an optimizer, a schedule, a
+    layer or an MLflow store that cannot work fails here, in one line, before the run folder exists."""
     train = splits.train
     check_batch_size(cfg.data, len(train), world_size)
     check_augment(cfg.data, train.images[0])
@@ -133,6 +134,8 @@ def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
                 raise HarnessError(
                     f"analysis.gradcam_layers = {cfg.analysis.gradcam_layers}: {model_said} {problem}"
                 ) from None
+    if cfg.logging.mlflow is not None:  # last: a new store takes some seconds to create
+        check_tracking(cfg.logging.mlflow, cfg.name, env_parent())
 
 
 def open_run_dir(cfg: Config, out: Path | None) -> tuple[Path, RunLock | None]:
@@ -229,6 +232,18 @@ def start_summary(
     }
 
 
+def track(cfg: Config, run: Training, run_dir: Path, summary: dict[str, Any], resume: bool) -> MlflowRun | None:
+    """Start (or, resumed, continue) the run's MLflow run, its id kept in ``summary``, and log each
+    epoch's metrics to it once the epoch's row is written."""
+    earlier = RunFiles(run_dir).read_summary().get("mlflow_run_id") if resume else None
+    tags = {"commit": summary["git_commit"], "device": summary["device"], "world_size": summary["world_size"]}
+    tracking = start_run(cfg.logging.mlflow, cfg.name, run_dir, earlier, env_parent(), cfg.to_dict(), tags)
+    if tracking is not None:
+        summary["mlflow_run_id"] = tracking.run_id
+        tracking.attach_to(run.trainer, lambda: run.log.metrics_rows)  # after the evaluation, which writes the row
+    return tracking
+
+
 def training_status(run: Training) -> dict[str, Any]:
     state = run.trainer.state
     loss = state.output["loss"] if state.output else None
@@ -266,6 +281,7 @@ def training(
             print(f"resuming from {resumed_from} (iteration {run.trainer.state.iteration})", flush=True)
     elapsed_before = float(RunFiles(run_dir).read_summary().get("total_time_s") or 0.0) if resumed_from else 0.0
     summary = start_summary(cfg, run, inputs, run_dir, resumed_from)
+    tracking = track(cfg, run, run_dir, summary, resume) if rank == 0 and cfg.logging.mlflow is not None else None
     if rank == 0:
         write_model_summary(cfg, RunFiles(run_dir).model_summary, len(splits.classes), splits.train.images.shape[1:])
         atomic_io.write_json(RunFiles(run_dir).summary, summary)
@@ -279,6 +295,8 @@ def training(
     except BaseException as error:
         if rank == 0 and isinstance(error, HarnessError):
             record_failure(run_dir, summary, str(error))
+        if tracking is not None:
+            tracking.set_status("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         try:
             run.close()
         except DiskFullError:
@@ -289,6 +307,8 @@ def training(
     run.close()
 
     summary.update(training_status(run))
+    if tracking is not None:
+        tracking.set_tags({"status": summary["status"]})  # the run ends once analyzed and reported (finish_tracking)
     summary["history"].append({"event": summary["status"], "utc": utc_now(), "iteration": run.trainer.state.iteration})
     best_acc, best_epoch = run.log.best()
     rows = run.log.metrics_rows
@@ -369,6 +389,13 @@ def render_report(run_dir: Path, cfg: Config) -> None:
         print(f"report: {render_run_report(run_dir)}", flush=True)  # shows whatever exists, whatever the status
 
 
+def finish_tracking(run_dir: Path, cfg: Config) -> None:
+    """The MLflow run's last figures, its files and its end, once the run has its analysis and report."""
+    run_id = RunFiles(run_dir).read_summary().get("mlflow_run_id")
+    if cfg.logging.mlflow is not None and run_id and (tracking := reopen_run(cfg.logging.mlflow, run_id)):
+        finish_run(tracking, run_dir)
+
+
 # ---------------------------------------------------------------- the function
 
 
@@ -430,6 +457,7 @@ def run_experiment(
                 if launch_rank() == 0:
                     print(f"{run_dir}: training already completed; finishing the analysis and the report", flush=True)
                     finish(run_dir, cfg)
+                    finish_tracking(run_dir, cfg)
                 return RunResult.read(run_dir)
         elif cfg is None:
             raise HarnessError("expected a config to run (load_config), or resume=True with a run folder")
@@ -446,6 +474,7 @@ def run_experiment(
                 finish(outcome.run_dir, cfg)
             else:
                 render_report(outcome.run_dir, cfg)
+            finish_tracking(outcome.run_dir, cfg)
             print(f"run folder: {outcome.run_dir} ({outcome.status})", flush=True)
             return RunResult.read(outcome.run_dir, outcome.status, outcome.signum)
         return RunResult(outcome.run_dir, outcome.status, {}, pd.DataFrame(), outcome.signum)

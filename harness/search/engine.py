@@ -304,11 +304,12 @@ def work(study: optuna.Study, plan: Plan, heartbeat_s: int, max_failures: int = 
 # ---------------------------------------------------------------- workers on this machine
 
 
-def worker_environments(count: int) -> list[dict[str, str]]:
-    """One environment per worker: a GPU each when there are GPUs, else an equal share of the cores."""
+def worker_environments(count: int, extra: dict[str, str]) -> list[dict[str, str]]:
+    """One environment per worker, this one's with ``extra``: a GPU each when there are GPUs, else an
+    equal share of the cores."""
     import torch
 
-    base = dict(os.environ)
+    base = {**os.environ, **extra}
     gpus = torch.cuda.device_count()
     if gpus:
         visible = base.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
@@ -317,11 +318,14 @@ def worker_environments(count: int) -> list[dict[str, str]]:
     return [{**base, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(count)]
 
 
-def start_workers(command: list[str], count: int, log_dir: Path) -> list[tuple[subprocess.Popen, Path]]:
-    """``count`` worker processes of ``command`` (``--as-worker K`` appended), each logging to its own file."""
+def start_workers(
+    command: list[str], count: int, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> list[tuple[subprocess.Popen, Path]]:
+    """``count`` worker processes of ``command`` (``--as-worker K`` appended), each logging to its own
+    file, their environment this one's with ``extra_env`` added."""
     log_dir.mkdir(parents=True, exist_ok=True)
     workers = []
-    for k, env in enumerate(worker_environments(count)):
+    for k, env in enumerate(worker_environments(count, extra_env or {})):
         log = log_dir / f"worker-{k}.log"
         with open(log, "a", encoding="utf-8") as handle:
             process = subprocess.Popen(

@@ -9,7 +9,6 @@ the confirmation runs (``--confirm``), not here.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.analysis.figures import plt, save_figure
 from harness.config import dump_config
 from harness.core import atomic_io
+from harness.core.errors import redact
 from harness.core.provenance import git_commit
 from harness.core.run_folder import utc_now
 from harness.reporting.html import embed_png, environment
@@ -101,7 +101,12 @@ def trial_experiment(search: Search, trial: FrozenTrial, extra: list[str], name:
     """A trial as a ready experiment file named ``name``, at the base's full budget
     (``trial_overrides`` left out; the command line's ``--set`` kept: it applied to every run of the
     search), under a header saying where it came from: best.yaml, and each confirmation's config."""
-    cfg = search.config(dict(trial.params), for_trial=False, extra=extra).model_copy(update={"name": name})
+    cfg = search.config(dict(trial.params), for_trial=False, extra=extra)
+    tracked = cfg.logging.mlflow
+    if tracked is not None:  # the file's runs go into the search's MLflow experiment, not one of their own name
+        experiment = tracked.model_copy(update={"experiment": tracked.experiment or cfg.name})
+        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": experiment})})
+    cfg = cfg.model_copy(update={"name": name})
     changed = ", ".join(f"{k}={v!r}" for k, v in trial.params.items())
     header = [
         f"# Trial {trial.number} of the search {search.path} (study {search.name!r}):",
@@ -112,11 +117,6 @@ def trial_experiment(search: Search, trial: FrozenTrial, extra: list[str], name:
         f"# Written {utc_now()} at commit {git_commit() or 'unknown'}. Run: python -m harness.run <this file>",
     ]
     return "\n".join(header) + "\n" + dump_config(cfg)
-
-
-def redact(url: str) -> str:
-    """A storage URL without its password, for reports."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 # ---------------------------------------------------------------- figures

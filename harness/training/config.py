@@ -6,9 +6,11 @@ whole config (``harness.config.Config`` is one)."""
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, Field, PlainValidator
+from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
 from harness.core.registry import Registry
 from harness.core.schema import Section, registered
@@ -224,6 +226,68 @@ class CheckpointConfig(Section):
     n_saved: int = Field(2, ge=1, description="resumable checkpoints kept on disk")
 
 
+TRACKING_URI_FORMS = "sqlite:///PATH, postgresql://user:password@host/db or http(s)://host:port (a tracking server)"
+TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "http", "https")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _tracking_uri(uri: str) -> str:
+    """A store every process reaches; an SQLite file named by a relative path (the default's
+    ``results/mlflow.db``) made absolute from the working folder, as run folders are, so that a
+    resumed run or a worker writes to the same file wherever it runs from."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator or scheme not in TRACKING_SCHEMES:
+        raise ValueError(f"expected {TRACKING_URI_FORMS}")
+    if scheme != "sqlite":
+        return uri
+    path = rest.removeprefix("/")
+    if path in ("", ":memory:"):
+        raise ValueError("expected sqlite:///PATH, a file every process of a run can open")
+    return f"sqlite:///{(Path.cwd() / path).resolve()}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of an ``sqlite:///`` tracking URI (absolute once validated); None for another store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _experiment_name(name: str | None) -> str | None:
+    if name is not None and (len(name) > 100 or not NAME_PATTERN.fullmatch(name)):
+        raise ValueError("expected a name of letters, digits, '.', '_' or '-' (it also names the experiment's folder)")
+    return name
+
+
+class MlflowConfig(Section):
+    model_config = {**Section.model_config, "validate_default": True}  # `true`'s default URI made absolute too
+
+    tracking_uri: Annotated[str, AfterValidator(_tracking_uri)] = Field(
+        "sqlite:///results/mlflow.db",
+        description=(
+            "the MLflow store: an SQLite file (a relative path is from the working folder, made absolute when "
+            "the config is read; the experiments' files go beside it, in `mlflow-artifacts/`), "
+            "`postgresql://user:password@host/db`, or a tracking server `http(s)://host:port`"
+        ),
+    )
+    experiment: Annotated[str | None, AfterValidator(_experiment_name)] = Field(
+        None,
+        description=(
+            "the MLflow experiment; null: the config's `name`. A sweep's or a search's runs go into their "
+            "parent run's experiment (see Tracking)"
+        ),
+    )
+
+
+def _on_off_or_settings(value: Any) -> Any:
+    """``true``: the defaults; ``false`` or null: off; a mapping: the settings."""
+    if value is True:
+        return {}
+    if value is False or value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    raise ValueError("expected true, false or a mapping with tracking_uri and experiment")
+
+
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="write TensorBoard event files to `RUN_DIR/tensorboard/`")
     # auto: tqdm bars on a terminal, tqdm.auto's in a notebook, progress lines in a log (harness.training.progress)
@@ -232,6 +296,14 @@ class LoggingConfig(Section):
         description=(
             "what shows while training (see Progress): `auto` is tqdm bars on a terminal, `tqdm.auto` "
             "bars in a notebook and progress lines in a log; `bar`, `lines` or `off` force one"
+        ),
+    )
+    mlflow: Annotated[MlflowConfig | None, BeforeValidator(_on_off_or_settings)] = Field(
+        None,
+        description=(
+            "track the run in MLflow (see Tracking): its config as parameters, each epoch's metrics, the "
+            "summary's figures, its files and its status; `true` takes the defaults of the keys below, "
+            "`false` (or null, the default) tracks nothing"
         ),
     )
 

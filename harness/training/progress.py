@@ -62,10 +62,11 @@ def resolve_mode(setting: str, stream: TextIO) -> str:
     return "bar" if stream.isatty() else "lines"
 
 
-def relative_epoch_cost(train: TrainConfig, image_size: int) -> Callable[[int], float]:
-    """An epoch's compute relative to a full-size one: (low_res_size / size)² for the low-resolution
+def relative_epoch_cost(train: TrainConfig, image_size: tuple[int, int]) -> Callable[[int], float]:
+    """An epoch's compute relative to a full-size one: the share of the pixels for the low-resolution
     epochs of progressive resizing (a convolution's cost grows with the pixels), 1 for the others."""
-    low_res = (train.low_res_size / image_size) ** 2 if train.low_res_size else 1.0
+    small = train.low_res_pixels(*image_size)
+    low_res = small[0] * small[1] / (image_size[0] * image_size[1]) if small else 1.0
     return lambda epoch: low_res if epoch <= train.low_res_epochs_used else 1.0
 
 

@@ -307,7 +307,7 @@ def attach_epoch_end(
         cfg.data.batch_size,
         lambda: optimizer.param_groups[0]["lr"],
         sync_every(device),
-        relative_epoch_cost(learner.train_cfg, learner.batch_shape[2]),
+        relative_epoch_cost(learner.train_cfg, learner.batch_shape[2:]),
         device,
     )
     if progress is not None:
