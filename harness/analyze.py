@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = analyze_run(args.run_dir, args.overrides)
     print(f"analysis written to {args.run_dir / 'analysis'} (from {result['checkpoint']})")
+    if result.get("report"):
+        print(f"report: {result['report']}")
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from harness.analysis.config import AnalysisConfig
+from harness.analysis.config import CAM_METHODS, AnalysisConfig
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
 from harness.core.schema import Section, error_key, format_validation_error
@@ -55,6 +55,7 @@ REGISTRIES: dict[str, Registry] = {
     "optimizer.name": OPTIMIZERS,
     "scheduler.name": SCHEDULERS,
     "data.dataset": SOURCES,
+    "analysis.cam_methods": CAM_METHODS,  # a list of names
 }
 
 
@@ -85,9 +86,14 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
-    def plugin_names(self) -> dict[str, str]:
-        """The value of every key that names a registered entry or a plug-in: ``{"model.name": "resnet18", ...}``."""
-        return {key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in REGISTRIES}
+    def plugin_names(self) -> dict[str, str | list[str]]:
+        """The value of every key that names registered entries or plug-ins: a name (``{"model.name":
+        "resnet18", ...}``), or for ``analysis.cam_methods`` a list of them, ``all`` spelled out."""
+        names: dict[str, str | list[str]] = {
+            key: getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) for key in REGISTRIES
+        }
+        names["analysis.cam_methods"] = self.analysis.cam_method_names()
+        return names
 
 
 # ---------------------------------------------------------------- --set and files

@@ -146,8 +146,14 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
     wrong = pd.read_csv(out / "misclassified.csv")
     assert (wrong["true"] != wrong["predicted"]).all()
     with np.load(out / "gradcam.npz") as saved:
-        assert set(saved.files) == {"indices", "predicted/layer3", "predicted/layer4.1", "true/layer3", "true/layer4.1"}
-        assert saved["predicted/layer4.1"].shape == (len(saved["indices"]), 32, 32)
+        assert set(saved.files) == {
+            "indices",
+            "gradcam/layer3/predicted",
+            "gradcam/layer4.1/predicted",
+            "gradcam/layer3/true",
+            "gradcam/layer4.1/true",
+        }
+        assert saved["gradcam/layer4.1/predicted"].shape == (len(saved["indices"]), 32, 32)
 
 
 def test_analyze_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):

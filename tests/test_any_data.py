@@ -59,7 +59,7 @@ def test_the_shipped_experiments_take_any_image_folder(experiment, folder, side,
     assert len(summary["normalization"]["mean"]) == summary["channels"]
     assert len(pd.read_csv(out / "analysis" / "per_class.csv")) == classes
     with np.load(out / "analysis" / "gradcam.npz") as maps:
-        heat = maps["predicted/layer4"]
+        heat = maps["gradcam/layer4/predicted"]
         assert heat.shape[1:] == (side, side)
     with Image.open(out / "analysis" / "augmentation_preview.png") as preview:
         assert preview.size[0] > 0

@@ -27,6 +27,8 @@ def test_bench_writes_every_measurement_it_prints(write_config, tmp_path, capsys
             *settings,
             "--gradcam-images",
             "2",
+            "--gradcam-width",
+            "4",
             "--engine-trials",
             "3",
             "--out",

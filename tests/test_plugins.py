@@ -46,7 +46,7 @@ def test_a_model_from_a_file_trains_is_analyzed_and_reported(cifar_like, tmp_pat
     assert recorded["sha256"] == __import__("hashlib").sha256(model_file.read_bytes()).hexdigest()
     assert read_yaml(RunFiles(out).config)["model"]["name"] == f"{model_file.resolve()}:WideNet"
     with np.load(out / "analysis" / "gradcam.npz") as maps:
-        assert {"predicted/stage2", "true/stage3"} <= set(maps.files)
+        assert {"gradcam/stage2/predicted", "gradcam/stage3/true"} <= set(maps.files)
     report = RunFiles(out).report.read_text(encoding="utf-8")
     assert "WideNet" in report and "stage3" in report
     assert "WideNet" in RunFiles(out).model_summary.read_text()
@@ -162,6 +162,10 @@ BAD_PLUGINS = [
     ([STEP_LR, "scheduler.warmup_epochs=0"], "missing a required argument: 'step_size'"),
     ([f"data.dataset={BAD}:no_data"], f"data.dataset = '{BAD}:no_data': returned list: {NEEDS_FORM}"),
     (
+        [f"analysis.cam_methods=[gradcam, {BAD}:no_data]"],
+        f"analysis.cam_methods: '{BAD}:no_data': expected a harness.analysis.cam.base.CAMMethod, found list",
+    ),
+    (
         ["model.name=not a path"],
         "model.name = 'not a path': expected one of resnet18, torchvision/<name>, or an import",
     ),
@@ -214,6 +218,38 @@ def test_a_relative_plugin_file_is_found_from_the_yaml_and_from_set(tmp_path, mo
     assert load_config(config).model.name == f"{tmp_path / 'mine' / 'my_models.py'}:WideNet"
     monkeypatch.chdir(tmp_path)
     assert load_config(config, ["model.name=./mine/my_models.py:WideNet"]).model.name.startswith(str(tmp_path))
+
+
+ONES_CAM = textwrap.dedent(
+    """
+    import torch
+    from harness.analysis.cam.base import CAMMethod
+
+    class Ones(CAMMethod):
+        needs_gradients = False
+
+        def maps(self, record):
+            return torch.ones(*record.targets.shape, *record.activations.shape[2:])
+    """
+)
+
+
+def test_a_cam_method_from_a_file_is_built_and_recorded(tmp_path):
+    from harness.analysis.cam.base import build_methods
+    from harness.config import config_from_dict
+    from harness.runner.plugins import imported_plugins
+
+    (tmp_path / "my_cam.py").write_text(ONES_CAM)
+    name = f"{tmp_path / 'my_cam.py'}:Ones"
+    cfg = config_from_dict({}, [f"analysis.cam_methods=[all, {name}]"])
+    assert cfg.analysis.cam_method_names()[-1] == name and cfg.analysis.cam_method_names()[0] == "gradcam"
+    assert type(build_methods([name])[name]).__name__ == "Ones"
+    recorded = imported_plugins(cfg)
+    assert list(recorded) == [f"analysis.cam_methods[{name}]"], "the harness's own methods need no record"
+    assert (
+        recorded[f"analysis.cam_methods[{name}]"]["sha256"]
+        == __import__("hashlib").sha256((tmp_path / "my_cam.py").read_bytes()).hexdigest()
+    )
 
 
 def make_installed_package(root: Path) -> Path:

@@ -71,5 +71,5 @@ def test_comparison_renders_in_headless_chromium(analyzed_run, tmp_path):
     assert report_main([str(analyzed_run), str(twin), "--out", str(out)]) == 0
     widths, headings, errors = open_in_chromium(out, tmp_path / "compare.png", width=1400)
     assert len(widths) >= 5 and all(w > 0 for w in widths), widths
-    assert headings == ["leaderboard", "spread", "curves", "target", "per-class", "runs"]
+    assert headings == ["leaderboard", "spread", "curves", "target", "per-class", "cam-methods", "runs"]
     assert errors == []

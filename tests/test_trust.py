@@ -102,8 +102,14 @@ def test_a_map_of_the_true_evidence_beats_a_random_map():
         assert row.insertion_auc > row.random_insertion_auc + 0.1
         assert row.deletion_p < 0.01 and row.insertion_p < 0.01  # every one of the 8 images agrees
     assert set(curves) == {"fraction"} | {
-        f"{k}/{m}" for k in ("deletion", "insertion") for m in ("evidence", "gradcam", RANDOM)
+        f"{k}/{m}"
+        for k in ("deletion", "insertion", "deletion_auc", "insertion_auc")
+        for m in ("evidence", "gradcam", RANDOM)
     }
+    # Each image's areas, for paired comparisons of maps: the table's means are theirs.
+    assert curves["deletion_auc/gradcam"].shape == (8,)
+    assert np.isclose(curves["insertion_auc/evidence"].mean(), table["insertion_auc"].iloc[0])
+    assert np.isclose(curves[f"deletion_auc/{RANDOM}"].mean(), table["random_deletion_auc"].iloc[0])
     assert np.allclose(curves["fraction"], np.rint(np.linspace(0, 1024, 11)) / 1024)
 
 
@@ -151,11 +157,12 @@ def test_cascading_randomization_goes_top_down_and_leaves_the_model_alone(random
     assert (table["n_images"] == 3).all()
     trained = table[table["randomized_from"] == "none"]
     assert np.allclose(trained["spearman"], 1.0)
-    assert list(maps) == STAGES and maps["stem"]["layer4"].shape == (3, 32, 32)
+    assert list(maps) == STAGES and maps["stem"]["gradcam"]["layer4"].shape == (3, 32, 32)
+    assert (table["method"] == "gradcam").all()
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # Randomized layers change the maps: after the head, layer4's map of a random net is not the trained one.
-    assert not torch.allclose(maps["none"]["layer4"], maps["head"]["layer4"])
+    assert not torch.allclose(maps["none"]["gradcam"]["layer4"], maps["head"]["gradcam"]["layer4"])
 
 
 def test_cascading_randomization_is_reproducible(randomization):
@@ -166,7 +173,23 @@ def test_cascading_randomization_is_reproducible(randomization):
     pd.testing.assert_frame_equal(
         again.reset_index(drop=True), table[table["layer"] == "layer4"].reset_index(drop=True)
     )
-    assert all(torch.equal(again_maps[stage]["layer4"], maps[stage]["layer4"]) for stage in STAGES)
+    assert all(
+        torch.equal(again_maps[stage]["gradcam"]["layer4"], maps[stage]["gradcam"]["layer4"]) for stage in STAGES
+    )
+
+
+def test_cascading_randomization_of_several_methods_from_shared_passes(randomization):
+    model, images, targets, _, table, _ = randomization
+    both, maps = cascading_randomization(model, images, targets, ["layer4"], seed=0, methods=["gradcam", "eigencam"])
+    gradcam = both[both["method"] == "gradcam"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(gradcam, table[table["layer"] == "layer4"].reset_index(drop=True))
+    eigencam = both[both["method"] == "eigencam"].set_index("randomized_from")["spearman"]
+    # Eigen-CAM reads the activations alone: a random head leaves its maps as they were, a random layer4 does not.
+    assert eigencam["head"] == pytest.approx(1.0) and eigencam["layer4"] < 0.99
+    assert torch.equal(maps["head"]["eigencam"]["layer4"], maps["none"]["eigencam"]["layer4"])
+    shallow, _ = cascading_randomization(model, images, targets, ["layer4"], seed=0, methods=["eigencam"], max_stages=2)
+    assert list(shallow["randomized_from"]) == ["none", "head", "layer4"]
+    assert np.allclose(shallow["spearman"], eigencam.iloc[:3]), "a stage's random weights do not depend on the depth"
 
 
 def test_figures_are_written(tmp_path, randomization):
@@ -190,4 +213,5 @@ def test_figures_are_written(tmp_path, randomization):
     _, images, _, _, table, maps = randomization
     assert is_png(sanity_figure(table, tmp_path / "s.png", footer="f"))
     shown = (images.permute(0, 2, 3, 1).numpy() * 0.2 + 0.5).clip(0, 1)
-    assert is_png(sanity_examples_figure(shown, maps, "layer4", tmp_path / "e.png", footer="f"))
+    by_stage = {stage: by_method["gradcam"] for stage, by_method in maps.items()}
+    assert is_png(sanity_examples_figure(shown, by_stage, "layer4", tmp_path / "e.png", footer="f"))

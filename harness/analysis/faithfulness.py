@@ -54,6 +54,15 @@ def pixel_counts(pixels: int, steps: int) -> np.ndarray:
     return np.rint(np.linspace(0, pixels, steps + 1)).astype(np.int64)
 
 
+def pixel_ranks(maps: torch.Tensor, tie_seed: int) -> torch.Tensor:
+    """Each pixel's place (N, H * W) when the pixels of each map (N, H, W) are ordered highest value first,
+    0 for the highest; equal values in a random order fixed by ``tie_seed``, the same for every map."""
+    n, pixels = len(maps), maps[0].numel()
+    shuffle = torch.randperm(pixels, generator=torch.Generator().manual_seed(tie_seed))
+    order = shuffle[torch.argsort(-maps.detach().cpu().flatten(1)[:, shuffle].float(), dim=1, stable=True)]
+    return torch.empty_like(order).scatter_(1, order, torch.arange(pixels).expand(n, -1))
+
+
 def perturbation_curves(
     model: nn.Module,
     images: torch.Tensor,
@@ -75,11 +84,8 @@ def perturbation_curves(
     n, _, height, width = images.shape
     if maps.shape != (n, height, width):
         raise ValueError(f"maps of shape {tuple(maps.shape)} do not fit images of shape {tuple(images.shape)}")
-    pixels = height * width
-    counts = torch.as_tensor(pixel_counts(pixels, steps))
-    shuffle = torch.randperm(pixels, generator=torch.Generator().manual_seed(tie_seed))
-    order = shuffle[torch.argsort(-maps.detach().cpu().flatten(1)[:, shuffle].float(), dim=1, stable=True)]
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels).expand(n, -1))  # pixel -> its place
+    counts = torch.as_tensor(pixel_counts(height * width, steps))
+    rank = pixel_ranks(maps, tie_seed)
     points = steps + 1
     chunk = max(1, MAX_FORWARD_IMAGES // (2 * points))
     deletion, insertion = [], []
@@ -132,7 +138,12 @@ def faithfulness(
     one-sided paired Wilcoxon tests that the layer's maps beat the random ones (lower deletion, higher
     insertion area). And the mean curves, for ``faithfulness_figure`` and to save with ``np.savez``:
     ``"fraction"`` (steps + 1,) and ``"deletion/<layer>"``, ``"insertion/<layer>"``, with
-    ``RANDOM`` as the layer of the baseline. ``seed`` draws the random maps and orders tied pixels.
+    ``RANDOM`` as the layer of the baseline; with them each image's areas, (N,), to pair the same
+    images between maps (``harness.analysis.paired_tests``): ``"deletion_auc/<layer>"`` and
+    ``"insertion_auc/<layer>"``. ``seed`` draws the random maps and orders tied pixels.
+
+    Any maps of these images may be measured, whatever made them: the keys of ``maps_by_layer`` name
+    them in the table and curves (a layer, or e.g. ``"scorecam/layer4"``).
     """
     if RANDOM in maps_by_layer:
         raise ValueError(f"{RANDOM!r} names the random baseline; it cannot be a layer name")
@@ -163,8 +174,12 @@ def faithfulness(
         )
         curves[f"deletion/{layer}"] = deletion.mean(axis=0)
         curves[f"insertion/{layer}"] = insertion.mean(axis=0)
+        curves[f"deletion_auc/{layer}"] = deletion_auc
+        curves[f"insertion_auc/{layer}"] = insertion_auc
     curves[f"deletion/{RANDOM}"] = random_deletion.mean(axis=0)
     curves[f"insertion/{RANDOM}"] = random_insertion.mean(axis=0)
+    curves[f"deletion_auc/{RANDOM}"] = random_deletion_auc
+    curves[f"insertion_auc/{RANDOM}"] = random_insertion_auc
     return pd.DataFrame(rows), curves
 
 

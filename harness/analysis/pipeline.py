@@ -1,17 +1,21 @@
 """The analysis of a trained run (``python -m harness.analyze RUN_DIR``, and the end of every run).
 
 Per-class accuracy, precision, recall and F1 and the confusion matrix (Ignite's ConfusionMatrix)
-over the whole test set, the most-confused class pairs, the misclassified images and Grad-CAM on
-them for each layer and target; then whether those maps and the confidences can be trusted:
-deletion/insertion faithfulness (``harness.analysis.faithfulness``), the model-randomization sanity
-check (``harness.analysis.sanity``) and calibration (``harness.analysis.calibration``: ECE and NLL on
-the test set, before and after a temperature fitted on the validation split); and the data figures.
+over the whole test set, the most-confused class pairs, the misclassified images and the class
+activation maps of every ``analysis.cam_methods`` method on them for each layer and target; then
+whether those maps and the confidences can be trusted: deletion/insertion faithfulness
+(``harness.analysis.faithfulness``), the model-randomization sanity check (``harness.analysis.sanity``),
+with two or more methods their ranking (``harness.analysis.cam_comparison``), and calibration
+(``harness.analysis.calibration``: ECE and NLL on the test set, before and after a temperature fitted
+on the validation split); and the data figures.
 Runs at the end of every training run and on any existing run folder, on the final weights (the
 newest checkpoint): the weights the final test accuracy belongs to.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +36,20 @@ from harness.analysis.calibration import (
     reliability_diagram,
     softmax,
 )
+from harness.analysis.cam.base import CAMMethod, build_methods, cam_maps
+from harness.analysis.cam_comparison import (
+    CAM_METHODS_FIGURE,
+    CAM_RANKING_FILE,
+    FIGURE_IMAGES,
+    HIGHER_IS_BETTER,
+    SANITY_STAGES,
+    methods_figure,
+    rank_methods,
+    ranking_summary,
+    road_scores,
+)
 from harness.analysis.config import AnalysisSpec
-from harness.analysis.faithfulness import faithfulness, faithfulness_figure
-from harness.analysis.gradcam import gradcam_maps
+from harness.analysis.faithfulness import RANDOM, faithfulness, faithfulness_figure, random_maps
 from harness.analysis.sanity import cascading_randomization, sanity_examples_figure, sanity_figure
 from harness.core import atomic_io
 from harness.core.errors import HarnessError
@@ -243,27 +258,92 @@ def write_misclassified(a: Analysis, wrong: np.ndarray) -> None:
         )
 
 
-def write_gradcam(a: Analysis, wrong: np.ndarray) -> dict[str, dict[str, torch.Tensor]]:
-    """Grad-CAM of every configured layer and target on the misclassified images: figures and gradcam.npz."""
-    maps: dict[str, dict[str, torch.Tensor]] = {}
+@dataclass
+class Explanations:
+    """Every method's maps at every configured layer: on the misclassified images for each target, and
+    on the correctly classified sample for the predicted class (which is the true one there)."""
+
+    methods: list[str]
+    wrong: dict[str, dict[str, dict[str, torch.Tensor]]]  # target -> method -> layer -> (N, H, W)
+    right: dict[str, dict[str, torch.Tensor]]  # method -> layer -> (N, H, W)
+    seconds_per_100: dict[str, float]  # a method's seconds for 100 images' maps, one target, every layer
+
+    def both(self, target: str, method: str, layer: str) -> torch.Tensor:
+        """The misclassified images' maps for ``target``, then the correct sample's, in one tensor."""
+        parts = [self.wrong[target].get(method, {}).get(layer), self.right.get(method, {}).get(layer)]
+        return torch.cat([part for part in parts if part is not None])
+
+
+def explain(a: Analysis, methods: dict[str, CAMMethod], wrong: np.ndarray, right: np.ndarray) -> Explanations:
+    """Each method's maps, one method at a time, timed (methods could share their passes, ``cam_maps``,
+    but each one's cost is part of the comparison: an extra gradient pass per method and layer is cheap)."""
+    layers, target_names = a.cfg.analysis.gradcam_layers, a.cfg.analysis.gradcam_targets
+    found = Explanations(list(methods), {t: {} for t in target_names}, {}, {})
+    if not (layers and target_names):
+        return found
+    wrong_inputs = a.inputs(wrong) if len(wrong) else None
+    wrong_targets = {t: a.targets(wrong, t) for t in target_names}
+    right_inputs = a.inputs(right) if len(right) else None
+    right_targets = {"predicted": a.targets(right, "predicted")}
+    explained = len(wrong) * len(target_names) + len(right)  # maps of one image for one target, every layer
+    for name, method in methods.items():
+        start = time.perf_counter()
+        if wrong_inputs is not None:
+            made = cam_maps(a.model, wrong_inputs, wrong_targets, layers, {name: method})
+            for target in target_names:
+                found.wrong[target][name] = made[target][name]
+        if right_inputs is not None:
+            found.right[name] = cam_maps(a.model, right_inputs, right_targets, layers, {name: method})["predicted"][
+                name
+            ]
+        found.seconds_per_100[name] = 100 * (time.perf_counter() - start) / explained if explained else math.nan
+    return found
+
+
+CAM_MAPS_FILE = "gradcam.npz"
+
+
+def cam_maps_key(method: str, layer: str, target: str) -> str:
+    """The key of one method's maps at one layer for one target in ``gradcam.npz``."""
+    return f"{method}/{layer}/{target}"
+
+
+def read_cam_maps(path: Path) -> tuple[np.ndarray, dict[tuple[str, str, str], np.ndarray]]:
+    """``gradcam.npz``: the misclassified images' test-set indices, and (method, layer, target) -> maps
+    (N, H, W). A run analyzed before the methods had names holds Grad-CAM alone, as ``target/layer``."""
+    with np.load(path) as saved:
+        maps = {}
+        for key in saved.files:
+            if key == "indices":
+                continue
+            parts = key.rsplit("/", 2)  # a plug-in's name may hold slashes (./my_cam.py:MyCAM); layers do not
+            method, layer, target = parts if len(parts) == 3 else ("gradcam", parts[1], parts[0])
+            maps[(method, layer, target)] = saved[key]
+        return saved["indices"], maps
+
+
+def write_gradcam(a: Analysis, wrong: np.ndarray, explained: Explanations) -> None:
+    """gradcam.npz (every method, layer and target on the misclassified images), and the figures of the
+    first method's maps, a figure per target."""
     if len(wrong):
-        inputs = a.inputs(wrong)
-        shown = a.shown(inputs)
+        shown = a.shown(a.inputs(wrong))
         titles = [f"P={a.classes[a.predicted[i]]} A={a.classes[a.labels[i]]}" for i in wrong]
-        for target_name in a.cfg.analysis.gradcam_targets:
-            maps[target_name] = gradcam_maps(
-                a.model, inputs, a.targets(wrong, target_name), a.cfg.analysis.gradcam_layers
-            )
+        first = explained.methods[0]
+        for target_name, by_method in explained.wrong.items():
             figures.gradcam_grid(
                 shown,
-                {k: v.numpy() for k, v in maps[target_name].items()},
+                {k: v.numpy() for k, v in by_method[first].items()},
                 titles,
                 a.out_dir / f"gradcam_{target_name}.png",
-                footer=f"Grad-CAM for the {target_name} class | {a.footer}",
+                footer=f"{first} for the {target_name} class | {a.footer}",
             )
-    saved = {f"{target}/{layer}": heat.numpy() for target, by_layer in maps.items() for layer, heat in by_layer.items()}
-    atomic_io.write_npz(a.out_dir / "gradcam.npz", indices=wrong, **saved)
-    return maps
+    saved = {
+        cam_maps_key(method, layer, target): heat.numpy()
+        for target, by_method in explained.wrong.items()
+        for method, by_layer in by_method.items()
+        for layer, heat in by_layer.items()
+    }
+    atomic_io.write_npz(a.out_dir / CAM_MAPS_FILE, indices=wrong, **saved)
 
 
 def correct_sample(a: Analysis, size: int, seed: int) -> np.ndarray:
@@ -273,56 +353,129 @@ def correct_sample(a: Analysis, size: int, seed: int) -> np.ndarray:
 
 
 def write_faithfulness(
-    a: Analysis, wrong: np.ndarray, wrong_maps: dict[str, dict[str, torch.Tensor]], right: np.ndarray
-) -> pd.DataFrame | None:
-    """faithfulness.csv: deletion/insertion AUCs per subset, target and layer against random maps;
-    a figure of the mean curves per subset (target: the predicted class)."""
-    frames = []
+    a: Analysis, wrong: np.ndarray, right: np.ndarray, explained: Explanations
+) -> dict[str, dict[str, np.ndarray]]:
+    """faithfulness.csv: deletion/insertion AUCs per subset, target, method and layer against random
+    maps; a figure of the first method's mean curves per subset (target: the first configured).
+    Returns each subset's per-image areas for the first target (``faithfulness``'s curves), to pair
+    the methods."""
+    frames, first_target, per_image = [], a.cfg.analysis.gradcam_targets[0], {}
+    first = explained.methods[0]
     for subset, indices in (("misclassified", wrong), ("correct", right)):
         if not len(indices):
             continue
         inputs = a.inputs(indices)
-        measured: dict[str, pd.DataFrame] = {}  # on correct images both targets are the same class: measured once
+        measured: pd.DataFrame | None = None  # on correct images every target is the same class: measured once
         for target_name in a.cfg.analysis.gradcam_targets:
-            same_as = next((t for t in measured if subset == "correct"), None)
-            if same_as is not None:
-                frames.append(measured[same_as].assign(target=target_name))
+            if subset == "correct" and measured is not None:
+                frames.append(measured.assign(target=target_name))
                 continue
-            targets = a.targets(indices, target_name)
-            maps = (
-                wrong_maps[target_name]
-                if subset == "misclassified"
-                else gradcam_maps(a.model, inputs, targets, a.cfg.analysis.gradcam_layers)
-            )
-            table, curves = faithfulness(a.model, inputs, targets, maps, seed=a.cfg.seed)
-            measured[target_name] = table.assign(subset=subset, target=target_name)
-            frames.append(measured[target_name])
-            if target_name == a.cfg.analysis.gradcam_targets[0]:
-                title = f"{subset} test images ({len(indices)}), Grad-CAM of the {target_name} class"
-                faithfulness_figure(curves, a.out_dir / f"faithfulness_{subset}.png", a.footer, title)
-    if not frames:
-        return None
-    table = pd.concat(frames, ignore_index=True)
-    table = table[["subset", "target", *[c for c in table.columns if c not in ("subset", "target")]]]
-    atomic_io.write_text(a.out_dir / "faithfulness.csv", table.to_csv(index=False, float_format="%.6g"))
-    return table
+            by_method = explained.wrong[target_name] if subset == "misclassified" else explained.right
+            if target_name != first_target:  # the comparison reads the first target: the others, the first method
+                by_method = {first: by_method[first]}
+            # A method's name may hold slashes (a plug-in's path), a layer's does not: split at the last.
+            maps = {f"{m}/{layer}": heat for m, by_layer in by_method.items() for layer, heat in by_layer.items()}
+            table, curves = faithfulness(a.model, inputs, a.targets(indices, target_name), maps, seed=a.cfg.seed)
+            method_layer = table["layer"].str.rsplit("/", n=1, expand=True)
+            table = table.assign(method=method_layer[0], layer=method_layer[1])
+            measured = table.assign(subset=subset, target=target_name)
+            frames.append(measured)
+            if target_name == first_target:
+                per_image[subset] = curves
+                shown = {
+                    key.replace(f"/{first}/", "/"): curve
+                    for key, curve in curves.items()
+                    if key == "fraction"
+                    or key.endswith(f"/{RANDOM}")
+                    or key.startswith((f"deletion/{first}/", f"insertion/{first}/"))
+                }
+                title = f"{subset} test images ({len(indices)}), {first} of the {target_name} class"
+                faithfulness_figure(shown, a.out_dir / f"faithfulness_{subset}.png", a.footer, title)
+    if frames:
+        table = pd.concat(frames, ignore_index=True)
+        first_columns = ["subset", "target", "method", "layer"]
+        table = table[[*first_columns, *[c for c in table.columns if c not in first_columns]]]
+        atomic_io.write_text(a.out_dir / "faithfulness.csv", table.to_csv(index=False, float_format="%.6g"))
+    return per_image
 
 
-def write_sanity(a: Analysis, right: np.ndarray, examples: int = 6) -> pd.DataFrame | None:
-    """sanity.csv, the correlation figure and a row of example maps under cascading randomization,
-    on the correctly classified sample with the predicted class as the target."""
+def write_sanity(
+    a: Analysis, right: np.ndarray, methods: dict[str, CAMMethod], examples: int = 6
+) -> pd.DataFrame | None:
+    """sanity.csv, and the first method's correlation figure and row of example maps under cascading
+    randomization, on the correctly classified sample with the predicted class as the target.
+
+    The first method goes through the whole cascade; the others, when methods are compared, through
+    the stages the ranking shows (``SANITY_STAGES``), since a stage costs a method's maps again, and
+    Score-CAM's are 16 forward passes per image and layer."""
     if not len(right):
         return None
-    inputs = a.inputs(right)
+    inputs, targets = a.inputs(right), a.targets(right, "predicted")
     layers = a.cfg.analysis.gradcam_layers
-    table, maps = cascading_randomization(a.model, inputs, a.targets(right, "predicted"), layers, seed=a.cfg.seed)
+    first, *others = methods
+    table, maps = cascading_randomization(a.model, inputs, targets, layers, a.cfg.seed, {first: methods[first]})
+    if others:
+        compared = {name: methods[name] for name in others}
+        shallow, _ = cascading_randomization(a.model, inputs, targets, layers, a.cfg.seed, compared, SANITY_STAGES)
+        table = pd.concat([table, shallow], ignore_index=True)
     atomic_io.write_text(a.out_dir / "sanity.csv", table.to_csv(index=False, float_format="%.6g"))
-    sanity_figure(table, a.out_dir / "sanity.png", a.footer)
-    shown_maps = {stage: {layers[-1]: by_layer[layers[-1]][:examples]} for stage, by_layer in maps.items()}
+    sanity_figure(table[table["method"] == first], a.out_dir / "sanity.png", a.footer, method=first)
+    shown_maps = {stage: {layers[-1]: by_method[first][layers[-1]][:examples]} for stage, by_method in maps.items()}
     sanity_examples_figure(
-        a.shown(inputs[:examples]), shown_maps, layers[-1], a.out_dir / "sanity_examples.png", a.footer
+        a.shown(inputs[:examples]), shown_maps, layers[-1], a.out_dir / "sanity_examples.png", a.footer, method=first
     )
     return table
+
+
+def write_cam_comparison(
+    a: Analysis,
+    wrong: np.ndarray,
+    right: np.ndarray,
+    explained: Explanations,
+    per_image: dict[str, dict[str, np.ndarray]],
+    sanity: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """cam_ranking.csv (``cam_comparison.rank_methods``: deletion, insertion and ROAD of every method
+    and layer on the misclassified images and the correct sample together, for the first target) and
+    cam_methods.png (the first misclassified images under every method at the last layer); returns
+    what summary.json keeps."""
+    layers, target = a.cfg.analysis.gradcam_layers, a.cfg.analysis.gradcam_targets[0]
+    subsets = [s for s, indices in (("misclassified", wrong), ("correct", right)) if len(indices)]
+    images = a.inputs(np.concatenate([wrong, right]))
+    targets = torch.cat([a.targets(wrong, target), a.targets(right, target)])
+    scores: dict[str, dict[str, dict[str, np.ndarray]]] = {measure: {} for measure in HIGHER_IS_BETTER}
+    for measure in ("deletion", "insertion"):
+        for layer in layers:
+            scores[measure][layer] = {
+                m: np.concatenate([per_image[s][f"{measure}_auc/{m}/{layer}"] for s in subsets])
+                for m in explained.methods
+            }
+    scores["road"] = {
+        layer: {
+            m: road_scores(a.model, images, targets, explained.both(target, m, layer), a.cfg.seed)
+            for m in explained.methods
+        }
+        for layer in layers
+    }
+    random = {
+        measure: np.concatenate([per_image[s][f"{measure}_auc/{RANDOM}"] for s in subsets])
+        for measure in ("deletion", "insertion")
+    }
+    random["road"] = road_scores(
+        a.model, images, targets, random_maps(len(images), *images.shape[-2:], a.cfg.seed), a.cfg.seed
+    )
+    ranking = rank_methods(scores, random, sanity, explained.seconds_per_100)
+    atomic_io.write_text(a.out_dir / CAM_RANKING_FILE, ranking.to_csv(index=False, float_format="%.6g"))
+    shown = wrong[:FIGURE_IMAGES]
+    if len(shown):
+        methods_figure(
+            a.shown(a.inputs(shown)),
+            {m: explained.wrong[target][m][layers[-1]][: len(shown)] for m in explained.methods},
+            [f"P={a.classes[a.predicted[i]]} A={a.classes[a.labels[i]]}" for i in shown],
+            a.out_dir / CAM_METHODS_FIGURE,
+            footer=f"{layers[-1]}, the {target} class, every method | {a.footer}",
+        )
+    return ranking_summary(ranking, target)
 
 
 def write_calibration(a: Analysis, test_logits: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None) -> dict:
@@ -359,6 +512,7 @@ def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None
     """Write ``RUN_DIR/analysis/`` for the run's final weights as ``cfg`` (the run's config) says, and
     add what it found to summary.json; return the highlights."""
     device = device or idist.device()
+    methods = build_methods(cfg.analysis.cam_method_names())  # a plug-in that cannot be used fails first
     summary_path = RunFiles(run_dir).summary
     summary = atomic_io.read_json(summary_path)
     inputs = prepare_inputs(cfg.data, cfg.model, cfg.seed)
@@ -388,17 +542,27 @@ def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None
     write_confused_pairs(a)
     wrong = select_misclassified(probabilities, a.labels, cfg.analysis.misclassified, cfg.analysis.order)
     write_misclassified(a, wrong)
-    maps = write_gradcam(a, wrong)
     right = correct_sample(a, len(wrong) or cfg.analysis.misclassified, cfg.seed)
+    explained = explain(a, methods, wrong, right)
+    write_gradcam(a, wrong, explained)
+    ranking = None
     if cfg.analysis.gradcam_layers and cfg.analysis.gradcam_targets:
-        write_faithfulness(a, wrong, maps, right)
-        write_sanity(a, right)
+        per_image = write_faithfulness(a, wrong, right, explained)
+        sanity = write_sanity(a, right, methods)
+        if len(methods) > 1 and per_image:
+            ranking = write_cam_comparison(a, wrong, right, explained, per_image, sanity)
+    if ranking is None:  # a comparison of an earlier analysis of this run would describe other methods
+        for stale in (CAM_RANKING_FILE, CAM_METHODS_FIGURE):
+            (a.out_dir / stale).unlink(missing_ok=True)
     calibration = write_calibration(a, test_logits, val)
     write_data_figures(cfg, train_arrays, a.out_dir, a.footer)
 
     per_class = {name: round(float(value), 6) for name, value in zip(classes, accuracy, strict=True)}
+    summary.pop("cam_ranking", None)
     summary.update(
         per_class_acc=per_class,
+        cam_methods=list(methods),
+        **({"cam_ranking": ranking} if ranking else {}),
         analysis_accuracy=round(float(np.trace(confusion) / max(confusion.sum(), 1)), 6),
         **calibration,
         analysis_checkpoint=str(checkpoint),

@@ -1,9 +1,10 @@
-"""The model-randomization sanity check of Adebayo et al. (2018), cascading: do the Grad-CAM maps
-depend on what the model learned?
+"""The model-randomization sanity check of Adebayo et al. (2018), cascading: do the class activation
+maps (Grad-CAM, or any of ``harness.analysis.cam``'s methods) depend on what the model learned?
 
-The weights are re-initialized from the top down, one more block per stage, and Grad-CAM is
-recomputed after each: a map that still looks like the trained model's once the layers above it
-are random shows the image's edges, not the model's reasoning. Similarity is Spearman's rank
+The weights are re-initialized from the top down, one more block per stage, and the maps are
+recomputed after each (every method from one shared pass per layer, ``cam_maps``): a map that still
+looks like the trained model's once the layers above it are random shows the image's edges, not the
+model's reasoning. Similarity is Spearman's rank
 correlation between a trained and a randomized map of the same image.
 
 The stages come from the model's top-level children that hold weights: first the head (the last
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,8 @@ import torch
 from scipy import stats
 from torch import nn
 
+from harness.analysis.cam.base import CAMMethod, cam_maps
 from harness.analysis.figures import overlay, plt, save_figure, titled_mosaic
-from harness.analysis.gradcam import gradcam_maps
 from harness.models.builders import unwrap
 
 TRAINED = "none"  # the stage where nothing is randomized yet
@@ -79,14 +81,19 @@ def cascading_randomization(
     targets: torch.Tensor,
     layers: list[str],
     seed: int,
-) -> tuple[pd.DataFrame, dict[str, dict[str, torch.Tensor]]]:
-    """Grad-CAM of ``layers`` for ``targets`` on the trained model and after each randomization stage.
+    methods: Sequence[str] | Mapping[str, CAMMethod] = ("gradcam",),
+    max_stages: int | None = None,
+) -> tuple[pd.DataFrame, dict[str, dict[str, dict[str, torch.Tensor]]]]:
+    """The maps of every one of ``methods`` (names, or instances by name, as ``cam_maps`` takes them) at
+    ``layers`` for ``targets``, on the trained model and after each randomization stage.
 
-    Returns a table, a row per (stage, layer) in top-down order starting with ``"none"`` (the trained
-    model against itself: 1, or NaN where its map is constant): ``randomized_from`` (the stage),
-    ``randomized`` (the top-level children random at that stage, cumulative), ``layer``, ``n_images``,
-    ``n_undefined`` (images whose Spearman correlation is NaN because a map is constant) and
-    ``spearman`` (the mean over the others). And the maps, stage -> layer -> (N, H, W).
+    Returns a table, a row per (stage, method, layer) in top-down order starting with ``"none"`` (the
+    trained model against itself: 1, or NaN where its map is constant): ``randomized_from`` (the stage),
+    ``randomized`` (the top-level children random at that stage, cumulative), ``method``, ``layer``,
+    ``n_images``, ``n_undefined`` (images whose Spearman correlation is NaN because a map is constant)
+    and ``spearman`` (the mean over the others). And the maps, stage -> method -> layer -> (N, H, W).
+    ``max_stages`` stops the cascade after that many stages (None: every one); a stage's random weights
+    are the same however far the cascade goes.
 
     The caller's model is left as it is: the randomization works on a copy, re-initialized on the CPU
     under ``seed`` (the same random weights on any device) and without touching the global RNG.
@@ -94,40 +101,44 @@ def cascading_randomization(
     source = unwrap(model)
     device = next(source.parameters()).device
     randomized = copy.deepcopy(source).cpu()
-    maps = {TRAINED: gradcam_maps(source, images, targets, layers)}
+    explained = {"target": targets}
+    maps = {TRAINED: cam_maps(source, images, explained, layers, methods)["target"]}
     randomized_children = {TRAINED: ""}
     random_so_far: list[str] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        stages = randomization_stages(randomized)
+        stages = randomization_stages(randomized)[:max_stages]
         for stage, children in stages:
             for child in children:
                 reinitialize(getattr(randomized, child))
             random_so_far += children
             randomized_children[stage] = "+".join(random_so_far)
-            maps[stage] = gradcam_maps(randomized.to(device), images, targets, layers)
+            maps[stage] = cam_maps(randomized.to(device), images, explained, layers, methods)["target"]
             randomized.cpu()  # re-initialized on the CPU, whatever the device, for the same weights everywhere
     rows = []
     for stage, children in randomized_children.items():
-        for layer in layers:
-            rho = rank_correlation(maps[TRAINED][layer], maps[stage][layer])
-            undefined = int(np.isnan(rho).sum())
-            rows.append(
-                {
-                    "randomized_from": stage,
-                    "randomized": children,
-                    "layer": layer,
-                    "n_images": len(rho),
-                    "n_undefined": undefined,
-                    "spearman": float(np.nanmean(rho)) if undefined < len(rho) else float("nan"),
-                }
-            )
+        for method, by_layer in maps[stage].items():
+            for layer in layers:
+                rho = rank_correlation(maps[TRAINED][method][layer], by_layer[layer])
+                undefined = int(np.isnan(rho).sum())
+                rows.append(
+                    {
+                        "randomized_from": stage,
+                        "randomized": children,
+                        "method": method,
+                        "layer": layer,
+                        "n_images": len(rho),
+                        "n_undefined": undefined,
+                        "spearman": float(np.nanmean(rho)) if undefined < len(rho) else float("nan"),
+                    }
+                )
     return pd.DataFrame(rows), maps
 
 
-def sanity_figure(table: pd.DataFrame, path: Path, footer: str | None = None) -> Path:
+def sanity_figure(table: pd.DataFrame, path: Path, footer: str | None = None, method: str = "Grad-CAM") -> Path:
     """Mean Spearman correlation with the trained model's maps against how far down the weights are random,
-    a line per Grad-CAM layer: a map that depends on the model falls towards 0 as soon as its layers are random."""
+    a line per layer of one method's rows of ``table``: a map that depends on the model falls towards 0 as
+    soon as its layers are random."""
     stages = list(dict.fromkeys(table["randomized_from"]))
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for layer, rows in table.groupby("layer", sort=False):
@@ -140,7 +151,7 @@ def sanity_figure(table: pd.DataFrame, path: Path, footer: str | None = None) ->
     ax.set_ylim(min(-0.1, float(np.nanmin(table["spearman"], initial=0.0)) - 0.05), 1.05)
     ax.set_title("Cascading model randomization (Adebayo et al. 2018)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(title="Grad-CAM layer", fontsize=8, title_fontsize=8)
+    ax.legend(title=f"{method} layer", fontsize=8, title_fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, footer)
 
@@ -151,9 +162,11 @@ def sanity_examples_figure(
     layer: str,
     path: Path,
     footer: str | None = None,
+    method: str = "Grad-CAM",
 ) -> Path:
-    """A row per image (N, H, W, 3) in [0, 1]: the image, then ``layer``'s Grad-CAM overlaid on it for the
-    trained model and after each randomization stage, in the style of ``figures.gradcam_grid``."""
+    """A row per image (N, H, W, 3) in [0, 1]: the image, then ``layer``'s map (stage -> layer -> maps)
+    overlaid on it for the trained model and after each randomization stage, in the style of
+    ``figures.gradcam_grid``."""
     images_display = np.asarray(images_display, dtype=np.float64)
     rows = [
         [image] + [overlay(image, stage_maps[layer][index]) for stage_maps in maps_by_stage.values()]
@@ -161,5 +174,5 @@ def sanity_examples_figure(
     ]
     headers = ["image"] + ["trained" if stage == TRAINED else f"random to {stage}" for stage in maps_by_stage]
     titles = [headers] + [[""] * len(headers)] * (len(rows) - 1)
-    caption = f"Grad-CAM of {layer} under cascading randomization"
+    caption = f"{method} of {layer} under cascading randomization"
     return titled_mosaic(rows, titles, path, footer=f"{caption} | {footer}" if footer else caption)

@@ -12,7 +12,8 @@
 - mfu:        model FLOPs utilization: model FLOPs of training an image (torch.utils.flop_counter) x
               training images/s, over a 2048-square matrix product's FLOP/s in the same precision
               on the same threads.
-- gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time.
+- gradcam:    seconds for Grad-CAM on N images x 4 layers x 2 targets, batched vs one at a time; then
+              images/s of every class activation map method alone, and all of them together.
 - engine:     milliseconds a search trial costs besides its run (asking, the surplus check, the
               heartbeat, recording and telling the result, waiting for the storage), with
               --engine-workers processes on one study in an SQLite file or --engine-storage URL.
@@ -99,6 +100,14 @@ def print_table(results: dict[str, Any]) -> None:
             f"batched {g['batched_s']:.1f} s, "
             f"one at a time {g['one_at_a_time_s']:.1f} s ({g['one_at_a_time_s'] / g['batched_s']:.1f}x)"
         )
+        for name, rate in g["methods_images_per_s"].items():
+            print(
+                f"          {name:<10} {rate:7.1f} img/s ({g['methods_s'][name]:.1f} s alone, both targets, 4 layers)"
+            )
+        print(
+            f"          all {len(g['methods_s'])} methods together {g['all_methods_s']:.1f} s (passes shared; "
+            f"Score-CAM at most {g['scorecam_max_channels']} channels per image and layer)"
+        )
 
 
 @exit_on_harness_error
@@ -125,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gradcam-images", type=int, default=100)
+    parser.add_argument(
+        "--gradcam-width",
+        type=int,
+        default=64,
+        help="model width for the gradcam benchmark (64: the standard ResNet18)",
+    )
     parser.add_argument("--engine-trials", type=int, default=50, help="trials for the engine benchmark")
     parser.add_argument("--engine-workers", type=int, default=1, help="worker processes for the engine benchmark")
     parser.add_argument("--engine-storage", help="storage URL for the engine benchmark (default: an SQLite file)")
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": lambda: bench_data(
             cfg, train, max(5, args.iterations), args.workers, results.get("throughput", {}).get("train_images_per_s")
         ),
-        "gradcam": lambda: bench_gradcam(args.gradcam_images, width=64),
+        "gradcam": lambda: bench_gradcam(args.gradcam_images, width=args.gradcam_width),
         "engine": lambda: bench_engine(args.engine_trials, args.engine_workers, args.engine_storage),
     }
     for name, measure in benchmarks.items():

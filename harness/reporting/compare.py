@@ -308,6 +308,25 @@ def per_class_heat(groups: list[Group], best_label: str | None) -> str | None:
     return styler.set_table_attributes('class="table"').to_html()
 
 
+def best_cam_methods(groups: list[Group]) -> str | None:
+    """Each group's best class activation map method per layer (``summary.json``'s ``cam_ranking``, from
+    an analysis with two or more methods): the method its runs ranked first most often, and in how many
+    of its compared runs."""
+    rows = []
+    for group in groups:
+        bests = [r.summary["cam_ranking"]["best"] for r in group.records if r.summary.get("cam_ranking")]
+        if not bests:
+            continue
+        row = {"group": group.label}
+        for layer in dict.fromkeys(layer for best in bests for layer in best):
+            firsts = pd.Series([best[layer] for best in bests if layer in best]).value_counts()
+            row[layer] = f"{firsts.index[0]} ({firsts.iloc[0]} of {len(bests)} runs)"
+        rows.append(row)
+    if not rows:
+        return None
+    return pd.DataFrame(rows).to_html(index=False, border=0, classes="table", na_rep="-")
+
+
 def _number(value: float, form: str) -> str:
     return format(value, form) if value == value else "-"  # NaN: not available
 
@@ -431,6 +450,7 @@ def comparison_context(
         if target
         else None,
         "per_class": per_class_heat(groups, best),
+        "cam_methods": best_cam_methods(groups),
         "generated": utc_now(),
     }
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from harness.analysis import figures
 from harness.analysis.blow_up import first_blow_up
+from harness.analysis.cam_comparison import CAM_METHODS_FIGURE, CAM_RANKING_FILE, HIGHER_IS_BETTER
 from harness.core import atomic_io
 from harness.core.run_folder import RunFiles, utc_now
 from harness.models.config import describe_model
@@ -146,6 +147,9 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         "confused_pairs": _csv_table(record.analysis("confused_pairs.csv")),
         "faithfulness": _csv_table(record.analysis("faithfulness.csv")),
         "sanity": _sanity_table(record.analysis("sanity.csv")),
+        "cam_method": (s.get("cam_methods") or ["gradcam"])[0],  # the method of the Grad-CAM and sanity figures
+        "cam_ranking": cam_ranking(record.analysis(CAM_RANKING_FILE)),
+        "cam_methods_png": embed_png(record.analysis(CAM_METHODS_FIGURE)),
         "calibration": {
             "test ECE": percent(s.get("ece")),
             "test NLL": decimal(s.get("nll")),
@@ -168,15 +172,62 @@ def _csv_table(path: Path) -> str | None:
 
 
 def _sanity_table(path: Path) -> str | None:
-    """Spearman correlation with the trained maps: a row per randomization stage, a column per layer."""
+    """Spearman correlation with the trained maps: a row per randomization stage, a column per layer, of
+    the first method (the only one of a run analyzed before there were several)."""
     if not path.is_file():
         return None
     frame = pd.read_csv(path)
+    if "method" in frame:
+        frame = frame[frame["method"] == frame["method"].iloc[0]]
     wide = frame.pivot(index="randomized_from", columns="layer", values="spearman")
     wide = wide.reindex(
         index=list(dict.fromkeys(frame["randomized_from"])), columns=list(dict.fromkeys(frame["layer"]))
     )
     return table(wide.reset_index(), "{:.3f}")
+
+
+MEASURE_NAMES = {
+    "deletion": "deletion AUC (lower: faithful)",
+    "insertion": "insertion AUC (higher)",
+    "road": "ROAD (higher)",
+}
+ALPHA = 0.05
+
+
+def cam_ranking(path: Path) -> list[dict[str, str]] | None:
+    """Which explanation to trust (``cam_ranking.csv``): per layer, the ranking as a table, and in words
+    which methods beat a random map and which the tests do not tell apart from the best."""
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    sanity = [c for c in frame.columns if c.startswith("sanity_")]
+    layers = []
+    for layer, rows in frame.groupby("layer", sort=False):
+        shown = {("", "rank"): rows["rank"], ("", "method"): rows["method"]}
+        for measure, name in MEASURE_NAMES.items():
+            shown[(name, "mean")] = rows[measure]
+            shown[(name, "p vs random")] = rows[f"{measure}_p_random"]
+            shown[(name, "p vs best")] = rows[f"{measure}_p_best"]
+        for column in sanity:
+            shown[("Spearman with the trained maps", f"random to {column.removeprefix('sanity_')}")] = rows[column]
+        shown[("", "s / 100 images")] = rows["seconds_per_100_images"]
+        table_html = pd.DataFrame(shown).to_html(
+            index=False, border=0, classes="table", na_rep="-", float_format="{:.3g}".format
+        )
+        beat_random = rows.loc[(rows[[f"{m}_p_random" for m in HIGHER_IS_BETTER]] < ALPHA).all(axis=1), "method"]
+        as_good = rows.loc[(rows[[f"{m}_p_best" for m in HIGHER_IS_BETTER]].fillna(1.0) >= ALPHA).all(axis=1), "method"]
+        friedman = ", ".join(f"{m} p = {rows[f'{m}_friedman_p'].iloc[0]:.2g}" for m in HIGHER_IS_BETTER)
+        layers.append(
+            {
+                "layer": str(layer),
+                "table": table_html,
+                "n_images": int(rows["n_images"].iloc[0]),
+                "beat_random": ", ".join(beat_random) or "none",
+                "as_good": ", ".join(as_good) or "none",
+                "friedman": friedman,
+            }
+        )
+    return layers
 
 
 def describe_evaluation(train: dict[str, Any]) -> str:

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import optimize, stats
 
+# Holm's correction lives with the paired tests of explanation methods (analysis, the lower stage); the
+# comparison of runs uses it from here.
+from harness.analysis.paired_tests import holm_adjusted as holm_adjusted
+
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Student's t-interval of the mean of ``values`` (at least two)."""
@@ -66,21 +70,6 @@ def mcnemar_exact_p_value(correct_a: Sequence[bool], correct_b: Sequence[bool]) 
 def sample_std(values: Sequence[float]) -> float:
     """Standard deviation with n - 1 (NaN for a single value: one run says nothing about the spread)."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
-def holm_adjusted(p_values: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, at most 1), in the order given; NaN
-    entries stay NaN and do not count as comparisons. Reject where the adjusted p is below alpha:
-    the chance of any false "yes" among the comparisons is then at most alpha."""
-    values = np.asarray(p_values, dtype=float)
-    adjusted = np.full(len(values), math.nan)
-    present = np.flatnonzero(~np.isnan(values))
-    m = len(present)
-    running = 0.0
-    for rank, index in enumerate(present[np.argsort(values[present], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * values[index]))
-        adjusted[index] = running
-    return adjusted.tolist()
 
 
 def detectable_difference(std: float, n_a: int, n_b: int, alpha: float = 0.05, power: float = 0.8) -> float:

@@ -19,7 +19,9 @@ REANALYSIS_KEYS = ("analysis.", "report.")
 
 def analyze_run(run_dir: str | Path, overrides: Iterable[str] = (), device: Any = None) -> dict[str, Any]:
     """(Re)analyze a finished run's final weights into ``RUN_DIR/analysis/``, with ``overrides``
-    (``analysis.misclassified=50``) applied to its config.yaml's analysis keys; returns the highlights."""
+    (``analysis.misclassified=50``) applied to its config.yaml's analysis keys, and render its report
+    again to show it (unless ``report.enabled`` is false); returns the highlights, and the report's path
+    as ``report``."""
     from harness.analysis.pipeline import analyze
 
     run_dir = Path(run_dir)
@@ -32,7 +34,12 @@ def analyze_run(run_dir: str | Path, overrides: Iterable[str] = (), device: Any 
                 f"--set {text!r}: a re-analysis changes analysis.* and report.* keys only (the model is trained)"
             )
     cfg = load_config(RunFiles(run_dir).config, overrides)
-    return analyze(cfg, run_dir, device)
+    highlights = analyze(cfg, run_dir, device)
+    if cfg.report.enabled:
+        from harness.reporting.run_report import render_run_report
+
+        highlights["report"] = str(render_run_report(run_dir))
+    return highlights
 
 
 @dataclass

@@ -122,6 +122,9 @@ def check_before_run(cfg: Config, splits: DataSplits, world_size: int) -> None:
             flush=True,
         )
     if cfg.analysis.enabled:
+        from harness.analysis.cam.base import build_methods  # as the analysis itself: imported when used
+
+        build_methods(cfg.analysis.cam_method_names())
         for name in cfg.analysis.gradcam_layers:
             try:
                 find_layer(model, name)

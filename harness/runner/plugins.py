@@ -13,16 +13,19 @@ from harness.core.run_folder import RunFiles
 
 
 def imported_plugins(cfg: Config) -> dict[str, dict[str, Any]]:
-    """``{config key: provenance}`` for every key whose entry is not the harness's own: the import
-    path, the file and its sha256, or the package and its version."""
+    """``{config key: provenance}`` for every entry that is not the harness's own: the import path, the
+    file and its sha256, or the package and its version. A key holding a list of names records each
+    entry as ``key[name]`` (``analysis.cam_methods[./my_cam.py:MyCAM]``)."""
     found = {}
-    for key, name in cfg.plugin_names().items():
-        try:
-            provenance = REGISTRIES[key].resolve(name).provenance
-        except PluginError as problem:  # the checks before the run report it in their words
-            raise HarnessError(f"{key} = {name!r}: {problem}") from None
-        if provenance:
-            found[key] = {"name": name, **provenance}
+    for key, value in cfg.plugin_names().items():
+        named = {f"{key}[{name}]": name for name in value} if isinstance(value, list) else {key: value}
+        for label, name in named.items():
+            try:
+                provenance = REGISTRIES[key].resolve(name).provenance
+            except PluginError as problem:  # the checks before the run report it in their words
+                raise HarnessError(f"{key} = {value!r}: {name!r}: {problem}") from None
+            if provenance:
+                found[label] = {"name": name, **provenance}
     return found
 
 
