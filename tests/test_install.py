@@ -8,9 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
 import yaml
 
 from tests.conftest import REPO, TINY
+
+
+def test_the_install_ships_every_package_of_the_checkout():
+    """pyproject.toml lists its packages by hand (the templates are mapped into one): a new package
+    left off the list would import in the checkout and be missing from every install."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "harness").rglob("__init__.py")}
+    assert found <= listed, f"pyproject.toml does not ship {sorted(found - listed)}"
 
 
 def test_installed_copy_trains_and_reports_from_another_folder(analyzed_run, tmp_path):
