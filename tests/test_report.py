@@ -7,35 +7,24 @@ import shutil
 import numpy as np
 import pandas as pd
 
+from harness.analysis.artifacts import ARTIFACTS
 from harness.analysis.blow_up import first_blow_up
 from harness.core.run_folder import WEIGHTS_COLUMNS
 from harness.report import main as report_main
 from harness.reporting.compare import differing_keys
 from harness.reporting.records import load_run
-from harness.reporting.run_report import describe_evaluation, render_run_report
+from harness.reporting.run_report import OPTIONAL_SECTIONS, SECTIONS, describe_evaluation, render_run_report
+from tests.conftest import REPO
 
-SECTION_IDS = [
-    "summary",
-    "config",
-    "data",
-    "model",
-    "curves",
-    "updates",
-    "per-class",
-    "misclassified",
-    "gradcam",
-    "faithfulness",
-    "sanity",
-    "calibration",
-    "timings",
-    "environment",
-]
+# The sections a run with one CAM method shows, in order (the manifest the template's navigation reads).
+SECTION_IDS = [key for key in SECTIONS if key not in OPTIONAL_SECTIONS]
 
 
 def test_run_writes_a_self_contained_report(analyzed_run):
     html = (analyzed_run / "report.html").read_text()
-    for section in SECTION_IDS:
-        assert f'id="{section}"' in html, section
+    assert re.findall(r'<section id="([^"]+)"', html) == SECTION_IDS
+    nav = html[html.index("<nav>") : html.index("</nav>")]
+    assert re.findall(r'href="#([^"]+)"', nav) == SECTION_IDS, "the navigation links every section, in order"
     assert "http://" not in html and "https://" not in html, "nothing is fetched from the network"
     assert html.count("data:image/png;base64,") >= 10
     assert "not available" not in html
@@ -197,3 +186,15 @@ def test_the_report_says_what_happened_to_the_run():
         "epochs 1-1 at 24x24, epoch 2 and every evaluation at 32x32"
     )
     assert describe_resolution({"train": {"epochs": 5}}, {}) is None
+
+
+def test_every_analysis_artifact_has_a_section_a_figure_slot_and_a_line_in_the_docs():
+    """The manifest of the analysis's files against what reads it: the report's sections, the
+    template's figures, the run-folder page."""
+    template = (REPO / "report_templates" / "run.html.j2").read_text()
+    docs = (REPO / "docs" / "run-folder.md").read_text()
+    for name, artifact in ARTIFACTS.items():
+        assert artifact.section in SECTIONS, name
+        assert f"`{name}`" in docs, f"docs/run-folder.md does not name {name}"
+        if name.endswith(".png"):
+            assert f"images.{name.removesuffix('.png')}" in template, f"the report shows no {name}"

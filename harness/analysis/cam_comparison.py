@@ -43,8 +43,6 @@ from harness.analysis.faithfulness import paired_p_value
 from harness.analysis.paired_tests import compare_methods, holm_adjusted
 from harness.analysis.road import road_curves
 
-CAM_RANKING_FILE = "cam_ranking.csv"  # in RUN_DIR/analysis/, as the figure
-CAM_METHODS_FIGURE = "cam_methods.png"
 ROAD_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 # Each measure, and whether a higher score is the more faithful.
 HIGHER_IS_BETTER = {"deletion": False, "insertion": True, "road": True}

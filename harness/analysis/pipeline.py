@@ -28,6 +28,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 
 from harness.analysis import figures
+from harness.analysis.artifacts import artifact_path
 from harness.analysis.calibration import (
     calibration_bins,
     expected_calibration_error,
@@ -38,8 +39,6 @@ from harness.analysis.calibration import (
 )
 from harness.analysis.cam.base import CAMMethod, build_methods, cam_maps
 from harness.analysis.cam_comparison import (
-    CAM_METHODS_FIGURE,
-    CAM_RANKING_FILE,
     FIGURE_IMAGES,
     HIGHER_IS_BETTER,
     SANITY_STAGES,
@@ -115,7 +114,7 @@ def write_data_figures(cfg: AnalysisSpec, train_arrays: Any, out_dir: Path, foot
     figures.image_grid(
         train_arrays.images[picks],
         [train_arrays.classes[train_arrays.labels[i]] for i in picks],
-        out_dir / "train_samples.png",
+        artifact_path(out_dir, "train_samples.png"),
         footer=footer,
     )
     dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data, train_arrays.images.shape[1:3]))
@@ -126,13 +125,13 @@ def write_data_figures(cfg: AnalysisSpec, train_arrays: Any, out_dir: Path, foot
     figures.image_grid(
         shown,
         ["original"] + [f"augmented {i + 1}" for i in range(8)],
-        out_dir / "augmentation_preview.png",
+        artifact_path(out_dir, "augmentation_preview.png"),
         columns=9,
         footer=footer,
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Analysis:
     """What the steps of an analysis share: the run, its trained model and its test-set predictions."""
 
@@ -149,6 +148,10 @@ class Analysis:
     @property
     def predicted(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
+
+    def path(self, name: str) -> Path:
+        """Where the artifact ``name`` (``ARTIFACTS``) is written."""
+        return artifact_path(self.out_dir, name)
 
     def inputs(self, indices: np.ndarray) -> torch.Tensor:
         return torch.stack([self.test_set[int(i)][0] for i in indices])
@@ -185,11 +188,11 @@ def write_class_metrics(a: Analysis) -> np.ndarray:
             "total": total,
         }
     )
-    atomic_io.write_text(a.out_dir / "per_class.csv", table.to_csv(index=False))
+    atomic_io.write_text(a.path("per_class.csv"), table.to_csv(index=False))
     frame = pd.DataFrame(a.confusion, index=a.classes, columns=a.classes)
-    atomic_io.write_text(a.out_dir / "confusion.csv", frame.to_csv())
-    figures.per_class_bars(a.classes, recall, a.out_dir / "per_class_accuracy.png", footer=a.footer)
-    figures.confusion_heatmap(a.classes, a.confusion, a.out_dir / "confusion_matrix.png", footer=a.footer)
+    atomic_io.write_text(a.path("confusion.csv"), frame.to_csv())
+    figures.per_class_bars(a.classes, recall, a.path("per_class_accuracy.png"), footer=a.footer)
+    figures.confusion_heatmap(a.classes, a.confusion, a.path("confusion_matrix.png"), footer=a.footer)
     return recall
 
 
@@ -203,7 +206,7 @@ def write_predictions(a: Analysis) -> None:
             "confidence": a.probabilities.max(axis=1).round(6),
         }
     )
-    atomic_io.write_text(a.out_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_io.write_text(a.path("predictions.csv"), predictions.to_csv(index=False))
 
 
 def write_confused_pairs(a: Analysis, pairs: int = 5, examples: int = 8) -> None:
@@ -223,7 +226,7 @@ def write_confused_pairs(a: Analysis, pairs: int = 5, examples: int = 8) -> None
             "share_of_true_class": [round(a.confusion[t, p] / max(a.confusion[t].sum(), 1), 4) for t, p in found],
         }
     )
-    atomic_io.write_text(a.out_dir / "confused_pairs.csv", table.to_csv(index=False))
+    atomic_io.write_text(a.path("confused_pairs.csv"), table.to_csv(index=False))
     rows, titles = [], []
     for t, p in found:
         members = np.flatnonzero((a.labels == t) & (a.predicted == p))
@@ -234,7 +237,7 @@ def write_confused_pairs(a: Analysis, pairs: int = 5, examples: int = 8) -> None
         figures.titled_mosaic(
             rows,
             titles,
-            a.out_dir / "confused_pairs.png",
+            a.path("confused_pairs.png"),
             footer=f"a row per confused pair, most confident first: pred conf / true | {a.footer}",
         )
 
@@ -248,12 +251,12 @@ def write_misclassified(a: Analysis, wrong: np.ndarray) -> None:
             "confidence": a.probabilities[wrong, a.predicted[wrong]].round(4),
         }
     )
-    atomic_io.write_text(a.out_dir / "misclassified.csv", rows.to_csv(index=False))
+    atomic_io.write_text(a.path("misclassified.csv"), rows.to_csv(index=False))
     if len(wrong):
         figures.image_grid(
             a.shown(a.inputs(wrong)),
             a.tile_titles(wrong),
-            a.out_dir / "misclassified.png",
+            a.path("misclassified.png"),
             footer=f"pred confidence / true | {a.footer}",
         )
 
@@ -300,9 +303,6 @@ def explain(a: Analysis, methods: dict[str, CAMMethod], wrong: np.ndarray, right
     return found
 
 
-CAM_MAPS_FILE = "gradcam.npz"
-
-
 def cam_maps_key(method: str, layer: str, target: str) -> str:
     """The key of one method's maps at one layer for one target in ``gradcam.npz``."""
     return f"{method}/{layer}/{target}"
@@ -330,11 +330,13 @@ def write_gradcam(a: Analysis, wrong: np.ndarray, explained: Explanations) -> No
         titles = [f"P={a.classes[a.predicted[i]]} A={a.classes[a.labels[i]]}" for i in wrong]
         first = explained.methods[0]
         for target_name, by_method in explained.wrong.items():
+            if first not in by_method:  # no layer to explain (analysis.gradcam_layers empty)
+                continue
             figures.gradcam_grid(
                 shown,
                 {k: v.numpy() for k, v in by_method[first].items()},
                 titles,
-                a.out_dir / f"gradcam_{target_name}.png",
+                a.path(f"gradcam_{target_name}.png"),
                 footer=f"{first} for the {target_name} class | {a.footer}",
             )
     saved = {
@@ -343,7 +345,7 @@ def write_gradcam(a: Analysis, wrong: np.ndarray, explained: Explanations) -> No
         for method, by_layer in by_method.items()
         for layer, heat in by_layer.items()
     }
-    atomic_io.write_npz(a.out_dir / CAM_MAPS_FILE, indices=wrong, **saved)
+    atomic_io.write_npz(a.path("gradcam.npz"), indices=wrong, **saved)
 
 
 def correct_sample(a: Analysis, size: int, seed: int) -> np.ndarray:
@@ -390,12 +392,12 @@ def write_faithfulness(
                     or key.startswith((f"deletion/{first}/", f"insertion/{first}/"))
                 }
                 title = f"{subset} test images ({len(indices)}), {first} of the {target_name} class"
-                faithfulness_figure(shown, a.out_dir / f"faithfulness_{subset}.png", a.footer, title)
+                faithfulness_figure(shown, a.path(f"faithfulness_{subset}.png"), a.footer, title)
     if frames:
         table = pd.concat(frames, ignore_index=True)
         first_columns = ["subset", "target", "method", "layer"]
         table = table[[*first_columns, *[c for c in table.columns if c not in first_columns]]]
-        atomic_io.write_text(a.out_dir / "faithfulness.csv", table.to_csv(index=False, float_format="%.6g"))
+        atomic_io.write_text(a.path("faithfulness.csv"), table.to_csv(index=False, float_format="%.6g"))
     return per_image
 
 
@@ -418,11 +420,11 @@ def write_sanity(
         compared = {name: methods[name] for name in others}
         shallow, _ = cascading_randomization(a.model, inputs, targets, layers, a.cfg.seed, compared, SANITY_STAGES)
         table = pd.concat([table, shallow], ignore_index=True)
-    atomic_io.write_text(a.out_dir / "sanity.csv", table.to_csv(index=False, float_format="%.6g"))
-    sanity_figure(table[table["method"] == first], a.out_dir / "sanity.png", a.footer, method=first)
+    atomic_io.write_text(a.path("sanity.csv"), table.to_csv(index=False, float_format="%.6g"))
+    sanity_figure(table[table["method"] == first], a.path("sanity.png"), a.footer, method=first)
     shown_maps = {stage: {layers[-1]: by_method[first][layers[-1]][:examples]} for stage, by_method in maps.items()}
     sanity_examples_figure(
-        a.shown(inputs[:examples]), shown_maps, layers[-1], a.out_dir / "sanity_examples.png", a.footer, method=first
+        a.shown(inputs[:examples]), shown_maps, layers[-1], a.path("sanity_examples.png"), a.footer, method=first
     )
     return table
 
@@ -465,14 +467,14 @@ def write_cam_comparison(
         a.model, images, targets, random_maps(len(images), *images.shape[-2:], a.cfg.seed), a.cfg.seed
     )
     ranking = rank_methods(scores, random, sanity, explained.seconds_per_100)
-    atomic_io.write_text(a.out_dir / CAM_RANKING_FILE, ranking.to_csv(index=False, float_format="%.6g"))
+    atomic_io.write_text(a.path("cam_ranking.csv"), ranking.to_csv(index=False, float_format="%.6g"))
     shown = wrong[:FIGURE_IMAGES]
     if len(shown):
         methods_figure(
             a.shown(a.inputs(shown)),
             {m: explained.wrong[target][m][layers[-1]][: len(shown)] for m in explained.methods},
             [f"P={a.classes[a.predicted[i]]} A={a.classes[a.labels[i]]}" for i in shown],
-            a.out_dir / CAM_METHODS_FIGURE,
+            a.path("cam_methods.png"),
             footer=f"{layers[-1]}, the {target} class, every method | {a.footer}",
         )
     return ranking_summary(ranking, target)
@@ -483,20 +485,20 @@ def write_calibration(a: Analysis, test_logits: np.ndarray, val: tuple[np.ndarra
     (``val``: its logits and labels) the temperature fitted there and the test figures after it
     (calibration_scaled.csv, reliability_scaled.png)."""
     bins = calibration_bins(a.probabilities, a.labels)
-    atomic_io.write_text(a.out_dir / "calibration.csv", bins.to_csv(index=False, float_format="%.6g"))
+    atomic_io.write_text(a.path("calibration.csv"), bins.to_csv(index=False, float_format="%.6g"))
     ece = expected_calibration_error(bins)
-    reliability_diagram(bins, a.out_dir / "reliability.png", a.footer, f"Test set, as trained (ECE {100 * ece:.2f}%)")
+    reliability_diagram(bins, a.path("reliability.png"), a.footer, f"Test set, as trained (ECE {100 * ece:.2f}%)")
     found = {"ece": round(ece, 6), "nll": round(negative_log_likelihood(a.probabilities, a.labels), 6)}
     if val is None:
         return {**found, "temperature": None, "ece_scaled": None, "nll_scaled": None}
     temperature = fit_temperature(*val)
     scaled = softmax(test_logits, temperature)
     scaled_bins = calibration_bins(scaled, a.labels)
-    atomic_io.write_text(a.out_dir / "calibration_scaled.csv", scaled_bins.to_csv(index=False, float_format="%.6g"))
+    atomic_io.write_text(a.path("calibration_scaled.csv"), scaled_bins.to_csv(index=False, float_format="%.6g"))
     ece_scaled = expected_calibration_error(scaled_bins)
     reliability_diagram(
         scaled_bins,
-        a.out_dir / "reliability_scaled.png",
+        a.path("reliability_scaled.png"),
         a.footer,
         f"Test set, temperature {temperature:.3f} fitted on validation (ECE {100 * ece_scaled:.2f}%)",
     )
@@ -526,15 +528,15 @@ def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None
     probabilities = softmax(test_logits).astype(np.float32)
     val = (predict(model, splits.val, cfg, device)[0], splits.val.labels) if splits.val is not None else None
     a = Analysis(
-        cfg,
-        RunFiles(run_dir).analysis,
-        figures.provenance(run_dir, summary),
-        classes,
-        test_set,
-        test_arrays.labels,
-        model,
-        probabilities,
-        confusion,
+        cfg=cfg,
+        out_dir=RunFiles(run_dir).analysis,
+        footer=figures.provenance(run_dir, summary),
+        classes=classes,
+        test_set=test_set,
+        labels=test_arrays.labels,
+        model=model,
+        probabilities=probabilities,
+        confusion=confusion,
     )
 
     accuracy = write_class_metrics(a)
@@ -552,8 +554,8 @@ def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None
         if len(methods) > 1 and per_image:
             ranking = write_cam_comparison(a, wrong, right, explained, per_image, sanity)
     if ranking is None:  # a comparison of an earlier analysis of this run would describe other methods
-        for stale in (CAM_RANKING_FILE, CAM_METHODS_FIGURE):
-            (a.out_dir / stale).unlink(missing_ok=True)
+        for stale in ("cam_ranking.csv", "cam_methods.png"):
+            a.path(stale).unlink(missing_ok=True)
     calibration = write_calibration(a, test_logits, val)
     write_data_figures(cfg, train_arrays, a.out_dir, a.footer)
 

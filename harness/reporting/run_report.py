@@ -10,8 +10,9 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis import figures
+from harness.analysis.artifacts import FIGURES
 from harness.analysis.blow_up import first_blow_up
-from harness.analysis.cam_comparison import CAM_METHODS_FIGURE, CAM_RANKING_FILE, HIGHER_IS_BETTER
+from harness.analysis.cam_comparison import HIGHER_IS_BETTER
 from harness.core import atomic_io
 from harness.core.run_folder import RunFiles, utc_now
 from harness.models.config import describe_model
@@ -68,9 +69,104 @@ def training_figures(record: RunRecord) -> dict[str, str | None]:
     return made
 
 
+# The report's sections in order, each an id (the template's <section id>, the navigation's anchor) and
+# its title in the navigation; the analysis artifacts name the section that shows them.
+SECTIONS = {
+    "summary": "Summary",
+    "config": "Config",
+    "data": "Data",
+    "model": "Model",
+    "curves": "Training curves",
+    "updates": "Weight updates",
+    "per-class": "Per-class accuracy",
+    "misclassified": "Misclassified",
+    "gradcam": "Grad-CAM",
+    "faithfulness": "Faithfulness",
+    "sanity": "Sanity check",
+    "cam-methods": "Which explanation to trust",
+    "calibration": "Calibration",
+    "timings": "Timings",
+    "environment": "Environment",
+}
+OPTIONAL_SECTIONS = {"cam-methods"}  # shown only when the run has what they show
+
+
 def run_context(record: RunRecord) -> dict[str, Any]:
+    """What ``run.html.j2`` renders, gathered section by section."""
+    context = {
+        "record": record,
+        "title": f"{record.name}: {record.run_dir.name}",
+        "header": summary_header(record),
+        "config_yaml": RunFiles(record.run_dir).config.read_text(encoding="utf-8") if record.config else None,
+        "images": {Path(name).stem: embed_png(record.analysis(name)) for name in FIGURES},
+        **data_section(record),
+        **training_sections(record),
+        **analysis_sections(record),
+        **environment_section(record),
+    }
+    shown = [key for key in SECTIONS if key not in OPTIONAL_SECTIONS or context["cam_ranking"]]
+    return {**context, "sections": [(key, SECTIONS[key]) for key in shown]}
+
+
+def summary_header(record: RunRecord) -> dict[str, Any]:
+    """The summary section: what ran, where, and how it ended."""
     s = record.summary
     held_out = s.get("val_images") != 0  # a run with data.val_size 0 has no validation figure to show
+    return {
+        "experiment": record.name,
+        "model": describe_model(record.config.get("model") or {}),
+        "run folder": str(record.run_dir),
+        "status": record.status,
+        "date (UTC)": s.get("started_utc", "?"),
+        "device": s.get("device", "?"),
+        "world size": s.get("world_size", "?"),
+        "commit": s.get("git_commit") or "unknown",
+        "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
+        "final test accuracy": percent(s.get("final_test_acc")),
+        "final validation accuracy": percent(s.get("final_val_acc")) if held_out else "not held out",
+        "best validation accuracy": (
+            percent(s.get("best_val_acc")) + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else "")
+            if held_out
+            else "not held out"
+        ),
+        "images: train / validation / test": " / ".join(
+            f"{s[k]:,}" if isinstance(s.get(k), int) else "?" for k in ("train_images", "val_images", "test_images")
+        ),
+        "validation split": validation_said(record),
+        "test calibration error (ECE)": percent(s.get("ece"))
+        + (f", {percent(s['ece_scaled'])} after temperature scaling" if s.get("ece_scaled") is not None else ""),
+        "evaluated": describe_evaluation(record.config.get("train") or {}),
+        "what happened": describe_history(s.get("history") or []) or "trained in one go",
+        "image size": describe_resolution(record.config, s)
+        or "x".join(map(str, (s.get("image_size") or [])[::-1]))
+        or "?",
+        "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
+    }
+
+
+def data_section(record: RunRecord) -> dict[str, Any]:
+    """The data section's table: images per class and split."""
+    s = record.summary
+    counts = s.get("class_counts") and s.get("classes")
+    return {"class_counts": table(pd.DataFrame({"class": s["classes"], **s["class_counts"]})) if counts else None}
+
+
+def training_sections(record: RunRecord) -> dict[str, Any]:
+    """The training curves, the weight updates (and where a diverged run blew up), the timings."""
+    timings = None
+    if not record.metrics.empty:
+        timings = table(record.metrics[["epoch", "epoch_time_s", "train_images_per_s"]], "{:.1f}")
+    diverged = record.status == "diverged" and not record.weights.empty
+    return {
+        "curves": training_figures(record),
+        "blow_up": first_blow_up(record.weights) if diverged else None,
+        "timings": timings,
+    }
+
+
+def analysis_sections(record: RunRecord) -> dict[str, Any]:
+    """The tables of the analysis's sections, from its CSVs (the figures are in ``images``)."""
+    s = record.summary
     per_class = None
     if record.analysis("per_class.csv").is_file():
         frame = pd.read_csv(record.analysis("per_class.csv"))
@@ -78,78 +174,14 @@ def run_context(record: RunRecord) -> dict[str, Any]:
         per_class = table(
             frame.assign(**{c: 100 * frame[c] for c in rates}).rename(columns={c: f"{c} (%)" for c in rates}), "{:.2f}"
         )
-    class_counts = None
-    if s.get("class_counts") and s.get("classes"):
-        class_counts = table(pd.DataFrame({"class": s["classes"], **s["class_counts"]}))
-    misclassified = None
-    if record.analysis("misclassified.csv").is_file():
-        misclassified = table(pd.read_csv(record.analysis("misclassified.csv")))
-    timings = None
-    if not record.metrics.empty:
-        timings = table(record.metrics[["epoch", "epoch_time_s", "train_images_per_s"]], "{:.1f}")
-    summary_text = RunFiles(record.run_dir).model_summary
     return {
-        "record": record,
-        "title": f"{record.name}: {record.run_dir.name}",
-        "header": {
-            "experiment": record.name,
-            "model": describe_model(record.config.get("model") or {}),
-            "run folder": str(record.run_dir),
-            "status": record.status,
-            "date (UTC)": s.get("started_utc", "?"),
-            "device": s.get("device", "?"),
-            "world size": s.get("world_size", "?"),
-            "commit": s.get("git_commit") or "unknown",
-            "total time": f"{s['total_time_s']:.1f} s" if isinstance(s.get("total_time_s"), (int, float)) else "?",
-            "final test accuracy": percent(s.get("final_test_acc")),
-            "final validation accuracy": percent(s.get("final_val_acc")) if held_out else "not held out",
-            "best validation accuracy": (
-                percent(s.get("best_val_acc")) + (f" (epoch {s['best_epoch']})" if s.get("best_epoch") else "")
-                if held_out
-                else "not held out"
-            ),
-            "images: train / validation / test": " / ".join(
-                f"{s[k]:,}" if isinstance(s.get(k), int) else "?" for k in ("train_images", "val_images", "test_images")
-            ),
-            "validation split": validation_said(record),
-            "test calibration error (ECE)": percent(s.get("ece"))
-            + (f", {percent(s['ece_scaled'])} after temperature scaling" if s.get("ece_scaled") is not None else ""),
-            "evaluated": describe_evaluation(record.config.get("train") or {}),
-            "what happened": describe_history(s.get("history") or []) or "trained in one go",
-            "image size": describe_resolution(record.config, s)
-            or "x".join(map(str, (s.get("image_size") or [])[::-1]))
-            or "?",
-            "parameters": f"{s['num_params']:,}" if s.get("num_params") else "?",
-        },
-        "config_yaml": RunFiles(record.run_dir).config.read_text(encoding="utf-8") if record.config else None,
-        "curves": training_figures(record),
-        "blow_up": first_blow_up(record.weights) if record.status == "diverged" and not record.weights.empty else None,
-        "images": {
-            name: embed_png(record.analysis(f"{name}.png"))
-            for name in (
-                "train_samples",
-                "augmentation_preview",
-                "per_class_accuracy",
-                "confusion_matrix",
-                "misclassified",
-                "gradcam_predicted",
-                "gradcam_true",
-                "confused_pairs",
-                "faithfulness_misclassified",
-                "faithfulness_correct",
-                "sanity",
-                "sanity_examples",
-                "reliability",
-                "reliability_scaled",
-            )
-        },
-        "class_counts": class_counts,
+        "per_class": per_class,
+        "misclassified": _csv_table(record.analysis("misclassified.csv"), "{:.4f}"),
         "confused_pairs": _csv_table(record.analysis("confused_pairs.csv")),
         "faithfulness": _csv_table(record.analysis("faithfulness.csv")),
         "sanity": _sanity_table(record.analysis("sanity.csv")),
         "cam_method": (s.get("cam_methods") or ["gradcam"])[0],  # the method of the Grad-CAM and sanity figures
-        "cam_ranking": cam_ranking(record.analysis(CAM_RANKING_FILE)),
-        "cam_methods_png": embed_png(record.analysis(CAM_METHODS_FIGURE)),
+        "cam_ranking": cam_ranking(record.analysis("cam_ranking.csv")),
         "calibration": {
             "test ECE": percent(s.get("ece")),
             "test NLL": decimal(s.get("nll")),
@@ -158,17 +190,21 @@ def run_context(record: RunRecord) -> dict[str, Any]:
             "test NLL after temperature": decimal(s.get("nll_scaled")),
         },
         "no_validation": s.get("val_images") == 0,
-        "per_class": per_class,
-        "misclassified": misclassified,
-        "timings": timings,
+    }
+
+
+def environment_section(record: RunRecord) -> dict[str, Any]:
+    """The model's printed summary, the library versions, when the report was made."""
+    summary_text = RunFiles(record.run_dir).model_summary
+    return {
         "model_summary": summary_text.read_text(encoding="utf-8") if summary_text.is_file() else None,
-        "versions": s.get("versions") or {},
+        "versions": record.summary.get("versions") or {},
         "generated": utc_now(),
     }
 
 
-def _csv_table(path: Path) -> str | None:
-    return table(pd.read_csv(path), "{:.4g}") if path.is_file() else None
+def _csv_table(path: Path, number_format: str = "{:.4g}") -> str | None:
+    return table(pd.read_csv(path), number_format) if path.is_file() else None
 
 
 def _sanity_table(path: Path) -> str | None:
