@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import torch
 
 from harness.models.builders import (
@@ -7,6 +10,7 @@ from harness.models.builders import (
     count_parameters,
     resolve_channels_last,
 )
+from tests.conftest import REPO
 
 
 def test_resnet18_standard_width_has_the_reference_parameter_count():
@@ -44,12 +48,32 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, capsys)
     assert "train.compile failed (RuntimeError: no compiler here)" in capsys.readouterr().err
 
 
-def test_channels_last_is_dropped_only_where_onednn_avx2_hangs(monkeypatch):
+def test_channels_last_is_dropped_only_where_onednn_writes_past_its_buffer(monkeypatch):
+    """A strided 1x1 convolution with fewer input channels than oneDNN's channel block (8 on AVX2, 16 on
+    AVX-512): ResNet18's first shortcut has the width's channels."""
     cpu = torch.device("cpu")
-    narrow, wide = build_model(ModelConfig(width=4), 10), build_model(ModelConfig(width=16), 10)
+    width = {w: build_model(ModelConfig(width=w), 10) for w in (4, 8, 16)}
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert resolve_channels_last(True, narrow, cpu) is False
-    assert resolve_channels_last(True, wide, cpu) is True
-    assert resolve_channels_last(False, wide, cpu) is False
+    assert [resolve_channels_last(True, width[w], cpu) for w in (4, 8, 16)] == [False, True, True]
+    assert resolve_channels_last(False, width[16], cpu) is False
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert resolve_channels_last(True, narrow, cpu) is True
+    assert [resolve_channels_last(True, width[w], cpu) for w in (4, 8, 16)] == [False, False, True]
+
+
+def test_a_narrow_model_on_large_images_trains_on_this_cpu():
+    """What crashed the suite on an AVX-512 machine (a double free in the weight gradient of layer2's
+    shortcut): width 8, 96x96 images, channels_last asked for. In a child process: a crash is a signal."""
+    script = (
+        "import torch\n"
+        "from harness.models.builders import build_model, place_model, resolve_channels_last\n"
+        "from harness.models.config import ModelConfig\n"
+        "model = build_model(ModelConfig(width=8), 12)\n"
+        "cl = resolve_channels_last(True, model, torch.device('cpu'))\n"
+        "model = place_model(model, torch.device('cpu'), cl)\n"
+        "fmt = torch.channels_last if cl else torch.contiguous_format\n"
+        "for _ in range(3):\n"
+        "    model(torch.randn(12, 3, 96, 96).contiguous(memory_format=fmt)).sum().backward()\n"
+        "print('trained')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, (done.returncode, done.stderr[-2000:])

@@ -154,17 +154,25 @@ def compile_or_fall_back(
 def resolve_channels_last(requested: bool, model: nn.Module, device: torch.device) -> bool:
     """Whether to train in NHWC: as requested, except where it would hang or crash.
 
-    On CPUs without AVX-512, oneDNN's AVX2 kernel for the weight gradient of a 1x1 convolution with
-    fewer than 8 input channels hangs or segfaults in NHWC (torch 2.14.1, oneDNN 3.12: ResNet18 of
-    width 2 to 6 on an AMD EPYC with AVX2, 1 to 3 runs in 3; width 8 and up never).
+    oneDNN computes the weight gradient of a strided 1x1 convolution in NHWC through a unit-stride
+    copy of its input that it sizes by whole channel blocks, and writes past it when the input has
+    fewer channels than one block (uxlfoundation/oneDNN#6035, open; torch 2.14.1 ships oneDNN 3.12):
+    16 channels on AVX-512 (ResNet18 of width 8 on 48x48 images and larger: double free, SIGSEGV),
+    8 on AVX2 (width 2 to 6 hang or segfault, 1 to 3 runs in 3). Such a model trains in NCHW.
     """
-    if not requested or device.type != "cpu" or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+    if not requested or device.type != "cpu":
         return requested
-    narrow = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels < 8]
+    block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+    narrow = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < block
+    ]
     if narrow:
         print(
-            f"warning: train.channels_last ignored: a 1x1 convolution with {narrow[0].in_channels} input channels "
-            "hits a oneDNN bug on CPUs without AVX-512 (hangs in NHWC); training in NCHW",
+            f"warning: train.channels_last ignored: a strided 1x1 convolution with {narrow[0].in_channels} input "
+            f"channels (fewer than {block}) hits a oneDNN bug in NHWC on this CPU (uxlfoundation/oneDNN#6035); "
+            "training in NCHW",
             file=sys.stderr,
         )
         return False

@@ -146,8 +146,8 @@ class TrainConfig(Section):
         True,
         description=(
             "NHWC memory format (faster convolutions on GPUs and on CPUs); ignored, with a warning, on "
-            "a CPU without AVX-512 when a 1x1 convolution has fewer than 8 input channels (ResNet18 of "
-            "width < 8), where oneDNN 3.12 hangs"
+            "a CPU when a strided 1x1 convolution has fewer input channels than oneDNN's block (16 on "
+            "AVX-512, 8 on AVX2: ResNet18 of width < 16 or < 8), where oneDNN 3.12 crashes or hangs"
         ),
     )
     grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm to this value")
