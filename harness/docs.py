@@ -3,7 +3,7 @@ they cannot go stale: the config reference (every key's type, default, allowed v
 read from the schema's fields) and the registered names (read from the registries).
 
 ``--check`` writes nothing and exits 1 when a committed page differs from what the code generates
-(``tests/test_docs.py`` runs it).
+(``tests/test_readme.py`` checks the committed pages against it).
 """
 
 from __future__ import annotations

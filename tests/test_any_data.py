@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from harness.analysis import figures
 from harness.config import config_from_dict
 from harness.core.errors import HarnessError
 from harness.core.run_folder import RunFiles
@@ -64,6 +65,18 @@ def test_the_shipped_experiments_take_any_image_folder(experiment, folder, side,
     with Image.open(out / "analysis" / "augmentation_preview.png") as preview:
         assert preview.size[0] > 0
     assert "per-class" in RunFiles(out).report.read_text(encoding="utf-8")
+
+
+def test_the_image_folder_example_at_another_size(colour_96, tmp_path):
+    """experiments/examples/image_folder_96.yaml as its header says to run it, at test size."""
+    example = Path(__file__).resolve().parent.parent / "experiments" / "examples" / "image_folder_96.yaml"
+    out = tmp_path / "run"
+    args = [str(example), "--set", f"data.root={colour_96}", f"data.cache_dir={colour_96 / '.cache'}", *SMALL,
+            "analysis.misclassified=4"]  # fmt: skip
+    assert main([*args, "--out", str(out)]) == 0
+    summary = RunFiles(out).read_summary()
+    assert summary["status"] == "completed" and summary["image_size"] == [96, 96] and summary["val_images"] > 0
+    assert len(pd.read_csv(out / "analysis" / "per_class.csv")) == 12 and RunFiles(out).report.is_file()
 
 
 def test_mixed_sizes_need_an_image_size_and_are_resized_to_it(tmp_path, capsys):
@@ -196,9 +209,14 @@ def test_a_missing_dataset_offline_names_the_files_and_the_folder(tmp_path, caps
     assert "expected one of torchvision/CIFAR10, torchvision/CIFAR100" in capsys.readouterr().err
 
 
-def test_cifar100_trains_from_its_files(tmp_path):
+def test_cifar100_trains_from_its_files(tmp_path, monkeypatch):
     """The shipped example experiments/examples/cifar100.yaml at test size, on generated CIFAR-100 files:
-    100 classes, the confusion figure as the most frequent pairs."""
+    100 classes, the confusion figure as the most frequent pairs, the normalization measured (auto)."""
+    drawn = []
+    pairs_view = figures._top_confusions
+    monkeypatch.setattr(
+        figures, "_top_confusions", lambda classes, *a, **k: drawn.append(len(classes)) or pairs_view(classes, *a, **k)
+    )
     write_cifar100(tmp_path / "data")
     out = tmp_path / "run"
     example = Path(__file__).resolve().parent.parent / "experiments" / "examples" / "cifar100.yaml"
@@ -208,3 +226,7 @@ def test_cifar100_trains_from_its_files(tmp_path):
     summary = RunFiles(out).read_summary()
     assert len(summary["classes"]) == 100 and summary["status"] == "completed"
     assert len(pd.read_csv(out / "analysis" / "per_class.csv")) == 100
+    assert drawn == [100], "above 25 classes the confusion figure shows the most frequent pairs, not a matrix"
+    assert (out / "analysis" / "confused_pairs.csv").is_file()
+    assert summary["normalization"]["from"] == f"measured on the {summary['train_images']:,} training images"
+    assert yaml.safe_load(RunFiles(out).config.read_text())["data"]["mean"] == "auto", "recorded as asked"

@@ -23,6 +23,7 @@ from tests.conftest import (
     REPO,
     TIMING_COLUMNS,
     comparable_summary,
+    data_overrides,
     experiment_args,
     free_port,
     read_rows,
@@ -63,6 +64,18 @@ def test_cpu_experiment_in_process_is_complete(analyzed_run):
     assert_run_complete(analyzed_run, test_images=50)
     assert not list((analyzed_run / "checkpoints").glob("best_*.pt"))
     assert "No validation split was held out" in (analyzed_run / "report.html").read_text()
+
+
+def test_a_first_try_of_the_cpu_recipe_changes_only_epochs_and_a_subset(cifar_like, tmp_path):
+    """What the README offers for a first try: the shipped CPU recipe (15 epochs, warm-up 2, 7 at low
+    resolution) with only train.epochs=2 and a subset set, nothing else of its schedule."""
+    out = tmp_path / "run"
+    args = ["--set", *data_overrides(cifar_like), "train.epochs=2", "data.train_subset=150", "--out", str(out)]
+    result = run_cli(str(REPO / "experiments" / "resnet18_cpu.yaml"), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["train_images"] == 150 and summary["analysis_completed_utc"]
+    assert len(read_rows(out / "metrics.csv")) == 2 and (out / "report.html").is_file()
 
 
 def torchrun(*options: str) -> list[str]:

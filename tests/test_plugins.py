@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from harness.config import config_from_dict
 from harness.core.run_folder import RunFiles
 from harness.core.yaml_io import read_yaml
+from harness.data.sources import load_arrays
 from harness.run import main
 from tests.conftest import (
     EXPERIMENTS,
@@ -254,7 +257,8 @@ def test_a_cam_method_from_a_file_is_built_and_recorded(tmp_path):
 
 def make_installed_package(root: Path) -> Path:
     """A package ``tinypkg`` 1.0, as pip would leave it: its module and its metadata with an entry
-    point of the group ``harness.plugins`` (model.tinynet)."""
+    point of the group ``harness.plugins`` for two kinds (model.tinynet, and optimizer.tinysgd: torch's SGD
+    under the package's own name)."""
     (root / "tinypkg").mkdir(parents=True)
     (root / "tinypkg" / "__init__.py").write_text(
         textwrap.dedent(
@@ -280,24 +284,29 @@ def make_installed_package(root: Path) -> Path:
     (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n")
     (meta / "top_level.txt").write_text("tinypkg\n")
     (meta / "RECORD").write_text("tinypkg/__init__.py,,\n")
-    (meta / "entry_points.txt").write_text("[harness.plugins]\nmodel.tinynet = tinypkg:TinyNet\n")
+    points = ["[harness.plugins]", "model.tinynet = tinypkg:TinyNet", "optimizer.tinysgd = torch.optim:SGD"]
+    (meta / "entry_points.txt").write_text("\n".join(points) + "\n")
     return root
 
 
-def test_an_installed_package_registers_a_model_by_entry_point(tmp_path):
+def test_an_installed_package_registers_a_model_and_an_optimizer_by_entry_point(tmp_path):
     site = make_installed_package(tmp_path / "site")
     env = {**subprocess_env(), "PYTHONPATH": f"{site}:{subprocess_env()['PYTHONPATH']}"}
     listed = run_cli("--list", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "tinynet" in listed.stdout and "tinypkg:TinyNet (from tinypkg 1.0)" in listed.stdout
+    assert "tinysgd" in listed.stdout
     for name in ("resnet18", "torchvision/<name>", "sgd", "torch.optim", "onecycle", "image_folder"):
         assert name in listed.stdout
     config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps(deep_update(TINY, {"model": {"name": "tinynet", "kwargs": {"width": 4}}})))
+    plugins = {"model": {"name": "tinynet", "kwargs": {"width": 4}}, "optimizer": {"name": "tinysgd"}}
+    config.write_text(json.dumps(deep_update(TINY, plugins)))
     run = run_cli(str(config), "--out", str(tmp_path / "run"), env=env)
     assert run.returncode == 0, run.stderr
     recorded = RunFiles(tmp_path / "run").read_summary()["plugins"]["model.name"]
     assert recorded["name"] == "tinynet" and recorded["package"] == "tinypkg" and recorded["version"] == "1.0"
+    optimizer = RunFiles(tmp_path / "run").read_summary()["plugins"]["optimizer.name"]
+    assert optimizer["name"] == "tinysgd" and optimizer["package"] == "torch", "the code that ran is torch's"
 
 
 def test_a_notebook_registers_its_own_model(write_config, tmp_path):
@@ -322,3 +331,30 @@ def test_a_notebook_registers_its_own_model(write_config, tmp_path):
     assert result.status == "completed" and len(result.metrics) == 1
     assert result.summary["plugins"]["model.name"]["origin"] == "this process"
     MODELS.register("notebook_net")(NotebookNet)  # a notebook's cell run again replaces its own entry
+
+
+def test_a_data_source_may_return_torch_datasets(tmp_path):
+    """The other form a data plug-in may return: torch Datasets of (CHW float tensor, label tensor) items,
+    the class names from the dataset's ``classes``."""
+    (tmp_path / "tensor_data.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch.utils.data import TensorDataset
+
+            def load(n=40):
+                images = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+                labels = torch.arange(n) % 2
+                train = TensorDataset(images, labels)
+                train.classes = ["even", "odd"]
+                return train, TensorDataset(images[:10], labels[:10])
+            """
+        )
+    )
+    cfg = config_from_dict({"data": {"dataset": f"{tmp_path / 'tensor_data.py'}:load", "val_size": 0}})
+    splits = load_arrays(cfg.data, 0)
+    images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    expected = np.rint(images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    assert splits.train.classes == ["even", "odd"] and splits.test.images.shape == (10, 16, 16, 3)
+    assert sorted(splits.train.labels.tolist()) == sorted((np.arange(40) % 2).tolist())
+    assert {splits.train.images[i].tobytes() for i in range(40)} == {expected[i].tobytes() for i in range(40)}

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -12,7 +18,7 @@ import yaml
 from scipy import stats as scipy_stats
 
 from harness.sweep import main as sweep_main
-from tests.conftest import EXPERIMENTS, SMALL, TINY, data_overrides
+from tests.conftest import EXPERIMENTS, REPO, SMALL, TINY, data_overrides, subprocess_env
 
 LEADERBOARD_COLUMNS = ["group", "n_runs", "mean_acc", "std_acc", "min_acc", "max_acc", "ci95_low", "ci95_high",
                        "p_value_vs_best", "mean_time_s"]  # fmt: skip
@@ -74,3 +80,25 @@ def test_sweep_validates_every_config_before_running_any(tmp_path, capsys):
     assert not (tmp_path / "sweep").exists()
     assert sweep_main([str(good), str(good), "--out", str(tmp_path / "sweep")]) == 2
     assert "give each experiment of a sweep its own name" in capsys.readouterr().err
+
+
+def test_a_backgrounded_sweep_stops_on_sigint(tmp_path):
+    """A script that starts harness.sweep on two workers in the background (bash ignores SIGINT in such
+    jobs, and the workers inherit it): kill -INT of the command still stops it and its workers' runs."""
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "epochs": 30}}))
+    out = tmp_path / "sweep"
+    command = ["-m", "harness.sweep", str(config), "--seeds", "0", "1", "--workers", "2", "--out", str(out)]
+    args = " ".join(map(shlex.quote, command))
+    script = f"{shlex.quote(sys.executable)} {args} & echo $! > {tmp_path / 'pid'}; wait $!; echo rc=$?"
+    shell = subprocess.Popen(["bash", "-c", script], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    run_dir, deadline = out / "tiny-seed0", time.time() + 240
+    while not list(run_dir.glob("checkpoints/checkpoint_*.pt")):
+        assert shell.poll() is None and time.time() < deadline, shell.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.kill(int((tmp_path / "pid").read_text()), signal.SIGINT)
+    stdout, stderr = shell.communicate(timeout=300)
+    assert f"rc={128 + signal.SIGINT}" in stdout, stdout[-2000:] + stderr[-3000:]
+    assert "Traceback" not in stderr + "".join(log.read_text() for log in (out / "logs").glob("*.log"))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
