@@ -151,32 +151,37 @@ def compile_or_fall_back(
         return model, False
 
 
-def resolve_channels_last(requested: bool, model: nn.Module, device: torch.device) -> bool:
-    """Whether to train in NHWC: as requested, except where it would hang or crash.
+def onednn_block() -> int:
+    """oneDNN's channel block on this CPU for float convolutions: 16 on AVX-512, 8 on AVX2."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+def nhwc_unsafe_conv(model: nn.Module, device: torch.device) -> nn.Conv2d | None:
+    """A convolution of ``model`` that oneDNN mishandles in NHWC on this CPU, or None.
 
     oneDNN computes the weight gradient of a strided 1x1 convolution in NHWC through a unit-stride
     copy of its input that it sizes by whole channel blocks, and writes past it when the input has
     fewer channels than one block (uxlfoundation/oneDNN#6035, open; torch 2.14.1 ships oneDNN 3.12):
-    16 channels on AVX-512 (ResNet18 of width 8 on 48x48 images and larger: double free, SIGSEGV),
-    8 on AVX2 (width 2 to 6 hang or segfault, 1 to 3 runs in 3). Such a model trains in NCHW.
+    on AVX-512, ResNet18 of width 8 on 48x48 images and larger dies of a double free or SIGSEGV; on
+    AVX2, width 2 to 6 hang or segfault, 1 to 3 runs in 3.
     """
-    if not requested or device.type != "cpu":
-        return requested
-    block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
-    narrow = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < block
-    ]
-    if narrow:
-        print(
-            f"warning: train.channels_last ignored: a strided 1x1 convolution with {narrow[0].in_channels} input "
-            f"channels (fewer than {block}) hits a oneDNN bug in NHWC on this CPU (uxlfoundation/oneDNN#6035); "
-            "training in NCHW",
-            file=sys.stderr,
-        )
-        return False
-    return True
+    if device.type != "cpu":
+        return None
+    block = onednn_block()
+    return next(
+        (
+            m
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < block
+        ),
+        None,
+    )
+
+
+def resolve_channels_last(requested: bool, model: nn.Module, device: torch.device) -> bool:
+    """Whether to train in NHWC: as requested, except where oneDNN would crash or hang
+    (``nhwc_unsafe_conv``): such a model trains in NCHW, which ``summary.json`` records."""
+    return requested and nhwc_unsafe_conv(model, device) is None
 
 
 def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

@@ -39,6 +39,8 @@ from harness.models.builders import (
     build_model,
     compile_or_fall_back,
     count_parameters,
+    nhwc_unsafe_conv,
+    onednn_block,
     place_model,
     resolve_channels_last,
 )
@@ -172,6 +174,14 @@ def resolve_train_config(cfg: RunSpec, model: nn.Module, device: torch.device) -
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
     amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype]
     channels_last = resolve_channels_last(cfg.train.channels_last, model, device)
+    if cfg.train.channels_last and not channels_last and idist.get_rank() == 0:
+        conv = nhwc_unsafe_conv(model, device)
+        print(
+            f"note: training in NCHW, not train.channels_last: a strided 1x1 convolution with {conv.in_channels} "
+            f"input channels (fewer than {onednn_block()}) hits a oneDNN bug in NHWC on this CPU "
+            "(uxlfoundation/oneDNN#6035)",
+            flush=True,
+        )
     return cfg.train.model_copy(update={"channels_last": channels_last, "amp": amp})
 
 
