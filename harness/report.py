@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from harness.core.errors import ArgumentParser, exit_on_harness_error
-from harness.reporting.compare import DEFAULT_LAYER, render_comparison
+from harness.reporting.compare import DEFAULT_LAYER, SPLITS, render_comparison
 from harness.reporting.records import find_run_dirs
 from harness.reporting.run_report import render_run_report
 
@@ -26,12 +26,20 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_LAYER,
         help="comparison: the block whose weight-update ratios are overlaid (default: layer4)",
     )
+    parser.add_argument(
+        "--rank-on",
+        choices=list(SPLITS),
+        default="test",
+        help="comparison: the final accuracy ranked and tested: test (what is reported, default) or validation "
+        "(to choose between groups without reading the test set)",
+    )
     args = parser.parse_args(argv)
     run_dirs = find_run_dirs(args.run_dirs)
     if len(run_dirs) == 1:
         path = render_run_report(run_dirs[0], args.out)
     else:
-        path = render_comparison(run_dirs, args.out or Path("results") / "compare.html", args.layer)
+        out = args.out or Path("results") / "compare.html"
+        path = render_comparison(run_dirs, out, args.layer, rank_on=args.rank_on)
     print(f"report: {path}")
     return 0
 

@@ -29,7 +29,7 @@ from harness.core.errors import ArgumentParser, HarnessError, exit_on_harness_er
 from harness.core.full_disk import log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir, utc_timestamp
 from harness.data.transforms import check_augment
-from harness.reporting.compare import render_comparison
+from harness.reporting.compare import SPLITS, render_comparison
 from harness.runner.plugins import imported_plugins
 from harness.search.engine import listen_to_interrupts, run_status, start_workers, supervise, trials_by_state, work
 from harness.search.plans import SweepPlan, SweepRun
@@ -87,13 +87,13 @@ def progress_printer(
     return on_change
 
 
-def comparison(runs: list[SweepRun], sweep_dir: Path, reference: str | None = None) -> None:
+def comparison(runs: list[SweepRun], sweep_dir: Path, reference: str | None = None, rank_on: str = "test") -> None:
     """compare.html and leaderboard.csv of the runs that exist, listed and written under the folder's
     writer lock: workers finishing at once take turns, and the last one shows every run."""
     with atomic_io.one_writer(sweep_dir):
         existing = [r.run_dir for r in runs if r.run_dir.is_dir()]
         if existing:
-            render_comparison(existing, sweep_dir / "compare.html", reference=reference)
+            render_comparison(existing, sweep_dir / "compare.html", reference=reference, rank_on=rank_on)
 
 
 def run_sweep(
@@ -105,12 +105,13 @@ def run_sweep(
     storage_url: str | None = None,
     as_worker: int | None = None,
     reference: str | None = None,
+    rank_on: str = "test",
 ) -> int:
-    """Plan, queue, run on ``workers`` processes and compare (the leader against the group
-    ``reference`` when given); returns the exit code (1 if a run failed)."""
+    """Plan, queue, run on ``workers`` processes and compare on ``rank_on`` (the leader against the
+    group ``reference`` when given); returns the exit code (1 if a run failed)."""
     runs = plan(configs, seeds, overrides, sweep_dir)  # all fail fast, before any run
     storage_url = storage_url or default_storage(sweep_dir, "sweep")
-    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir, reference))
+    sweep = SweepPlan(runs, overrides, lambda: comparison(runs, sweep_dir, reference, rank_on))
     heartbeat = HeartbeatConfig()
     if as_worker is not None:
         log_to_a_disk_that_may_fill()
@@ -136,12 +137,13 @@ def run_sweep(
     command += ["--storage", storage_url] + (["--seeds", *map(str, seeds)] if seeds is not None else [])
     command += ["--set", *overrides] if overrides else []
     command += ["--reference", reference] if reference else []
+    command += ["--rank-on", rank_on]
     code = supervise(
         start_workers(command, workers, sweep_dir / "logs", worker_env(parent)),
         study,
         progress_printer(runs, finished, workers),
     )
-    comparison(runs, sweep_dir, reference)
+    comparison(runs, sweep_dir, reference, rank_on)
     print(f"comparison: {sweep_dir / 'compare.html'}, leaderboard: {sweep_dir / 'leaderboard.csv'}")
     failed = [] if code else failures(study, runs)
     if parent is not None:
@@ -176,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference", metavar="NAME", help="the experiment the comparison's first sentence measures the leader against"
     )
+    parser.add_argument(
+        "--rank-on",
+        choices=list(SPLITS),
+        default="test",
+        help="what the comparison ranks and tests: the final test accuracy (default) or the validation accuracy "
+        "(to choose between the experiments without reading the test set)",
+    )
     parser.add_argument("--as-worker", type=int, help=argparse.SUPPRESS)  # the worker processes' own flag
     args = parser.parse_args(argv)
     listen_to_interrupts()
@@ -184,7 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = args.out or Path("results") / "sweeps" / utc_timestamp()
     return run_sweep(
-        args.configs, args.seeds, args.overrides, sweep_dir, args.workers, args.storage, args.as_worker, args.reference
+        args.configs,
+        args.seeds,
+        args.overrides,
+        sweep_dir,
+        args.workers,
+        args.storage,
+        args.as_worker,
+        args.reference,
+        args.rank_on,
     )
 
 

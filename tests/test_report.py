@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from harness.analysis.artifacts import ARTIFACTS
 from harness.analysis.blow_up import first_blow_up
@@ -38,6 +39,8 @@ def test_report_says_which_weights_were_evaluated():
         describe_evaluation({"ema_decay": 0.999, "tta_flip": True})
         == "average of the weights (ema_decay 0.999) + flip TTA"
     )
+    both = describe_evaluation({"tta_flip": True, "tta_translate": 1})
+    assert both == "trained weights + flip and translate 1 px TTA"
 
 
 def test_report_of_a_run_with_missing_pieces(analyzed_run, tmp_path):
@@ -113,8 +116,8 @@ def test_first_blow_up_names_the_layer_that_went_first():
     assert first_blow_up(pd.concat([weights, later])) == {"layer": "layer1", "iteration": 5, "update_ratio": 0.02}
 
 
-def variant(source, folder, seed: int, lr: float, accuracy: float):
-    """A copy of a finished run as another seed or config, with a chosen final test accuracy."""
+def variant(source, folder, seed: int, lr: float, accuracy: float, val_accuracy: float | None = None):
+    """A copy of a finished run as another seed or config, with a chosen final test (and validation) accuracy."""
     shutil.copytree(source, folder)
     config = folder / "config.yaml"
     config.chmod(0o644)
@@ -122,8 +125,39 @@ def variant(source, folder, seed: int, lr: float, accuracy: float):
     config.write_text(re.sub(r"^  lr: 0.1$", f"  lr: {lr}", text, flags=re.M))
     summary = json.loads((folder / "summary.json").read_text())
     summary["final_test_acc"] = accuracy
+    if val_accuracy is not None:
+        summary.update(final_val_acc=val_accuracy, val_images=500)
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
+
+
+def test_a_comparison_ranked_on_validation_reads_no_test_accuracy_to_rank(analyzed_run, tmp_path):
+    """--rank-on validation: groups ordered, tested and described by their final validation accuracy
+    (here the opposite order of their test accuracy); runs without a validation split are left out."""
+    from harness import compare_runs
+
+    runs = [
+        variant(analyzed_run, tmp_path / "a0", 0, 0.1, 0.62, 0.40),
+        variant(analyzed_run, tmp_path / "a1", 1, 0.1, 0.60, 0.42),
+        variant(analyzed_run, tmp_path / "b0", 0, 0.002, 0.52, 0.50),
+        variant(analyzed_run, tmp_path / "b1", 1, 0.002, 0.50, 0.54),
+        variant(analyzed_run, tmp_path / "c0", 0, 0.03, 0.90),  # no validation split: not ranked
+    ]
+    on_test = compare_runs(runs, tmp_path / "test" / "compare.html").leaderboard
+    assert on_test["split"].tolist() == ["test"] * 3 and on_test["mean_acc"].iloc[0] == pytest.approx(0.90)
+    comparison = compare_runs(runs, tmp_path / "val" / "compare.html", rank_on="validation")
+    board = comparison.leaderboard
+    assert board["split"].tolist() == ["validation"] * 2 and board["n_runs"].tolist() == [2, 2]
+    assert board["mean_acc"].tolist() == pytest.approx([0.52, 0.41])
+    assert board["mean_test_acc"].tolist() == pytest.approx([0.51, 0.61]), "the test accuracy, beside, unranked"
+    assert board["test"].iloc[1] == "Welch t"
+    html = comparison.html.read_text()
+    sentence = html.split('<p class="verdict"><b>')[1].split("</b>")[0]
+    assert "points of final validation accuracy (52.00% vs 41.00%" in sentence
+    assert "final validation acc (%)" in html and "ranked on the final\n  epoch's <b>validation</b>" in html
+    cli = tmp_path / "cli" / "compare.html"
+    assert report_main([*map(str, runs), "--out", str(cli), "--rank-on", "validation"]) == 0
+    assert pd.read_csv(tmp_path / "cli" / "leaderboard.csv")["split"].tolist() == ["validation"] * 2
 
 
 def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):

@@ -1,4 +1,4 @@
-"""The training and evaluation steps: gradient clipping, flip TTA, parameter groups."""
+"""The training and evaluation steps: gradient clipping, flip and translate TTA, parameter groups."""
 
 from __future__ import annotations
 
@@ -53,6 +53,23 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
     )[0]
     expected = (model(images) + model(images.flip(3))) / 2
     assert torch.allclose(tta, expected) and not torch.allclose(tta, plain)
+
+
+def test_translate_tta_gives_half_the_weight_to_two_diagonal_shifts():
+    images, labels = batch(4)
+    model = LeftHeavy()
+    for flip in (False, True):
+        cfg = TrainConfig(amp="off", channels_last=False, tta_flip=flip, tta_translate=2)
+        tta = make_eval_step(model, CPU, cfg)(None, (images, labels))[0]
+
+        def view(x: torch.Tensor, flip: bool = flip) -> torch.Tensor:
+            return (model(x) + model(x.flip(3))) / 2 if flip else model(x)
+
+        padded = nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+        shifted = [padded[..., :32, :32], padded[..., 4:, 4:]]
+        assert torch.equal(shifted[0][..., 2:, 2:], images[..., :30, :30]), "moved down-right by 2 pixels"
+        expected = view(images) / 2 + (view(shifted[0]) + view(shifted[1])) / 4
+        assert torch.allclose(tta, expected) and not torch.allclose(tta, view(images))
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():

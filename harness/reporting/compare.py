@@ -2,7 +2,8 @@
 
 Runs whose configs differ only in ``seed`` (and in keys that do not change training: checkpoints,
 analysis, report, logging, worker count, cache folder) form a group. Each group gets its mean final
-test accuracy (the last epoch's, what a run reports; never a best epoch), spread, a 95% interval, a
+test accuracy (the last epoch's, what a run reports; never a best epoch; or the final validation
+accuracy, to choose between groups without reading the test set), spread, a 95% interval, a
 p-value against the best group and that p-value Holm-corrected for the number of comparisons
 (``harness.reporting.stats``), and the comparison says the smallest difference its seeds could detect.
 Written as ``compare.html`` (``report_templates/compare.html.j2``) and ``leaderboard.csv`` beside it.
@@ -35,6 +36,12 @@ NOT_THE_EXPERIMENT = (
 )  # fmt: skip
 DEFAULT_LAYER = "layer4"  # the block whose update/weight ratio the comparison overlays
 SIGNIFICANCE = 0.05
+# What a comparison may rank and test: the final accuracy on one split, as summary.json keys (the
+# accuracy, the split's image count) and as metrics.csv's column of it.
+SPLITS = {
+    "test": ("final_test_acc", "test_images", "test_acc"),
+    "validation": ("final_val_acc", "val_images", "val_acc"),
+}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,30 +71,30 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
 class Group:
     label: str
     records: list[RunRecord] = field(default_factory=list)
+    split: str = "test"  # what is ranked and tested: a key of SPLITS
 
     @property
     def finished(self) -> list[RunRecord]:
         """The runs whose training completed: only their final accuracy is a result."""
-        return [
-            r for r in self.records if r.status == "completed" and isinstance(r.summary.get("final_test_acc"), float)
-        ]
+        key = SPLITS[self.split][0]
+        return [r for r in self.records if r.status == "completed" and isinstance(r.summary.get(key), float)]
 
     @property
     def accuracies(self) -> list[float]:
-        """Final test accuracy of each finished run: what is compared and reported."""
-        return [r.summary["final_test_acc"] for r in self.finished]
+        """Final accuracy on the group's split of each finished run: what is compared."""
+        return [r.summary[SPLITS[self.split][0]] for r in self.finished]
 
     def mean_of(self, key: str) -> float:
         values = [r.summary[key] for r in self.finished if isinstance(r.summary.get(key), float)]
         return float(np.mean(values)) if values else math.nan
 
 
-def group_runs(records: list[RunRecord]) -> list[Group]:
-    """Replicates together, in the order of their first run; labelled by config name, and by the
-    keys that tell them apart when two groups share a name."""
+def group_runs(records: list[RunRecord], split: str = "test") -> list[Group]:
+    """Replicates together, in the order of their first run, compared on ``split``; labelled by config
+    name, and by the keys that tell them apart when two groups share a name."""
     by_key: dict[str, Group] = {}
     for record in records:
-        by_key.setdefault(experiment_key(record.config), Group(record.name)).records.append(record)
+        by_key.setdefault(experiment_key(record.config), Group(record.name, split=split)).records.append(record)
     groups = list(by_key.values())
     names = [g.label for g in groups]
     suffixes = {}
@@ -118,7 +125,7 @@ def interval(group: Group) -> tuple[float, float, str]:
         clipped = low < 0 or high > 1  # few seeds and a wide spread: an accuracy stays within 0-100%
         return max(0.0, low), min(1.0, high), "t over seeds" + (", clipped to 0-100%" if clipped else "")
     run = group.finished[0]
-    total = int(run.summary.get("test_images") or 0)
+    total = int(run.summary.get(SPLITS[group.split][1]) or 0)
     if not total:
         return math.nan, math.nan, "-"
     return (*stats.wilson_interval(round(accuracies[0] * total), total), "Wilson (one run)")
@@ -130,6 +137,8 @@ def p_value_against(group: Group, best: Group) -> tuple[float, str]:
     if len(a) >= 2 and len(b) >= 2:
         return stats.welch_p_value(a, b), "Welch t"
     if len(a) == 1 and len(b) == 1:
+        if group.split != "test":
+            return math.nan, "- (per-image predictions are kept for the test set only)"
         mine, theirs = correctness(group.finished[0]), correctness(best.finished[0])
         if mine is None or theirs is None or mine.shape != theirs.shape:
             return math.nan, "- (no predictions.csv on the same test set)"
@@ -139,7 +148,7 @@ def p_value_against(group: Group, best: Group) -> tuple[float, str]:
 
 
 def leaderboard(groups: list[Group]) -> pd.DataFrame:
-    """One row per group that has a finished run, best mean final test accuracy first.
+    """One row per group that has a finished run, best mean final accuracy (on the groups' split) first.
 
     ``p_holm`` is each p-value against the best group, Holm-corrected over those comparisons, and
     ``significant_at_5pct`` reads it; ``detectable_diff_80pct`` is the smallest difference a t-test
@@ -180,7 +189,9 @@ def leaderboard(groups: list[Group]) -> pd.DataFrame:
             "test": test,
             "significant_at_5pct": "" if i == 0 else ("yes" if p_holm < SIGNIFICANCE else "no"),
             "detectable_diff_80pct": detectable,
+            "split": group.split,
             "mean_val_acc": group.mean_of("final_val_acc"),
+            "mean_test_acc": group.mean_of("final_test_acc"),
             "mean_time_s": np.mean([r.summary.get("total_time_s") or math.nan for r in group.finished]),
             "mean_ece": group.mean_of("ece"),
             "mean_ece_scaled": group.mean_of("ece_scaled"),
@@ -213,16 +224,21 @@ def power_statement(board: pd.DataFrame, groups: list[Group]) -> str | None:
     )
 
 
+def split_of(board: pd.DataFrame) -> str:
+    """The split a leaderboard ranks (boards written before there was a choice rank the test set)."""
+    return str(board["split"].iloc[0]) if "split" in board and len(board) else "test"
+
+
 def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
     """The comparison's answer in one sentence, from the leaderboard: who leads whom by how much, how
     sure that is, and how many seeds would settle it. The leader is compared with the runner-up, or
     with ``reference`` (a group's label: a search's baseline) when that is in the board."""
     if board.empty:
         return None
-    top = board.iloc[0]
+    top, split = board.iloc[0], split_of(board)
     if len(board) == 1:
         return (
-            f"One group: {top.group}, {100 * top.mean_acc:.2f}% final test accuracy over {top.n_runs} run(s) "
+            f"One group: {top.group}, {100 * top.mean_acc:.2f}% final {split} accuracy over {top.n_runs} run(s) "
             f"(95% interval {100 * top.ci95_low:.2f} to {100 * top.ci95_high:.2f}%)."
         )
     others = board[board["group"] == reference] if reference in set(board["group"]) and top.group != reference else []
@@ -231,7 +247,7 @@ def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
     comparisons = int(board["p_holm"].notna().sum())
     said = {label: label + (" (the reference)" if label == reference else "") for label in (top.group, second.group)}
     sentence = (
-        f"{said[top.group]} leads {said[second.group]} by {lead:.2f} points of final test accuracy "
+        f"{said[top.group]} leads {said[second.group]} by {lead:.2f} points of final {split} accuracy "
         f"({100 * top.mean_acc:.2f}% vs {100 * second.mean_acc:.2f}%, {top.n_runs} and {second.n_runs} run(s))"
     )
     if second.p_holm != second.p_holm:  # NaN: no test was possible
@@ -261,16 +277,17 @@ def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
 
 
 def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
-    """Per group: how many of its runs reached ``target`` test accuracy, after how many epochs and
-    seconds of training (mean over those that did)."""
+    """Per group: how many of its runs reached ``target`` accuracy on the groups' split, after how many
+    epochs and seconds of training (mean over those that did)."""
     rows = []
     for group in groups:
         epochs, seconds = [], []
+        column = SPLITS[group.split][2]
         for record in group.records:
             m = record.metrics
-            if m.empty:
+            if m.empty or column not in m:
                 continue
-            reached = m.index[m["test_acc"] >= target]
+            reached = m.index[m[column] >= target]
             if len(reached):
                 epochs.append(int(m.loc[reached[0], "epoch"]))
                 seconds.append(float(m.loc[: reached[0], "epoch_time_s"].sum()))
@@ -333,7 +350,10 @@ def _number(value: float, form: str) -> str:
 
 def _format_leaderboard(board: pd.DataFrame) -> str:
     """The leaderboard as people read it, narrow enough for a 1400-pixel page: percentages, mean ± std,
-    the interval and how it was made, the Holm-corrected p-value, its test and its verdict."""
+    the interval and how it was made, the Holm-corrected p-value, its test and its verdict; beside the
+    ranked split's accuracy, the other split's."""
+    split = split_of(board)
+    other, other_column = ("val acc (%)", "mean_val_acc") if split == "test" else ("test acc (%)", "mean_test_acc")
     rows = []
     for r in board.itertuples():
         p_value = (
@@ -343,14 +363,15 @@ def _format_leaderboard(board: pd.DataFrame) -> str:
             {
                 "group": r.group,
                 "runs": r.n_runs,
-                "final test acc (%)": f"{100 * r.mean_acc:.2f}" + (f" ± {100 * r.std_acc:.2f}" if r.n_runs > 1 else ""),
+                f"final {split} acc (%)": f"{100 * r.mean_acc:.2f}"
+                + (f" ± {100 * r.std_acc:.2f}" if r.n_runs > 1 else ""),
                 "95% interval (%)": f"{_number(100 * r.ci95_low, '.2f')} to {_number(100 * r.ci95_high, '.2f')} "
                 f"({r.interval})",
                 "p vs best, Holm": p_value,
                 "test": "" if r.test == "best" else r.test,
                 "significant?": r.significant_at_5pct,
                 "detectable (points)": _number(100 * r.detectable_diff_80pct, ".2f"),
-                "val acc (%)": _number(100 * r.mean_val_acc, ".2f"),
+                other: _number(100 * getattr(r, other_column), ".2f"),
                 "ECE, scaled": f"{_number(r.mean_ece, '.3f')}, {_number(r.mean_ece_scaled, '.3f')}",
                 "time (s)": _number(r.mean_time_s, ".0f"),
             }
@@ -391,6 +412,7 @@ def comparison_context(
     reference: str | None = None,
 ) -> dict[str, Any]:
     best = board["group"].iloc[0] if len(board) else None
+    split = groups[0].split if groups else "test"
     figure_dir = out.parent / (out.stem + "_figures")
     devices = sorted({str(r.summary.get("device", "?")) for r in records})
     commits = sorted({str(r.summary.get("git_commit") or "no git")[:12] for r in records})
@@ -418,6 +440,8 @@ def comparison_context(
     spread = {g.label: g.accuracies for g in groups if g.label in intervals}
     return {
         "title": f"Comparison of {len(records)} runs in {len(groups)} groups",
+        "split": split,
+        "split_key": SPLITS[split][0],
         "verdict": verdict(board, reference),
         "report_links": {str(r.run_dir): report_link(r, out) for r in records},
         "records": records,
@@ -456,12 +480,17 @@ def comparison_context(
 
 
 def render_comparison(
-    run_dirs: list[Path], out: Path, layer: str = DEFAULT_LAYER, reference: str | None = None
+    run_dirs: list[Path],
+    out: Path,
+    layer: str = DEFAULT_LAYER,
+    reference: str | None = None,
+    rank_on: str = "test",
 ) -> Path:
-    """``out`` (HTML) and ``leaderboard.csv`` beside it; ``layer``'s update/weight ratios overlaid; the
-    first sentence measures the leader against ``reference`` (a group's label) when given."""
+    """``out`` (HTML) and ``leaderboard.csv`` beside it, ranking and testing the final accuracy on
+    ``rank_on`` (a key of ``SPLITS``); ``layer``'s update/weight ratios overlaid; the first sentence
+    measures the leader against ``reference`` (a group's label) when given."""
     records = [load_run(d) for d in run_dirs]
-    groups = group_runs(records)
+    groups = group_runs(records, rank_on)
     board = leaderboard(groups)
     atomic_io.write_text(out.parent / "leaderboard.csv", board.to_csv(index=False))
     html = (

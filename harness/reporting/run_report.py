@@ -271,7 +271,9 @@ def describe_evaluation(train: dict[str, Any]) -> str:
     weights = (
         f"average of the weights (ema_decay {train['ema_decay']})" if train.get("ema_decay") else "trained weights"
     )
-    return weights + (" + flip TTA" if train.get("tta_flip") else "")
+    tta = [name for name, on in (("flip", train.get("tta_flip")), ("translate", train.get("tta_translate"))) if on]
+    shift = f" {train['tta_translate']} px" if train.get("tta_translate") else ""
+    return weights + (f" + {' and '.join(tta)}{shift} TTA" if tta else "")
 
 
 def describe_history(history: list[dict[str, Any]]) -> str | None:

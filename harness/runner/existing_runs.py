@@ -51,13 +51,17 @@ class Comparison:
 
 
 def compare_runs(
-    run_dirs: Iterable[str | Path], out: str | Path = "results/compare.html", layer: str = "layer4"
+    run_dirs: Iterable[str | Path],
+    out: str | Path = "results/compare.html",
+    layer: str = "layer4",
+    rank_on: str = "test",
 ) -> Comparison:
-    """Group runs that differ only in seed, rank them on the final test accuracy with how sure each
+    """Group runs that differ only in seed, rank them on the final accuracy on ``rank_on`` (``test``,
+    what is reported, or ``validation``, to choose without reading the test set) with how sure each
     difference is, and write ``out`` (HTML) and ``leaderboard.csv`` beside it."""
     from harness.reporting.compare import render_comparison
     from harness.reporting.records import find_run_dirs
 
     out = Path(out)
-    html = render_comparison(find_run_dirs([Path(d) for d in run_dirs]), out, layer)
+    html = render_comparison(find_run_dirs([Path(d) for d in run_dirs]), out, layer, rank_on=rank_on)
     return Comparison(html, pd.read_csv(out.parent / "leaderboard.csv"))

@@ -155,6 +155,16 @@ class TrainConfig(Section):
     tta_flip: bool = Field(
         False, description="test-time augmentation: evaluation averages the logits of each image and its mirror image"
     )
+    tta_translate: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description=(
+            "test-time augmentation: with N > 0, half of each image's logits come from the image shifted by N "
+            "pixels diagonally both ways (reflected at the border; each shifted view mirrored too under "
+            "`tta_flip`), half from the image itself; 0: off"
+        ),
+    )
     ema_decay: float | None = Field(
         None,
         gt=0.0,
