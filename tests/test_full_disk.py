@@ -1,7 +1,7 @@
 """A disk that fills up, on a real small filesystem: a tmpfs the tests mount (they are skipped, saying
 so, where mounting is impossible: mount needs root). A filler file leaves the free space chosen, at
-the moment chosen: inside a checkpoint, the best checkpoint, the analysis, the report, a sweep's
-SQLite database and its worker's run. Each time: exit code 2, one line naming the file, nothing
+the moment chosen: inside a checkpoint, the best checkpoint, the analysis, the report, a sweep's or a
+search's SQLite database and its worker's run. Each time: exit code 2, one line naming the file, nothing
 half-written left; then, with room again, ``--resume`` (or the same sweep command) ends as a run that
 never stopped."""
 
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,11 +23,14 @@ import yaml
 import harness.analysis.pipeline
 import harness.reporting.run_report
 import harness.training.handlers
+from harness.analyze import main as analyze_main
+from harness.core import atomic_io
 from harness.core.full_disk import DiskFullError
 from harness.core.run_folder import list_checkpoints
 from harness.run import main
 from harness.sweep import main as sweep_main
 from harness.training.event_files import open_event_file
+from harness.tune import main as tune_main
 from tests.conftest import TIMING_COLUMNS, TINY, comparable_summary, deep_update, read_rows, tensorboard_scalars
 
 DISK = "24m"
@@ -121,7 +125,11 @@ def whole_records(event_file: Path) -> bool:
 
 
 def assert_nothing_half_written(run_dir: Path) -> None:
-    temporary = [p for p in run_dir.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(("tmp", ".write"))]
+    temporary = [
+        p
+        for p in run_dir.rglob("*")
+        if (p.name.endswith(".tmp") or p.name.startswith(("tmp", ".write"))) and not p.name.endswith(".lock")
+    ]  # a lock file (.writers.lock: the shared files' writers take turns) is whole at any size
     assert not temporary, temporary
     for path in run_dir.glob("checkpoints/*.pt"):
         torch.load(path, map_location="cpu", weights_only=False)
@@ -222,3 +230,81 @@ def test_a_full_disk_in_a_sweep_then_the_same_command_ends_as_if_it_never_stoppe
     assert_same_as_uninterrupted(sweep_dir / "tiny-seed0", uninterrupted)
     assert (sweep_dir / "compare.html").is_file()
     shutil.rmtree(sweep_dir)
+
+
+def assert_same_training(run_dir: Path, reference: Path) -> None:
+    """The logs and the final weights of ``run_dir`` are those of ``reference`` (a trial writes no report)."""
+    assert read_rows(run_dir / "metrics.csv", TIMING_COLUMNS) == read_rows(reference / "metrics.csv", TIMING_COLUMNS)
+    for name in ("lr.csv", "weights.csv"):
+        assert read_rows(run_dir / name) == read_rows(reference / name), name
+    mine, theirs = (
+        torch.load(list_checkpoints(d / "checkpoints")[0], weights_only=False)["model"] for d in (run_dir, reference)
+    )
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
+
+
+def test_a_full_disk_in_a_search_then_the_same_command_ends_as_if_it_never_stopped(
+    small_disk, config_file, uninterrupted, tmp_path, capsys
+):
+    """A one-trial search whose trial is the base itself (baseline_first): the disk fills at its folder,
+    twice in its study's SQLite database, and inside its trial's checkpoint; each time one line, then the
+    same command ends with the trial trained as the run that never stopped."""
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(config_file),
+                "trials": 1,
+                "space": {"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True}},
+                "objective": {"metric": "final_val_acc"},
+                "pruner": {"name": "none"},
+                "baseline_first": True,
+            }
+        )
+    )
+    out = small_disk.root / "study"
+    command = [str(search), "--out", str(out)]
+    database = out / "study.db"
+    fill_points = [(0, str(out)), (8 * PAGE, str(database)), (20 * PAGE, str(database))]
+    in_trial = f"{out}/trial-0000/checkpoints/checkpoint_8.pt"
+    fill_points.append((60 * PAGE + 2 * checkpoint_size(uninterrupted), in_trial))
+    for free, named in fill_points:
+        small_disk.leave(free)
+        capsys.readouterr()
+        assert tune_main(command) == 2, free
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the disk is full" in err, err
+        assert err.startswith(f"error: {named}") and err.endswith("make room, then run the same command again"), err
+        assert_nothing_half_written(out)
+        small_disk.make_room()
+    assert tune_main(command) == 0
+    assert_same_training(out / "trial-0000", uninterrupted)
+    assert (out / "trials.csv").is_file() and (out / "study.html").is_file() and (out / "best.yaml").is_file()
+    shutil.rmtree(out)
+
+
+def test_a_full_disk_while_writing_the_maps_then_analyze_again_finishes(small_disk, uninterrupted, monkeypatch, capsys):
+    """The class activation maps of every method, layer and target (gradcam.npz, the run's largest
+    analysis file): one line naming it, no half file; once there is room, the same analysis writes it whole."""
+    run_dir = small_disk.root / "analyzed"
+    shutil.copytree(uninterrupted, run_dir)
+    command = [str(run_dir), "--set", "analysis.gradcam_layers=[layer3, layer4]", "analysis.misclassified=4"]
+    write_npz = atomic_io.write_npz
+
+    def filled_first(path: Any, *args: Any, **kwargs: Any) -> Path:
+        small_disk.leave(0)
+        return write_npz(path, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(atomic_io, "write_npz", filled_first)
+        capsys.readouterr()
+        assert analyze_main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{run_dir}/analysis/gradcam.npz" in err and "the disk is full" in err, err
+    assert_nothing_half_written(run_dir)
+    assert not (run_dir / "analysis" / "gradcam.npz").exists() or np.load(run_dir / "analysis" / "gradcam.npz")
+    small_disk.make_room()
+    assert analyze_main(command) == 0
+    with np.load(run_dir / "analysis" / "gradcam.npz") as maps:
+        assert {"gradcam/layer3/predicted", "gradcam/layer4/true"} <= set(maps.files)
+    shutil.rmtree(run_dir)

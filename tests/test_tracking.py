@@ -138,12 +138,17 @@ def test_a_sweep_is_a_parent_with_a_child_per_run(write_config, tmp_path, store)
         assert run.info.experiment_id == parent.info.experiment_id
         assert_tracks_its_folder(store, run, sweep_dir / name.split("/")[1])
         assert run.data.params["seed"] == name[-1]
+        assert artifacts(store, run) == {"config.yaml", "summary.json", "metrics.csv"}
 
 
-def test_a_two_worker_search_is_a_parent_with_a_child_per_trial(search_data, tmp_path, store):  # noqa: F811
+def test_a_two_worker_search_is_a_parent_with_a_child_per_trial(search_data, tmp_path):  # noqa: F811
+    """``logging.mlflow=true`` in a folder with no store yet: the command creates results/mlflow.db
+    before its two workers start (their first use would race on MLflow's schema migration); then the
+    confirmation is a parent of its own."""
     out = tmp_path / "study"
-    args = [*small_tune(search_data, out, 3), f"logging.mlflow.tracking_uri={store}", "--workers", "2"]
-    result = run_cli(*args, module="harness.tune", timeout=600)
+    store = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    args = [*small_tune(search_data, out, 3), "logging.mlflow=true", "--workers", "2"]
+    result = run_cli(*args, module="harness.tune", timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
     runs = runs_in(store)
@@ -161,8 +166,20 @@ def test_a_two_worker_search_is_a_parent_with_a_child_per_trial(search_data, tmp
         assert run.data.tags["status"] == {"complete": "completed", "pruned": "pruned"}[trial["state"]]
         assert float(run.data.params["optimizer.lr"]) == pytest.approx(float(trial["optimizer.lr"]))
         assert_tracks_its_folder(store, run, Path(trial["run_dir"]))
+        assert artifacts(store, run) == {"config.yaml", "summary.json", "metrics.csv"}  # a trial writes no report
     logs = "".join(log.read_text() for log in (out / "logs").glob("worker-*.log"))
     assert "warning: MLflow" not in logs, logs[-3000:]
+
+    confirmed = run_cli(*args, "--confirm", "1", "--seeds", "0", module="harness.tune", timeout=600, cwd=tmp_path)
+    assert confirmed.returncode == 0, confirmed.stdout[-2000:] + confirmed.stderr[-3000:]
+    after = runs_in(store)
+    [confirmation] = [run for name, run in after.items() if name == "study/confirm"]
+    assert confirmation.data.tags["kind"] == "sweep" and confirmation.info.status == "FINISHED"
+    assert artifacts(store, confirmation) == {"compare.html", "leaderboard.csv"}
+    children = [run for run in after.values() if run.data.tags.get("mlflow.parentRunId") == confirmation.info.run_id]
+    assert len(children) == len(read_csv_rows(out / "confirm" / "leaderboard.csv")) >= 1
+    for child in children:
+        assert {"config.yaml", "summary.json", "metrics.csv", "report.html"} <= artifacts(store, child)
 
 
 def test_bad_stores_and_experiments_are_one_line_before_training(write_config, tmp_path, store, capsys):
