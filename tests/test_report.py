@@ -116,8 +116,17 @@ def test_first_blow_up_names_the_layer_that_went_first():
     assert first_blow_up(pd.concat([weights, later])) == {"layer": "layer1", "iteration": 5, "update_ratio": 0.02}
 
 
-def variant(source, folder, seed: int, lr: float, accuracy: float, val_accuracy: float | None = None):
-    """A copy of a finished run as another seed or config, with a chosen final test (and validation) accuracy."""
+def variant(
+    source,
+    folder,
+    seed: int,
+    lr: float,
+    accuracy: float,
+    val_accuracy: float | None = None,
+    cam_best: dict | None = None,
+):
+    """A copy of a finished run as another seed or config, with a chosen final test (and validation)
+    accuracy, and the CAM methods its analysis ranked first per layer."""
     shutil.copytree(source, folder)
     config = folder / "config.yaml"
     config.chmod(0o644)
@@ -127,6 +136,8 @@ def variant(source, folder, seed: int, lr: float, accuracy: float, val_accuracy:
     summary["final_test_acc"] = accuracy
     if val_accuracy is not None:
         summary.update(final_val_acc=val_accuracy, val_images=500)
+    if cam_best is not None:
+        summary["cam_ranking"] = {"best": cam_best, "layers": {}}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -166,8 +177,8 @@ def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):
     from harness import compare_runs
 
     runs = [
-        variant(analyzed_run, tmp_path / "a0", 0, 0.1, 0.62),
-        variant(analyzed_run, tmp_path / "a1", 1, 0.1, 0.58),
+        variant(analyzed_run, tmp_path / "a0", 0, 0.1, 0.62, cam_best={"layer3": "layercam", "layer4": "gradcam"}),
+        variant(analyzed_run, tmp_path / "a1", 1, 0.1, 0.58, cam_best={"layer3": "layercam", "layer4": "gradcam"}),
         variant(analyzed_run, tmp_path / "b0", 0, 0.002, 0.52),
         variant(analyzed_run, tmp_path / "b1", 1, 0.002, 0.51),
     ]
@@ -185,6 +196,8 @@ def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):
     assert html.index('class="verdict"') < html.index('id="leaderboard"')
     assert (board["ci95_low"] >= 0).all() and (board["ci95_high"] <= 1).all()  # 2 seeds: clipped to 0-100%
     assert html.count('.html">') >= 4 and 'href="a0/report.html"' in html  # each run links to its report
+    methods = html[html.index('id="cam-methods"') : html.index('id="runs"')]
+    assert "gradcam (2 of 2 runs)" in methods and "layercam (2 of 2 runs)" in methods, "each group's best method"
 
 
 def test_the_report_says_what_happened_to_the_run():
