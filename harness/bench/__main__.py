@@ -1,8 +1,9 @@
 """``python -m harness.bench [overhead|diagnostics|data|throughput|mfu|gradcam|engine]``: measured speed.
 
-- overhead:   images/s of the Ignite trainer with every handler attached vs a plain PyTorch loop,
-              same model, loader, batch and precision, alternating repetitions, medians; and of
-              the trainer with the terminal's progress bars vs without any progress display.
+- overhead:   images/s of the Ignite trainer with every handler attached vs a plain PyTorch loop and
+              the same loop under torch.compile, same model, loader, batch, precision and memory
+              format, repetitions in rotating order, medians, each as a share of the matmul peak;
+              and of the trainer with the terminal's progress bars vs without any progress display.
 - diagnostics: images/s of the harness with the weight-update diagnostics at their default rate
               vs off, back-to-back pairs in ABBA order, median ratio.
 - data:       images/s of the albumentations training loader for 0, 1, 2, ... workers, next to
@@ -48,8 +49,20 @@ def print_table(results: dict[str, Any]) -> None:
         print(
             f"overhead  width {o['width']} batch {o['batch']} amp {o['amp']}: plain {o['plain_median']:.0f} img/s, "
             f"harness {o['harness_median']:.0f} img/s -> harness/plain = {o['harness_over_plain']:.3f} "
-            f"(median of {o['repeats']} back-to-back pairs, ABBA order; "
-            f"pairs {min(o['pair_ratios']):.3f}-{max(o['pair_ratios']):.3f})"
+            f"(median of {o['repeats']} back-to-back rounds, rotating order; "
+            f"rounds {min(o['pair_ratios']):.3f}-{max(o['pair_ratios']):.3f})"
+        )
+        if o["compiled_median"]:
+            print(
+                f"overhead  plain loop under torch.compile {o['compiled_median']:.0f} img/s -> "
+                f"harness/compiled = {o['harness_over_compiled']:.3f}"
+            )
+        shares = ", ".join(
+            f"{loop} {100 * o[f'{loop}_mfu']:.1f}%" for loop in ("harness", "plain", "compiled") if o[f"{loop}_mfu"]
+        )
+        print(
+            f"overhead  share of the matmul peak ({o['peak_gflop_per_s']:.0f} GFLOP/s, "
+            f"{o['gflop_per_image']:.3f} GFLOP an image): {shares}"
         )
         bar_pairs = o["bars_pair_ratios"]
         print(

@@ -1,4 +1,5 @@
-"""What the benchmarks share: a small synthetic config, device synchronization, paired measurements."""
+"""What the benchmarks share: a small synthetic config, device synchronization, paired and rotated
+measurements."""
 
 from __future__ import annotations
 
@@ -53,3 +54,15 @@ def paired(
         for measure, into in ((measure_a, a), (measure_b, b))[:: 1 if repeat % 2 == 0 else -1]:
             into.append(measure(repeat))
     return a, b
+
+
+def rotated(measures: list[Callable[[int], float]], repeats: int) -> list[list[float]]:
+    """``repeats`` rounds of every measurement back to back, each round starting one later and running
+    backwards every other round (ABC, CBA... shifted), so that no measurement always runs first or last;
+    returns each measurement's values, in the order of ``measures``."""
+    values: list[list[float]] = [[] for _ in measures]
+    for repeat in range(repeats):
+        order = [(repeat // 2 + k) % len(measures) for k in range(len(measures))]
+        for index in order if repeat % 2 == 0 else order[::-1]:
+            values[index].append(measures[index](repeat))
+    return values

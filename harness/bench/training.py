@@ -16,12 +16,12 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
-from harness.bench.common import CIFAR_TEST, CIFAR_TRAIN, bench_config, paired, setting, synchronize
+from harness.bench.common import CIFAR_TEST, CIFAR_TRAIN, bench_config, paired, rotated, setting, synchronize
 from harness.config import Config, DiagnosticsConfig
 from harness.data.loaders import AugmentedArrayDataset, EpochBatchSampler, build_loader, build_train_dataset
 from harness.data.sources import make_synthetic
 from harness.data.transforms import build_eval_transform
-from harness.models.builders import build_model, place_model, resolve_channels_last
+from harness.models.builders import build_model, compile_or_fall_back, place_model, resolve_channels_last
 from harness.models.inputs import prepare_inputs
 from harness.training.diagnostics import UpdateDiagnostics
 from harness.training.optim import build_optimizer
@@ -31,13 +31,19 @@ from harness.training.wiring import build_learner, build_train_step, build_train
 
 
 def plain_loop_images_per_s(
-    cfg: Config, loader: Iterable, eval_batch: Any, iterations: int, device: torch.device
+    cfg: Config,
+    loader: Iterable,
+    eval_batch: Any,
+    iterations: int,
+    device: torch.device,
+    model: nn.Module | None = None,
 ) -> float:
-    """The reference: a hand-written loop over the same loader, model, batch and precision, ending,
-    like a harness epoch, with one evaluation of the batch-sized test set."""
-    model = build_model(cfg.model, 10)
-    channels_last = resolve_channels_last(cfg.train.channels_last, model, device)
-    model = place_model(model, device, channels_last)
+    """The reference: a hand-written loop over the same loader, model, batch, precision and memory
+    format, ending, like a harness epoch, with one evaluation of the batch-sized test set. ``model``:
+    one placed already (a compiled one, whose compilation is not timed); else a new eager one."""
+    channels_last = resolve_channels_last(cfg.train.channels_last, build_model(cfg.model, 10), device)
+    if model is None:
+        model = place_model(build_model(cfg.model, 10), device, channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
@@ -60,6 +66,19 @@ def plain_loop_images_per_s(
         (model(images).argmax(1) == labels).float().mean().item()
     synchronize(device)
     return seen / (time.perf_counter() - start)
+
+
+def compiled_plain_model(cfg: Config, loader: Iterable, eval_batch: Any, device: torch.device) -> nn.Module | None:
+    """The plain loop's model under ``torch.compile``, compiled by two warm-up steps and an evaluation
+    (training and evaluation graphs); None, with the reason on stderr, where compiling fails."""
+    model = build_model(cfg.model, 10)
+    channels_last = resolve_channels_last(cfg.train.channels_last, model, device)
+    model = place_model(model, device, channels_last)
+    compiled, ok = compile_or_fall_back(model, device, channels_last, (cfg.data.batch_size, 3, 32, 32))
+    if not ok:
+        return None
+    plain_loop_images_per_s(cfg, loader, eval_batch, 2, device, compiled)
+    return compiled
 
 
 def harness_images_per_s(cfg: Config, iterations: int, run_dir: Path) -> float:
@@ -102,15 +121,16 @@ def progress_handler_seconds(batch: int, repeats: int = 200) -> tuple[float, flo
 
 
 def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: int) -> dict[str, Any]:
-    """Pairs of one plain and one harness repetition, run back to back; the median of the pairs'
-    ratios is the harness's efficiency. Then pairs of harness repetitions with the terminal's
-    progress bars (drawn into stderr, whatever it is) and without any progress display: what the
-    bars cost.
+    """Rounds of one harness, one plain and one compiled plain repetition, back to back in rotating
+    order; the medians of the rounds' ratios are the harness's efficiency against each reference, and
+    each one's images/s is also a share of the chip's matrix-product peak in the training precision
+    (MFU). Then pairs of harness repetitions with the terminal's progress bars (drawn into stderr,
+    whatever it is) and without any progress display: what the bars cost.
 
-    A shared machine's speed drifts by more than the overhead being measured; within a pair it
-    drifts little, and the order alternates (ABBA) so that neither loop always runs second. The
-    harness repetition includes what a real epoch includes around the training steps: one
-    evaluation over a batch-sized test set, the metrics row and a checkpoint.
+    A shared machine's speed drifts by more than the overhead being measured; within a round it
+    drifts little, and the order rotates so that no loop always runs first. The harness repetition
+    includes what a real epoch includes around the training steps: one evaluation over a batch-sized
+    test set, the metrics row and a checkpoint. The compiled loop's compilation is not timed.
     """
     device = idist.device()
     cfg = bench_config(width, batch, amp, images=batch * iterations)
@@ -122,11 +142,14 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     eval_batch = next(iter(build_loader(eval_set, EpochBatchSampler(len(test), batch, 0, shuffle=False), 0, device)))
     with tempfile.TemporaryDirectory() as tmp:
         plain_loop_images_per_s(cfg, loader, eval_batch, 2, device)  # warm-up: allocator, kernels
-        plain, harness = paired(
-            lambda _: plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device),
+        compiled = compiled_plain_model(cfg, loader, eval_batch, device)
+        measures = [
             lambda repeat: harness_images_per_s(cfg, iterations, Path(tmp) / f"r{repeat}"),
-            repeats,
-        )
+            lambda _: plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device),
+        ]
+        if compiled is not None:
+            measures.append(lambda _: plain_loop_images_per_s(cfg, loader, eval_batch, iterations, device, compiled))
+        harness, plain, *compiled_rates = rotated(measures, repeats)
         bars, quiet = paired(
             lambda repeat: harness_images_per_s(with_progress(cfg, "bar"), iterations, Path(tmp) / f"bars{repeat}"),
             lambda repeat: harness_images_per_s(with_progress(cfg, "off"), iterations, Path(tmp) / f"quiet{repeat}"),
@@ -138,7 +161,9 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
     # at most every BAR_REFRESH_S.
     tick_s, draw_s = progress_handler_seconds(batch)
     step_s = batch / statistics.median(quiet)
-    return {
+    flops = training_flops_per_image(build_model(cfg.model, 10).to(device), (32, 32), device)
+    peak = matmul_peak_flops(resolve_amp_dtype(amp, device) or torch.float32, device)
+    found = {
         **setting(width, batch, amp, iterations, repeats),
         "plain_images_per_s": plain,
         "harness_images_per_s": harness,
@@ -146,6 +171,15 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
         "plain_median": statistics.median(plain),
         "harness_median": statistics.median(harness),
         "harness_over_plain": statistics.median(ratios),
+        "compiled_images_per_s": compiled_rates[0] if compiled_rates else None,
+        "compiled_median": statistics.median(compiled_rates[0]) if compiled_rates else None,
+        "harness_over_compiled": (
+            statistics.median(h / c for h, c in zip(harness, compiled_rates[0], strict=True))
+            if compiled_rates
+            else None
+        ),
+        "gflop_per_image": flops / 1e9,
+        "peak_gflop_per_s": peak / 1e9,
         "bars_images_per_s": bars,
         "no_progress_images_per_s": quiet,
         "bars_pair_ratios": bar_ratios,
@@ -154,6 +188,10 @@ def bench_overhead(width: int, batch: int, amp: str, iterations: int, repeats: i
         "bar_draw_us": 1e6 * draw_s,
         "bars_estimated_overhead": tick_s / step_s + draw_s / BAR_REFRESH_S,
     }
+    for loop in ("harness", "plain", "compiled"):
+        rate = found[f"{loop}_median"]
+        found[f"{loop}_mfu"] = rate * flops / peak if rate else None
+    return found
 
 
 def diagnostics_sample_seconds(cfg: Config, repeats: int) -> float:
