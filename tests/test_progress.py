@@ -4,6 +4,7 @@ started on a CPU. The clock is driven by hand where only the arithmetic is under
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -17,7 +18,7 @@ import torch
 from ignite.engine import Engine
 
 from harness.config import load_config
-from harness.training.progress import Lines, ProgressClock, RunProgress, gpu_recipe_warning
+from harness.training.progress import Lines, ProgressClock, RunProgress, gpu_recipe_warning, resolve_mode
 from tests.conftest import EXPERIMENTS, REPO, subprocess_env
 
 
@@ -61,6 +62,21 @@ def test_a_bar_shows_during_the_first_epoch_on_a_terminal(write_config, tmp_path
     during_epoch = shown[: shown.index("epoch 1/1: train_loss")]
     assert re.search(r"epoch 1/1 +\d+%\|.*\| \d/8, loss \d\.\d{4}, lr [\d.e-]+, ", during_epoch), during_epoch[-2000:]
     assert "test evaluation" in during_epoch
+
+
+class Stream(io.StringIO):
+    def __init__(self, terminal: bool) -> None:
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+def test_auto_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    assert resolve_mode("auto", Stream(terminal=True)) == "bar"
+    assert resolve_mode("auto", Stream(terminal=False)) == "lines", "a log, a pipe, CI"
+    assert resolve_mode("lines", Stream(terminal=True)) == "lines" and resolve_mode("off", Stream(True)) == "off"
 
 
 class ManualTime:
