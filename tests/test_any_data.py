@@ -23,7 +23,7 @@ from harness.data.normalization import channel_stats
 from harness.data.sources import load_arrays
 from harness.models.inputs import prepare_inputs
 from harness.run import main
-from tests.conftest import SMALL, experiment_args, make_image_folder
+from tests.conftest import EXPERIMENTS, SMALL, experiment_args, make_image_folder
 
 RNG = np.random.default_rng(0)
 
@@ -77,6 +77,38 @@ def test_the_image_folder_example_at_another_size(colour_96, tmp_path):
     summary = RunFiles(out).read_summary()
     assert summary["status"] == "completed" and summary["image_size"] == [96, 96] and summary["val_images"] > 0
     assert len(pd.read_csv(out / "analysis" / "per_class.csv")) == 12 and RunFiles(out).report.is_file()
+
+
+EXTREMES = [(224, 2, 8, 4), (28, 1000, 1000, 1000)]  # side, classes, training and test images
+
+
+@pytest.mark.parametrize("side, classes, train, test", EXTREMES, ids=["224px-2-classes", "28px-1000-classes"])
+def test_the_cpu_recipe_at_the_extremes_of_size_and_class_count(side, classes, train, test, tmp_path):
+    """The issue's range: 2 classes of 224x224 images, and 1,000 classes of 28x28 ones (a data plug-in
+    that makes them), through the shipped CPU recipe with only data and size keys changed."""
+    (tmp_path / "extreme.py").write_text(
+        "import numpy as np\n"
+        "def load(side, classes, train, test):\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    def split(n):\n"
+        "        labels = np.arange(n) % classes\n"
+        "        images = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)\n"
+        "        images[:, :4, :4, 0] = (labels * 255 // max(classes - 1, 1))[:, None, None]\n"
+        "        return images, labels\n"
+        "    return split(train), split(test)\n"
+    )
+    kwargs = f"{{side: {side}, classes: {classes}, train: {train}, test: {test}}}"
+    args = [str(EXPERIMENTS / "resnet18_cpu.yaml"), "--set", f"data.dataset={tmp_path / 'extreme.py'}:load",
+            f"data.kwargs={kwargs}", "model.width=4", "train.epochs=1", "data.batch_size=4" if side > 32 else
+            "data.batch_size=100", "data.eval_batch_size=100", "analysis.misclassified=4"]  # fmt: skip
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out)]) == 0
+    summary = RunFiles(out).read_summary()
+    assert summary["status"] == "completed" and summary["image_size"] == [side, side]
+    assert len(summary["classes"]) == classes and len(pd.read_csv(out / "analysis" / "per_class.csv")) == classes
+    with np.load(out / "analysis" / "gradcam.npz") as maps:
+        assert maps["gradcam/layer4/predicted"].shape[1:] == (side, side)
+    assert RunFiles(out).report.is_file()
 
 
 def test_mixed_sizes_need_an_image_size_and_are_resized_to_it(tmp_path, capsys):
