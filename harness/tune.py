@@ -30,7 +30,7 @@ from harness.core.full_disk import DiskFullError, log_to_a_disk_that_may_fill
 from harness.core.run_folder import create_output_dir
 from harness.search.engine import listen_to_interrupts, start_workers, supervise, work
 from harness.search.plans import SearchPlan
-from harness.search.progress import StudyStatus, counted
+from harness.search.progress import StudyStatus, counted, retries
 from harness.search.space import PrunerConfig, Search, load_search
 from harness.search.storage import default_storage, exclusive, open_storage, open_study
 from harness.search.study_report import (
@@ -118,20 +118,24 @@ def progress_printer(search: Search, workers: int) -> Any:
                 atomic_io.write_text(out / "trials.csv", trials_table(study, search).to_csv(index=False))
         except DiskFullError:
             pass  # written again once the workers end, which reports a disk still full
+        taken_over = retries(trials)
         for t in trials:
             if t.number in told or t.state in (TrialState.RUNNING, TrialState.WAITING):
                 continue
             told.add(t.number)
             if t.user_attrs.get("surplus"):
                 continue
+            if t.number in taken_over:  # its worker died or was stopped: nothing failed
+                by = taken_over[t.number]
+                print(f"trial {t.number}: stopped, continued by trial {by} from its run folder", flush=True)
+                continue
             what = f"{metric} {t.value:.4f}" if t.state == TrialState.COMPLETE else t.state.name.lower()
             if t.state == TrialState.FAIL:
                 what = "interrupted" if t.user_attrs.get("interrupted") else f"failed: {t.user_attrs.get('error', '?')}"
             epochs = t.user_attrs.get("epochs")
             print(f"trial {t.number}: {what} ({epochs} epochs, {t.user_attrs.get('time_s', '?')} s)", flush=True)
-        status = StudyStatus(
-            "trials", search.trials, [t for t in trials if counted(t)], metric=metric, maximize=maximize
-        )
+        own = [t for t in trials if counted(t) and t.number not in taken_over]
+        status = StudyStatus("trials", search.trials, own, metric=metric, maximize=maximize)
         print(status.line(workers, datetime.now()), flush=True)
 
     return on_change

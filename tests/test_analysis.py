@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.analysis.artifacts import ARTIFACTS, MEASURED
+from harness.analysis.artifacts import A_MISTAKE, ARTIFACTS, MEASURED, SHOWN
 from harness.analysis.gradcam import gradcam_maps, normalize_per_image
 from harness.analysis.pipeline import per_class_accuracy, select_misclassified
 from harness.analyze import main as analyze_main
@@ -78,8 +78,9 @@ def test_analyze_an_existing_run_folder(write_config, tmp_path):
     assert not (run_dir / "analysis").exists()
     assert analyze_main([str(run_dir)]) == 0
     out = run_dir / "analysis"
-    # Every artifact but those the config leaves out (gradcam_targets are both classes by default).
-    expected = [name for name, artifact in ARTIFACTS.items() if artifact.when in (None, MEASURED)]
+    # Every artifact but those the config leaves out (gradcam_targets are both classes by default; an
+    # untrained model misclassifies).
+    expected = [name for name, artifact in ARTIFACTS.items() if artifact.when in (None, MEASURED, A_MISTAKE, SHOWN)]
     for name in [*expected, "gradcam_predicted.png", "gradcam_true.png"]:
         assert (out / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())

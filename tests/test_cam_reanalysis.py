@@ -94,3 +94,21 @@ def test_cam_methods_are_checked_item_by_item():
     with pytest.raises(ConfigError, match=r"analysis.cam_methods\[1\] = 'gradcam\+\+\+': expected one of gradcam"):
         config_from_dict({}, ["analysis.cam_methods=[gradcam, gradcam+++]"])
     assert config_from_dict({}, ["analysis.cam_methods=all"]).analysis.cam_method_names() == CAM_METHODS.names()
+
+
+def test_an_analysis_that_writes_less_leaves_nothing_of_the_earlier_one(compared_run, tmp_path):
+    """No layers and no misclassified images shown: the maps' figures, faithfulness and sanity of the
+    earlier analysis would otherwise stay and the report would show them as this analysis's."""
+    run = tmp_path / "run"
+    shutil.copytree(compared_run, run)
+    assert analyze_main([str(run), "--set", "analysis.misclassified=0", "analysis.gradcam_layers=[]"]) == 0
+    left = {path.name for path in (run / "analysis").iterdir()}
+    gone = {"misclassified.png", "gradcam_predicted.png", "gradcam_true.png", "faithfulness.csv", "sanity.png",
+            "sanity_examples.png", "cam_ranking.csv", "cam_methods.png"}  # fmt: skip
+    assert not gone & left, gone & left
+    assert {"per_class.csv", "misclassified.csv", "gradcam.npz", "train_samples.png"} <= left
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert 'id="cam-methods"' not in html
+    for key in ("gradcam", "faithfulness", "sanity"):
+        section = html[html.index(f'<section id="{key}">') :]
+        assert "data:image/png" not in section[: section.index("</section>")], f"the {key} section shows a figure"

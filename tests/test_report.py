@@ -10,6 +10,7 @@ import pytest
 
 from harness.analysis.artifacts import ARTIFACTS
 from harness.analysis.blow_up import first_blow_up
+from harness.core.errors import HarnessError
 from harness.core.run_folder import WEIGHTS_COLUMNS
 from harness.report import main as report_main
 from harness.reporting.compare import differing_keys
@@ -169,6 +170,11 @@ def test_a_comparison_ranked_on_validation_reads_no_test_accuracy_to_rank(analyz
     cli = tmp_path / "cli" / "compare.html"
     assert report_main([*map(str, runs), "--out", str(cli), "--rank-on", "validation"]) == 0
     assert pd.read_csv(tmp_path / "cli" / "leaderboard.csv")["split"].tolist() == ["validation"] * 2
+    nothing = compare_runs(runs[4:], tmp_path / "none" / "compare.html", rank_on="validation")
+    assert nothing.leaderboard.empty and "split" in nothing.leaderboard.columns, "no run held out: an empty board"
+    assert "No run has finished its training yet with a validation split" in nothing.html.read_text()
+    with pytest.raises(HarnessError, match="rank_on = 'val': expected one of test, validation"):
+        compare_runs(runs, tmp_path / "bad" / "compare.html", rank_on="val")
 
 
 def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):

@@ -226,6 +226,10 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(search_data, t
     assert retry.state in ("complete", "pruned") and retry.run_dir == victim["user_attrs"]["run_dir"]
     summary = json.loads((Path(retry.run_dir) / "summary.json").read_text())
     assert summary["resumed_from"], "the retry resumed the folder from its checkpoint"
+    said = f"trial {victim['number']}: stopped, continued by trial {retry.number} from its run folder"
+    assert said in stdout and f"trial {victim['number']}: failed" not in stdout, stdout
+    last_status = [line for line in stdout.splitlines() if line.startswith("trials: ")][-1]
+    assert ", 0 failed," in last_status, "the killed worker's trial is not a failure"
 
 
 def test_postgres_two_workers_one_killed_and_the_database_restarted(search_data, tmp_path):

@@ -1,5 +1,6 @@
 """The files an analysis writes into ``RUN_DIR/analysis/``, listed once: the pipeline writes only what
-is listed here, the report shows each figure in the section it names, and the tests check the list.
+is listed here (and removes what an earlier analysis of the run wrote that this one does not), the
+report shows each figure in the section it names, and the tests check the list.
 A new artifact is a line here (and, shown in the report, its place in the template)."""
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ class Artifact(NamedTuple):
 
 
 MEASURED = "analysis.gradcam_layers and analysis.gradcam_targets not empty"
+A_MISTAKE = "a misclassified test image"
+SHOWN = "analysis.misclassified above 0 and a misclassified test image"
 ARTIFACTS: dict[str, Artifact] = {  # by file name
     "train_samples.png": Artifact("data"),
     "augmentation_preview.png": Artifact("data"),
@@ -23,12 +26,12 @@ ARTIFACTS: dict[str, Artifact] = {  # by file name
     "confusion_matrix.png": Artifact("per-class"),
     "predictions.csv": Artifact("per-class"),
     "confused_pairs.csv": Artifact("per-class"),
-    "confused_pairs.png": Artifact("per-class"),
+    "confused_pairs.png": Artifact("per-class", A_MISTAKE),
     "misclassified.csv": Artifact("misclassified"),
-    "misclassified.png": Artifact("misclassified"),
+    "misclassified.png": Artifact("misclassified", SHOWN),
     "gradcam.npz": Artifact("gradcam"),
-    "gradcam_predicted.png": Artifact("gradcam", "`predicted` in analysis.gradcam_targets"),
-    "gradcam_true.png": Artifact("gradcam", "`true` in analysis.gradcam_targets"),
+    "gradcam_predicted.png": Artifact("gradcam", f"`predicted` in analysis.gradcam_targets, a layer, {SHOWN}"),
+    "gradcam_true.png": Artifact("gradcam", f"`true` in analysis.gradcam_targets, a layer, {SHOWN}"),
     "faithfulness.csv": Artifact("faithfulness", MEASURED),
     "faithfulness_misclassified.png": Artifact("faithfulness", MEASURED),
     "faithfulness_correct.png": Artifact("faithfulness", MEASURED),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 
 from harness.analysis import figures
-from harness.analysis.artifacts import artifact_path
+from harness.analysis.artifacts import ARTIFACTS, artifact_path
 from harness.analysis.calibration import (
     calibration_bins,
     expected_calibration_error,
@@ -108,13 +108,14 @@ def select_misclassified(probabilities: np.ndarray, labels: np.ndarray, count: i
     return wrong[:count]
 
 
-def write_data_figures(cfg: AnalysisSpec, train_arrays: Any, out_dir: Path, footer: str) -> None:
+def write_data_figures(a: Analysis, train_arrays: Any) -> None:
+    cfg, footer = a.cfg, a.footer
     rng = np.random.default_rng(cfg.seed)
     picks = rng.choice(len(train_arrays), size=min(32, len(train_arrays)), replace=False)
     figures.image_grid(
         train_arrays.images[picks],
         [train_arrays.classes[train_arrays.labels[i]] for i in picks],
-        artifact_path(out_dir, "train_samples.png"),
+        a.path("train_samples.png"),
         footer=footer,
     )
     dataset = AugmentedArrayDataset(train_arrays, build_train_transform(cfg.data, train_arrays.images.shape[1:3]))
@@ -125,7 +126,7 @@ def write_data_figures(cfg: AnalysisSpec, train_arrays: Any, out_dir: Path, foot
     figures.image_grid(
         shown,
         ["original"] + [f"augmented {i + 1}" for i in range(8)],
-        artifact_path(out_dir, "augmentation_preview.png"),
+        a.path("augmentation_preview.png"),
         columns=9,
         footer=footer,
     )
@@ -144,14 +145,22 @@ class Analysis:
     model: torch.nn.Module
     probabilities: np.ndarray
     confusion: np.ndarray
+    written: set[str] = field(default_factory=set)  # the artifacts this analysis wrote
 
     @property
     def predicted(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
 
     def path(self, name: str) -> Path:
-        """Where the artifact ``name`` (``ARTIFACTS``) is written."""
+        """Where the artifact ``name`` (``ARTIFACTS``) is written, noted as written."""
+        self.written.add(name)
         return artifact_path(self.out_dir, name)
+
+    def remove_unwritten(self) -> None:
+        """What an earlier analysis of this run wrote and this one did not (another config, fewer
+        misclassified images) would be shown by the report as if it were this analysis's."""
+        for name in ARTIFACTS.keys() - self.written:
+            artifact_path(self.out_dir, name).unlink(missing_ok=True)
 
     def inputs(self, indices: np.ndarray) -> torch.Tensor:
         return torch.stack([self.test_set[int(i)][0] for i in indices])
@@ -553,11 +562,9 @@ def analyze(cfg: AnalysisSpec, run_dir: Path, device: torch.device | None = None
         sanity = write_sanity(a, right, methods)
         if len(methods) > 1 and per_image:
             ranking = write_cam_comparison(a, wrong, right, explained, per_image, sanity)
-    if ranking is None:  # a comparison of an earlier analysis of this run would describe other methods
-        for stale in ("cam_ranking.csv", "cam_methods.png"):
-            a.path(stale).unlink(missing_ok=True)
     calibration = write_calibration(a, test_logits, val)
-    write_data_figures(cfg, train_arrays, a.out_dir, a.footer)
+    write_data_figures(a, train_arrays)
+    a.remove_unwritten()
 
     per_class = {name: round(float(value), 6) for name, value in zip(classes, accuracy, strict=True)}
     summary.pop("cam_ranking", None)

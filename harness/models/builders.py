@@ -151,9 +151,9 @@ def compile_or_fall_back(
         return model, False
 
 
-def onednn_block() -> int:
-    """oneDNN's channel block on this CPU for float convolutions: 16 on AVX-512, 8 on AVX2."""
-    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+# oneDNN's widest channel block for float convolutions (AVX-512's; AVX2's is 8). Not read from ATen's
+# CPU capability: that follows ATEN_CPU_CAPABILITY, which oneDNN ignores when it picks its kernels.
+ONEDNN_BLOCK = 16
 
 
 def nhwc_unsafe_conv(model: nn.Module, device: torch.device) -> nn.Conv2d | None:
@@ -167,12 +167,14 @@ def nhwc_unsafe_conv(model: nn.Module, device: torch.device) -> nn.Conv2d | None
     """
     if device.type != "cpu":
         return None
-    block = onednn_block()
     return next(
         (
             m
             for m in model.modules()
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < block
+            if isinstance(m, nn.Conv2d)
+            and m.kernel_size == (1, 1)
+            and m.stride != (1, 1)
+            and m.in_channels < ONEDNN_BLOCK
         ),
         None,
     )

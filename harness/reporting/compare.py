@@ -24,6 +24,7 @@ import pandas as pd
 from harness.analysis import figures
 from harness.analysis.figures import MAX_CLASSES_SHOWN
 from harness.core import atomic_io
+from harness.core.errors import HarnessError
 from harness.core.run_folder import RunFiles, utc_now
 from harness.reporting import stats
 from harness.reporting.html import embed_png, environment
@@ -147,6 +148,13 @@ def p_value_against(group: Group, best: Group) -> tuple[float, str]:
     return stats.one_sample_p_value(many, single), "one-sample t"
 
 
+LEADERBOARD_COLUMNS = [
+    "group", "n_runs", "mean_acc", "std_acc", "min_acc", "max_acc", "ci95_low", "ci95_high", "interval",
+    "p_value_vs_best", "p_holm", "test", "significant_at_5pct", "detectable_diff_80pct", "split", "mean_val_acc",
+    "mean_test_acc", "mean_time_s", "mean_ece", "mean_ece_scaled",
+]  # fmt: skip
+
+
 def leaderboard(groups: list[Group]) -> pd.DataFrame:
     """One row per group that has a finished run, best mean final accuracy (on the groups' split) first.
 
@@ -156,8 +164,8 @@ def leaderboard(groups: list[Group]) -> pd.DataFrame:
     detect at 80% power at Holm's strictest level (5% / comparisons).
     """
     scored = sorted((g for g in groups if g.finished), key=lambda g: -np.mean(g.accuracies))
-    if not scored:
-        return pd.DataFrame()
+    if not scored:  # its header alone, so that leaderboard.csv reads back (no run finished, none validated)
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     best = scored[0]
     tests = [p_value_against(g, best) for g in scored[1:]]
     holm = stats.holm_adjusted([p for p, _ in tests])
@@ -196,7 +204,7 @@ def leaderboard(groups: list[Group]) -> pd.DataFrame:
             "mean_ece": group.mean_of("ece"),
             "mean_ece_scaled": group.mean_of("ece_scaled"),
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
 
 
 def _level(comparisons: int) -> str:
@@ -489,6 +497,8 @@ def render_comparison(
     """``out`` (HTML) and ``leaderboard.csv`` beside it, ranking and testing the final accuracy on
     ``rank_on`` (a key of ``SPLITS``); ``layer``'s update/weight ratios overlaid; the first sentence
     measures the leader against ``reference`` (a group's label) when given."""
+    if rank_on not in SPLITS:
+        raise HarnessError(f"rank_on = {rank_on!r}: expected one of {', '.join(SPLITS)}")
     records = [load_run(d) for d in run_dirs]
     groups = group_runs(records, rank_on)
     board = leaderboard(groups)

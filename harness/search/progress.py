@@ -18,6 +18,17 @@ from harness.core.durations import format_duration
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def retries(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Each failed trial that was queued again, with the number of the trial that took it over (a
+    stale trial retried by Optuna, or an interrupted one resumed by a later command)."""
+    taken_over: dict[int, int] = {}
+    for trial in trials:
+        origin = trial.system_attrs.get("failed_trial", trial.user_attrs.get("resumes"))
+        if origin is not None:
+            taken_over[origin] = trial.number
+    return taken_over
+
+
 def counted(trial: FrozenTrial) -> bool:
     """Whether a trial is one of the study's own: a surplus trial never ran, and an interrupted one
     is queued again as a new trial that resumes it."""

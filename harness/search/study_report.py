@@ -25,6 +25,7 @@ from harness.core.errors import redact
 from harness.core.provenance import git_commit
 from harness.core.run_folder import utc_now
 from harness.reporting.html import embed_png, environment
+from harness.search.progress import retries
 from harness.search.space import CategoricalDistribution, IntDistribution, Search
 
 COLUMNS = ["number", "state", "value", "epochs", "time_s", "run_dir"]
@@ -45,8 +46,7 @@ def trials_table(study: optuna.Study, search: Search) -> pd.DataFrame:
     """A row per trial that ran or runs: ``number, state, value, epochs, time_s, run_dir``, a column
     per parameter, then where a retry came from and why a trial failed."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    retried |= {t.user_attrs["resumes"] for t in trials if "resumes" in t.user_attrs}
+    retried = set(retries(trials))
     rows = []
     for trial in trials:
         state = trial_state(trial, retried)

@@ -145,9 +145,9 @@ class TrainConfig(Section):
     channels_last: bool = Field(
         True,
         description=(
-            "NHWC memory format (faster convolutions on GPUs and on CPUs); ignored, with a warning, on "
-            "a CPU when a strided 1x1 convolution has fewer input channels than oneDNN's block (16 on "
-            "AVX-512, 8 on AVX2: ResNet18 of width < 16 or < 8), where oneDNN 3.12 crashes or hangs"
+            "NHWC memory format (faster convolutions on GPUs and on CPUs); on a CPU, a model with a "
+            "strided 1x1 convolution of fewer than 16 input channels (ResNet18 of width < 16), where "
+            "oneDNN 3.12 crashes or hangs in NHWC, trains in NCHW with a note (summary.json records it)"
         ),
     )
     grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm to this value")

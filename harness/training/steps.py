@@ -151,8 +151,12 @@ def tta_logits(model: nn.Module, images: torch.Tensor, flip: bool, translate: in
     if translate:
         height, width = images.shape[-2:]
         padded = nn.functional.pad(images, (translate,) * 4, mode="reflect")
-        moved_down_right = padded[..., :height, :width]
-        moved_up_left = padded[..., 2 * translate :, 2 * translate :]
+        # Crops of the padded tensor keep its strides: copied in the images' layout, each convolution
+        # reads them as it reads the images (no hidden copy, no recompilation under torch.compile).
+        nhwc = images.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if nhwc else torch.contiguous_format
+        moved_down_right = padded[..., :height, :width].contiguous(memory_format=layout)
+        moved_up_left = padded[..., 2 * translate :, 2 * translate :].contiguous(memory_format=layout)
         logits = logits / 2 + (view(moved_down_right) + view(moved_up_left)) / 4
     return logits
 

@@ -36,11 +36,11 @@ from harness.data.loaders import (
 from harness.data.sources import DataSplits
 from harness.data.transforms import build_eval_transform
 from harness.models.builders import (
+    ONEDNN_BLOCK,
     build_model,
     compile_or_fall_back,
     count_parameters,
     nhwc_unsafe_conv,
-    onednn_block,
     place_model,
     resolve_channels_last,
 )
@@ -178,7 +178,7 @@ def resolve_train_config(cfg: RunSpec, model: nn.Module, device: torch.device) -
         conv = nhwc_unsafe_conv(model, device)
         print(
             f"note: training in NCHW, not train.channels_last: a strided 1x1 convolution with {conv.in_channels} "
-            f"input channels (fewer than {onednn_block()}) hits a oneDNN bug in NHWC on this CPU "
+            f"input channels (fewer than {ONEDNN_BLOCK}) hits a oneDNN bug in NHWC on this CPU "
             "(uxlfoundation/oneDNN#6035)",
             flush=True,
         )
