@@ -228,7 +228,7 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(search_data, t
     assert summary["resumed_from"], "the retry resumed the folder from its checkpoint"
     said = f"trial {victim['number']}: stopped, continued by trial {retry.number} from its run folder"
     assert said in stdout and f"trial {victim['number']}: failed" not in stdout, stdout
-    last_status = [line for line in stdout.splitlines() if line.startswith("trials: ")][-1]
+    last_status = [line for line in stdout.splitlines() if re.match(r"trials: \d+ of \d+ done", line)][-1]
     assert ", 0 failed," in last_status, "the killed worker's trial is not a failure"
 
 
