@@ -33,6 +33,7 @@ SMALL = [
     "scheduler.warmup_epochs=0",
     "data.batch_size=32",
     "data.eval_batch_size=50",
+    "analysis.misclassified=4",  # the images explained: each is a row of every Grad-CAM figure
 ]
 
 

@@ -176,21 +176,7 @@ def assert_same_as_uninterrupted(run_dir: Path, reference: Path) -> None:
     assert_run_complete(run_dir, test_images=50)
 
 
-@pytest.mark.parametrize(
-    "point, extra",
-    [
-        ("iteration:7", []),  # mid-epoch, default checkpoints: epoch 2 restarts, its averages afresh
-        ("iteration:8", ["checkpoint.every_iters=3"]),  # mid-epoch from a mid-epoch checkpoint (iteration 6)
-        ("evaluation:2", []),  # during the evaluation that ends epoch 2
-        ("checkpoint:10", []),  # halfway through writing epoch 2's checkpoint
-        ("summary", []),  # after the last checkpoint, before the final summary.json
-        ("analysis", []),
-        ("report", []),
-    ],
-)
-def test_kill_9_then_resume_matches_an_uninterrupted_run(point, extra, cifar_like, uninterrupted, tmp_path):
-    out = tmp_path / "run"
-    args = [*experiment_args("resnet18_cpu", cifar_like, *KILL_ARGS, *extra), "--out", str(out)]
+def kill_at(point: str, *args: str) -> None:
     killed = subprocess.run(
         [sys.executable, "-m", "tests.kill_at", point, *args],
         cwd=REPO,
@@ -199,11 +185,42 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(point, extra, cifar_lik
         text=True,
         timeout=300,
     )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, f"{point}: {killed.stderr[-3000:]}"
+
+
+def resume_and_compare(out: Path, reference: Path) -> None:
     resumed = run_cli("--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
-    assert_same_as_uninterrupted(out, uninterrupted)
+    assert_same_as_uninterrupted(out, reference)
+
+
+# Each point in the order a run reaches it, each kill inside the --resume of the kill before it.
+KILL_POINTS = [
+    "iteration:7",  # mid-epoch, default checkpoints: epoch 2 restarts, its averages afresh
+    "evaluation:2",  # during the evaluation that ends epoch 2
+    "checkpoint:10",  # halfway through writing epoch 2's checkpoint
+    "summary",  # after the last checkpoint, before the final summary.json
+    "analysis",
+    "report",
+]
+
+
+def test_kill_9_at_every_stage_in_turn_then_resume_matches_an_uninterrupted_run(cifar_like, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    args = [*experiment_args("resnet18_cpu", cifar_like, *KILL_ARGS), "--out", str(out)]
+    for point in KILL_POINTS:
+        kill_at(point, *args)
+        args = ["--resume", str(out)]
+    resume_and_compare(out, uninterrupted)
+
+
+def test_kill_9_mid_epoch_after_a_mid_epoch_checkpoint_then_resume_matches(cifar_like, uninterrupted, tmp_path):
+    """Killed at iteration 8, resumed from the checkpoint of iteration 6 (checkpoint.every_iters=3)."""
+    out = tmp_path / "run"
+    extra = ["checkpoint.every_iters=3"]
+    kill_at("iteration:8", *experiment_args("resnet18_cpu", cifar_like, *KILL_ARGS, *extra), "--out", str(out))
+    resume_and_compare(out, uninterrupted)
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(cifar_like, uninterrupted, tmp_path, monkeypatch, capsys):

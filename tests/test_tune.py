@@ -38,8 +38,9 @@ from tests.conftest import (
 from tests.postgres import PostgresServer
 
 SEARCH = EXPERIMENTS / "search" / "resnet18_cpu.yaml"
-# The shipped search's size, changed: a narrow model, 3 epochs (the first successive-halving rung).
-SEARCH_SMALL = ["model.width=8", "train.epochs=3", "data.eval_batch_size=50"]
+# The shipped search's size, changed: a narrow model, 3 epochs (the first successive-halving rung), and
+# 4 misclassified images explained by each confirmation run's analysis.
+SEARCH_SMALL = ["model.width=8", "train.epochs=3", "data.eval_batch_size=50", "analysis.misclassified=4"]
 
 
 @pytest.fixture(scope="session")
@@ -293,7 +294,8 @@ def small_tune(data: Path, out: Path, trials: int) -> list[str]:
     or pruning (a few seconds each), a waiting worker looking again every second."""
     search = sized_search(out.parent, True, space=SMALL_SPACE, pruner={"name": "none"})
     return [str(search), "--out", str(out), "--trials", str(trials), "--set", *data_overrides(data), "model.width=8",
-            "train.epochs=1", "scheduler.warmup_epochs=0", "data.eval_batch_size=50"]  # fmt: skip
+            "train.epochs=1", "scheduler.warmup_epochs=0", "data.eval_batch_size=50",
+            "analysis.misclassified=4"]  # fmt: skip
 
 
 def test_two_commands_started_together_on_a_new_study_share_it(search_data, tmp_path):
