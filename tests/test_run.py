@@ -44,8 +44,8 @@ def final_weights(run_dir: Path, key: str = "model") -> dict:
     return torch.load(list_checkpoints(run_dir / "checkpoints")[0], map_location="cpu", weights_only=False)[key]
 
 
-def start_run(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def start_run(*args: str, threads: int | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     return subprocess.Popen(
         [sys.executable, "-m", "harness.run", *args],
         cwd=REPO,
@@ -154,8 +154,9 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
         }
     )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    reference = start_run(str(config), "--out", str(whole))
-    interrupted = start_run(str(config), "--out", str(broken))
+    # Two runs at once, one thread each as a sweep's two workers have (2 x 2 threads on 2 cores thrash).
+    reference = start_run(str(config), "--out", str(whole), threads=1)
+    interrupted = start_run(str(config), "--out", str(broken), threads=1)
     wait_for_checkpoint(broken, 20, interrupted)  # 480 images / 32: epoch 2 runs iterations 16..30
     interrupted.kill()
     interrupted.wait()
@@ -169,7 +170,7 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(write_config
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),  # the threads it was killed with
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
