@@ -204,6 +204,9 @@ def test_the_comparison_opens_with_its_verdict(analyzed_run, tmp_path):
     assert html.count('.html">') >= 4 and 'href="a0/report.html"' in html  # each run links to its report
     methods = html[html.index('id="cam-methods"') : html.index('id="runs"')]
     assert "gradcam (2 of 2 runs)" in methods and "layercam (2 of 2 runs)" in methods, "each group's best method"
+    assert "<title>Comparison of 4 runs in 2 groups</title>" in html
+    one = compare_runs(runs[:2], tmp_path / "one" / "compare.html").html.read_text()
+    assert "<title>Comparison of 2 runs in 1 group</title>" in one and "accuracy over 2 runs (95% interval" in one
 
 
 def test_the_report_says_what_happened_to_the_run():

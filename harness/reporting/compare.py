@@ -237,6 +237,11 @@ def split_of(board: pd.DataFrame) -> str:
     return str(board["split"].iloc[0]) if "split" in board and len(board) else "test"
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 run``, ``3 runs``: a count and its noun, singular for one."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
     """The comparison's answer in one sentence, from the leaderboard: who leads whom by how much, how
     sure that is, and how many seeds would settle it. The leader is compared with the runner-up, or
@@ -246,8 +251,8 @@ def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
     top, split = board.iloc[0], split_of(board)
     if len(board) == 1:
         return (
-            f"One group: {top.group}, {100 * top.mean_acc:.2f}% final {split} accuracy over {top.n_runs} run(s) "
-            f"(95% interval {100 * top.ci95_low:.2f} to {100 * top.ci95_high:.2f}%)."
+            f"One group: {top.group}, {100 * top.mean_acc:.2f}% final {split} accuracy over "
+            f"{counted(top.n_runs, 'run')} (95% interval {100 * top.ci95_low:.2f} to {100 * top.ci95_high:.2f}%)."
         )
     others = board[board["group"] == reference] if reference in set(board["group"]) and top.group != reference else []
     second = others.iloc[0] if len(others) else board.iloc[1]
@@ -256,7 +261,7 @@ def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
     said = {label: label + (" (the reference)" if label == reference else "") for label in (top.group, second.group)}
     sentence = (
         f"{said[top.group]} leads {said[second.group]} by {lead:.2f} points of final {split} accuracy "
-        f"({100 * top.mean_acc:.2f}% vs {100 * second.mean_acc:.2f}%, {top.n_runs} and {second.n_runs} run(s))"
+        f"({100 * top.mean_acc:.2f}% vs {100 * second.mean_acc:.2f}%, {top.n_runs} and {counted(second.n_runs, 'run')})"
     )
     if second.p_holm != second.p_holm:  # NaN: no test was possible
         return sentence + f"; no test could compare them ({second.test})."
@@ -281,7 +286,7 @@ def verdict(board: pd.DataFrame, reference: str | None = None) -> str | None:
     elif second.p_holm >= SIGNIFICANCE:
         sentence += "; run 2 or more seeds per group to measure how much runs vary"
     rest = len(board) - 2
-    return sentence + (f". {rest} more group(s) in the leaderboard." if rest else ".")
+    return sentence + (f". {counted(rest, 'more group')} in the leaderboard." if rest else ".")
 
 
 def time_to_target(groups: list[Group], target: float) -> pd.DataFrame:
@@ -447,7 +452,7 @@ def comparison_context(
     intervals = {row.group: (row.ci95_low, row.ci95_high) for row in board.itertuples()}
     spread = {g.label: g.accuracies for g in groups if g.label in intervals}
     return {
-        "title": f"Comparison of {len(records)} runs in {len(groups)} groups",
+        "title": f"Comparison of {counted(len(records), 'run')} in {counted(len(groups), 'group')}",
         "split": split,
         "split_key": SPLITS[split][0],
         "verdict": verdict(board, reference),
